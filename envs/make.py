@@ -1,0 +1,89 @@
+"""One way to build any environment: registered robodistill ids and any gymnasium id."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from robodistill.envs.spaces import flat_layout
+
+
+class EnvIdError(ValueError):
+    """The environment id is not registered with gymnasium."""
+
+
+class FlattenDictObservation(gym.wrappers.FlattenObservation):
+    """Flattens Dict observations to one float32 vector and records where each key went.
+
+    ``env.get_wrapper_attr("observation_layout")`` gives the layout (see
+    :func:`robodistill.envs.spaces.flat_layout`), so stores and exported policies can
+    name the parts of the vector.
+    """
+
+    def __init__(self, env: gym.Env):
+        self.observation_layout = flat_layout(env.observation_space)
+        super().__init__(env)
+        space = self.observation_space
+        self.observation_space = gym.spaces.Box(
+            space.low.astype(np.float32), space.high.astype(np.float32), dtype=np.float32
+        )
+
+    def observation(self, observation):
+        return super().observation(observation).astype(np.float32)
+
+
+def check_env_id(env_id: str) -> None:
+    """Raise :class:`EnvIdError` naming close matches when ``env_id`` is unknown."""
+    import robodistill.envs  # noqa: F401  (registers robodistill/... ids)
+
+    if env_id in gym.registry:
+        return
+    import difflib
+
+    close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise EnvIdError(
+        f"env id {env_id!r} is not registered with gymnasium{hint} "
+        "(`robodistill envs --all` lists every id; a third-party id needs its package imported, "
+        "e.g. env.id: 'mypkg:MyEnv-v0')"
+    )
+
+
+def make_env(
+    env_id: str,
+    *,
+    render_mode: str | None = None,
+    max_episode_steps: int | None = None,
+    **kwargs: Any,
+) -> gym.Env:
+    """``gymnasium.make`` plus the project's shared wrappers.
+
+    Dict observations are flattened by :class:`FlattenDictObservation`; everything else is
+    returned as gymnasium builds it. ``env_id`` may be ``"module:Id-v0"`` to import a
+    third-party package that registers ``Id-v0``.
+    """
+    module, _, bare_id = env_id.rpartition(":")
+    if module:
+        import importlib
+
+        importlib.import_module(module)
+        env_id = bare_id
+    check_env_id(env_id)
+    if render_mode is not None:
+        # Only when asked: envs without rendering do not accept the argument at all.
+        kwargs["render_mode"] = render_mode
+    env = gym.make(env_id, max_episode_steps=max_episode_steps, **kwargs)
+    if isinstance(env.observation_space, gym.spaces.Dict):
+        env = FlattenDictObservation(env)
+    return env
+
+
+def control_rate_hz(env: gym.Env) -> float | None:
+    """Control rate from the env's ``dt`` (MuJoCo envs) or ``metadata['render_fps']``."""
+    dt = getattr(env.unwrapped, "dt", None)
+    if dt:
+        return float(1.0 / dt)
+    fps = env.metadata.get("render_fps")
+    return float(fps) if fps else None

@@ -1,0 +1,9 @@
+"""Policies: torch modules and their sampling, all behind one small interface.
+
+Imported as ``robodistill.policies``; never imports robodistill's training code.
+"""
+
+from robodistill.policies.base import POLICY_KINDS, Policy, load_policy, register_policy
+from robodistill.policies.random_policy import RandomPolicy
+
+__all__ = ["POLICY_KINDS", "Policy", "RandomPolicy", "load_policy", "register_policy"]

@@ -1,0 +1,84 @@
+"""The policy interface every teacher and student meets, and the registry of kinds.
+
+A policy turns a batch of observations into a batch of actions::
+
+    policy.reset()                      # new episodes in every batch row
+    actions = policy.act(obs)           # (B, obs_dim) float32 -> (B, act_dim) float32
+    policy.reset(env_ids=[3])           # row 3 starts a new episode; others keep their state
+    policy.save("ckpt/")                # config.json + model.safetensors
+    policy = load_policy("ckpt/")       # dispatches on config.json's "kind"
+
+Stateful policies (action-chunk queues, observation histories, streaming buffers) keep
+their state per batch row; ``reset(env_ids)`` clears only those rows.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+POLICY_KINDS: dict[str, type[Policy]] = {}
+
+
+def register_policy(cls: type[Policy]) -> type[Policy]:
+    """Class decorator: make ``cls`` loadable by :func:`load_policy` under ``cls.kind``."""
+    if not getattr(cls, "kind", None):
+        raise TypeError(f"{cls.__name__} needs a class attribute 'kind' to be registered")
+    if cls.kind in POLICY_KINDS and POLICY_KINDS[cls.kind] is not cls:
+        raise TypeError(f"policy kind {cls.kind!r} is registered twice")
+    POLICY_KINDS[cls.kind] = cls
+    return cls
+
+
+class Policy(abc.ABC):
+    """Observations in, actions out, for a batch of environments."""
+
+    kind: ClassVar[str] = ""
+
+    def reset(self, env_ids: np.ndarray | list[int] | None = None) -> None:  # noqa: B027
+        """Forget episode state for ``env_ids`` (all rows when ``None``). Stateless: no-op."""
+
+    @abc.abstractmethod
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """``obs`` (B, obs_dim) -> actions (B, act_dim), float32, within the action space."""
+
+    @abc.abstractmethod
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` into ``directory``; return it."""
+
+    @classmethod
+    @abc.abstractmethod
+    def load(cls, directory: str | os.PathLike) -> Policy:
+        """Rebuild a policy written by :meth:`save` (no pickle involved)."""
+
+    def onnx_spec(self) -> dict[str, Any]:
+        """Inputs, outputs, state tensors and metadata for ONNX export (deploy issue)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} ({self.kind!r}) cannot be exported to ONNX yet"
+        )
+
+
+def load_policy(directory: str | os.PathLike) -> Policy:
+    """Load any registered policy kind from its checkpoint directory."""
+    from robodistill.policies.checkpoint import CONFIG_NAME, CheckpointError, load_checkpoint
+
+    directory = Path(directory)
+    if not (directory / CONFIG_NAME).is_file():
+        # Let load_checkpoint produce its precise message (missing dir / missing file).
+        load_checkpoint(directory)
+    import json
+
+    try:
+        kind = json.loads((directory / CONFIG_NAME).read_text()).get("kind")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        raise CheckpointError(f"{directory / CONFIG_NAME} is corrupt: {e}") from e
+    if kind not in POLICY_KINDS:
+        raise CheckpointError(
+            f"checkpoint {directory} holds policy kind {kind!r}, which this version does not "
+            f"know; known kinds: {sorted(POLICY_KINDS)}"
+        )
+    return POLICY_KINDS[kind].load(directory)

@@ -1,0 +1,136 @@
+"""Policy checkpoints: ``config.json`` + ``model.safetensors``, never pickle.
+
+A checkpoint is a directory::
+
+    <dir>/
+      config.json          {"format": 1, "kind": "<policy kind>", ...policy config}
+      model.safetensors    every tensor the policy needs, normalizer statistics included
+
+Both files are written to temporary names and renamed into place, so an interrupted
+save leaves the previous checkpoint intact rather than half of a new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+CHECKPOINT_FORMAT = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, or does not match what loads it."""
+
+
+def _atomic_write_bytes(path: Path, payload: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(payload)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(
+    directory: str | os.PathLike, config: dict[str, Any], tensors: dict[str, Any]
+) -> Path:
+    """Write ``config`` (JSON-serializable, must contain ``kind``) and ``tensors``.
+
+    ``tensors`` maps names to torch tensors or numpy arrays; they are stored contiguous
+    and on the CPU. Returns the checkpoint directory.
+    """
+    if "kind" not in config:
+        raise CheckpointError("save_checkpoint: config needs a 'kind' entry naming the policy")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    cpu = {
+        name: (torch.from_numpy(np.ascontiguousarray(t)) if isinstance(t, np.ndarray) else t)
+        .detach()
+        .cpu()
+        .contiguous()
+        for name, t in tensors.items()
+    }
+    weights_tmp = directory / f".{WEIGHTS_NAME}.tmp-{os.getpid()}"
+    save_file(cpu, str(weights_tmp), metadata={"format": "pt"})
+    os.replace(weights_tmp, directory / WEIGHTS_NAME)
+    document = {"format": CHECKPOINT_FORMAT, **config}
+    _atomic_write_bytes(
+        directory / CONFIG_NAME, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
+    )
+    return directory
+
+
+def load_checkpoint(
+    directory: str | os.PathLike, kind: str | None = None
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Returns ``(config, tensors)``. Raises :class:`CheckpointError` that names the file
+    and the problem when the directory or a file is missing, corrupt, of another format,
+    or of another policy ``kind`` than the one asked for.
+    """
+    directory = Path(directory)
+    config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint directory {directory} does not exist")
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise CheckpointError(
+                f"checkpoint {directory} has no {path.name}; a checkpoint needs both "
+                f"{CONFIG_NAME} and {WEIGHTS_NAME} (was the save interrupted?)"
+            )
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{config_path} is not valid JSON ({e}); the file is corrupt") from e
+    if not isinstance(config, dict) or "kind" not in config:
+        raise CheckpointError(f"{config_path} has no 'kind' entry; it is not a policy checkpoint")
+    if config.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{config_path} has format {config.get('format')!r}; this version reads format "
+            f"{CHECKPOINT_FORMAT}"
+        )
+    if kind is not None and config["kind"] != kind:
+        raise CheckpointError(
+            f"checkpoint {directory} holds a {config['kind']!r} policy, not a {kind!r} policy"
+        )
+    try:
+        tensors = load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"{weights_path} cannot be read ({e}); the file is corrupt or truncated"
+        ) from e
+    return config, tensors
+
+
+def load_state_dict_strict(
+    module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str | os.PathLike
+) -> None:
+    """``module.load_state_dict`` with an error that lists what is missing or mismatched."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    mismatched = [
+        f"{k}: checkpoint {tuple(tensors[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in tensors and tuple(tensors[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"missing tensors {missing[:8]}")
+        if unexpected:
+            parts.append(f"unexpected tensors {unexpected[:8]}")
+        if mismatched:
+            parts.append(f"shape mismatches {mismatched[:8]}")
+        raise CheckpointError(f"checkpoint {source} does not match the model: " + "; ".join(parts))
+    module.load_state_dict(tensors, strict=True)

@@ -1,0 +1,220 @@
+"""The ``robodistill`` command.
+
+::
+
+    robodistill pipeline                                 # default config, every stage
+    robodistill collect --env Hopper-v5 --episodes 100   # shortcuts for --set collect.episodes=100
+    robodistill eval --config configs/pipelines/default.yaml --set eval.episodes=50
+    robodistill config --show                            # the resolved configuration
+    robodistill envs                                     # registered environments
+
+Every command that takes a configuration accepts ``--config FILE`` and any number of
+``--set key.sub=value`` overrides; an invalid configuration stops before any work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+EXIT_OK, EXIT_USAGE, EXIT_NOT_BUILT, EXIT_INTERRUPTED = 0, 2, 3, 130
+log = logging.getLogger("robodistill")
+
+# Shortcut flags: (flag, dotted key, type, help) per command.
+SHORTCUTS: dict[str, list[tuple[str, str, type, str]]] = {
+    "collect": [
+        ("--env", "env.id", str, "environment id"),
+        ("--policy", "collect.policy", str, "'random' or a policy directory"),
+        ("--episodes", "collect.episodes", int, "episodes to store"),
+        ("--num-envs", "env.num_envs", int, "environments stepped together"),
+        ("--seed", "seed", int, "master seed"),
+    ],
+    "eval": [
+        ("--env", "env.id", str, "environment id"),
+        ("--policy", "eval.policy", str, "'random' or a policy directory"),
+        ("--episodes", "eval.episodes", int, "evaluation episodes"),
+        ("--num-envs", "env.num_envs", int, "environments stepped together"),
+        ("--seed", "seed", int, "master seed"),
+    ],
+    "pipeline": [("--seed", "seed", int, "master seed")],
+}
+CONFIG_COMMANDS = ("collect", "teach", "distill", "eval", "export", "control", "pipeline", "config")
+
+
+def _add_config_args(p: argparse.ArgumentParser, command: str) -> None:
+    p.add_argument("--config", "-c", help="YAML config file (default: built-in defaults, "
+                   "the same as configs/pipelines/default.yaml)")  # fmt: skip
+    p.add_argument("--set", "-s", dest="overrides", action="append", default=[],
+                   metavar="KEY=VALUE", help="override a config key, e.g. collect.episodes=20 "
+                   "(repeatable; values are YAML)")  # fmt: skip
+    p.add_argument("--name", help="run name (sets name=...)")
+    p.add_argument("--runs-dir", help="where runs are written (sets runs_dir=...)")
+    p.add_argument("--overwrite", action="store_true", help="move a stage directory made "
+                   "with another configuration aside instead of refusing")  # fmt: skip
+    for flag, key, typ, text in SHORTCUTS.get(command, []):
+        p.add_argument(flag, type=typ, dest=f"short:{key}", help=f"{text} (sets {key})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="robodistill",
+        description="Teachers in simulation, distilled into fast students, deployed as ONNX.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("envs", help="list environments, or describe one")
+    p.add_argument("env_id", nargs="?", help="describe this id (spaces, control rate, layout)")
+    p.add_argument("--all", action="store_true", help="list every gymnasium id, not just ours")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    helps = {
+        "collect": "roll a policy out into the trajectory store",
+        "teach": "train a teacher policy",
+        "distill": "distill a teacher into a student",
+        "eval": "evaluate a policy on fixed seeds",
+        "export": "export a policy to ONNX",
+        "control": "run an ONNX policy in a fixed-rate control loop",
+        "pipeline": "run every configured stage and write the report",
+        "config": "validate and print the resolved configuration",
+    }
+    for command in CONFIG_COMMANDS:
+        p = sub.add_parser(command, help=helps[command])
+        _add_config_args(p, command)
+        if command == "config":
+            p.add_argument("--keys", action="store_true",
+                           help="list every key with its default and documentation")  # fmt: skip
+    return parser
+
+
+def resolve_config(args: argparse.Namespace):
+    from robodistill.config import load_config
+
+    overrides = list(args.overrides)
+    if args.name:
+        overrides.append(f"name={args.name}")
+    if args.runs_dir:
+        overrides.append(f"runs_dir={args.runs_dir}")
+    for dest, value in vars(args).items():
+        if dest.startswith("short:") and value is not None:
+            overrides.append(f"{dest[len('short:') :]}={json.dumps(value)}")
+    return load_config(args.config, overrides)
+
+
+def cmd_envs(args: argparse.Namespace) -> int:
+    import gymnasium as gym
+
+    from robodistill.envs import ROBODISTILL_ENV_IDS
+    from robodistill.rollout import env_spaces
+
+    if args.env_id:
+        _, _, doc = env_spaces(args.env_id)
+        print(json.dumps(doc, indent=2) if args.json else _describe_env(doc))
+        return EXIT_OK
+    ids = sorted(gym.registry) if args.all else list(ROBODISTILL_ENV_IDS)
+    if args.json:
+        print(json.dumps(ids))
+    elif not ids:
+        print("robodistill registers no environments yet (the MuJoCo tasks arrive with issue "
+              "#3). Any gymnasium id works: `robodistill envs --all` lists them.")  # fmt: skip
+    else:
+        print("\n".join(ids))
+    return EXIT_OK
+
+
+def _describe_env(doc: dict) -> str:
+    def space(s: dict) -> str:
+        if s["type"] == "Box":
+            return f"Box{tuple(s['shape'])} {s['dtype']}"
+        return json.dumps(s)
+
+    rate = doc["control_rate_hz"]
+    lines = [
+        doc["env_id"],
+        f"  observation: {space(doc['observation_space'])}",
+        f"  action:      {space(doc['action_space'])}",
+        f"  control:     {f'{rate:g} Hz' if rate else 'unknown'}",
+        f"  max steps:   {doc['max_episode_steps']}",
+    ]
+    if doc.get("observation_layout"):
+        lines.append("  layout:      " + ", ".join(
+            f"{p['key']}[{p['start']}:{p['stop']}]" for p in doc["observation_layout"]))  # fmt: skip
+    return "\n".join(lines)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from robodistill.config import describe
+
+    if args.keys:
+        print("\n".join(describe()))
+        return EXIT_OK
+    cfg = resolve_config(args)
+    print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+    return EXIT_OK
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    from robodistill.stages import STAGES, run_not_built
+
+    cfg = resolve_config(args)
+    if args.command not in STAGES:
+        run_not_built(cfg, args.command)
+    metrics = STAGES[args.command](cfg, overwrite=args.overwrite)
+    print(json.dumps(metrics, indent=2))
+    return EXIT_OK
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from robodistill.pipeline import run_pipeline
+
+    cfg = resolve_config(args)
+    results = run_pipeline(cfg, overwrite=args.overwrite)
+    width = max(len(s) for s in results)
+    for stage, result in results.items():
+        m = result.get("metrics") or {}
+        detail = (f"return {m['return_mean']:.3g}, success {m.get('success_rate')}"
+                  if m.get("return_mean") is not None else result.get("note", ""))  # fmt: skip
+        print(f"{stage:<{width}}  {result['status']:<9}  {detail}")
+    print(f"report: {cfg.runs_dir}/{cfg.name}/report.md")
+    return EXIT_OK
+
+
+def setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", force=True)  # fmt: skip
+    if not verbose:
+        # Third-party libraries are chatty at INFO.
+        for name in ("jax", "absl", "matplotlib", "h5py", "numcodecs", "zarr", "asyncio"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose, args.quiet)
+    from robodistill.errors import USER_ERRORS
+    from robodistill.stages import StageNotBuilt
+
+    handlers = {"envs": cmd_envs, "config": cmd_config, "pipeline": cmd_pipeline}
+    try:
+        return handlers.get(args.command, cmd_stage)(args)
+    except StageNotBuilt as e:
+        print(f"robodistill {args.command}: {e}", file=sys.stderr)
+        return EXIT_NOT_BUILT
+    except USER_ERRORS as e:
+        print(f"robodistill {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"robodistill {args.command}: interrupted; re-run the same command to resume",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

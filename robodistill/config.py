@@ -1,0 +1,203 @@
+"""Typed run configuration: YAML files under ``configs/`` plus dotted command-line overrides.
+
+::
+
+    cfg = load_config("configs/pipelines/default.yaml", ["collect.episodes=20", "env.num_envs=2"])
+
+Every section is a pydantic model that forbids unknown keys, so a typo, a wrong type or an
+out-of-range value fails before any work starts with a :class:`ConfigError` naming the
+dotted key, what was given and what is allowed. Each field's docstring is its
+documentation (``robodistill config --show`` prints them).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+Stage = Literal["collect", "teach", "distill", "eval", "export", "control"]
+ALL_STAGES: tuple[str, ...] = ("collect", "teach", "distill", "eval", "export", "control")
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names every bad key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, use_attribute_docstrings=True, frozen=False
+    )
+
+
+class EnvConfig(Section):
+    id: str = "InvertedPendulum-v5"
+    """gymnasium id (``robodistill/PushT-v0``, ``Hopper-v5``, ``mypkg:MyEnv-v0`` imports mypkg)."""
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments passed to ``gymnasium.make``."""
+    num_envs: int = Field(4, ge=1, le=1024)
+    """Environments stepped together in one synchronous vector env (Sync beats Async on 2 cores)."""
+    max_episode_steps: int | None = Field(None, ge=1)
+    """Episode step limit; ``null`` keeps the env's registered limit."""
+
+
+class CollectConfig(Section):
+    policy: str = "random"
+    """``random`` or the path of a saved policy directory (``config.json`` + ``model.safetensors``)."""
+    episodes: int = Field(50, ge=1, le=10_000_000)
+    """Episodes in the trajectory store when the stage is done."""
+    flush_every: int = Field(64, ge=1, le=100_000)
+    """Episodes journaled before they are merged into the zarr arrays in one batch."""
+
+
+class EvalConfig(Section):
+    policy: str = "random"
+    """``random`` or the path of a saved policy directory."""
+    episodes: int = Field(20, ge=1, le=1_000_000)
+    """Evaluation episodes, on fixed seeds disjoint from collection's."""
+
+
+class TeachConfig(Section):
+    """Teacher training (RL teachers, RL-100, COMPASS): arrives with issues #4, #5, #7."""
+
+
+class DistillConfig(Section):
+    """Student distillation: arrives with issues #6 and #7."""
+
+
+class ExportConfig(Section):
+    """ONNX export: arrives with issue #8."""
+
+
+class ControlConfig(Section):
+    """Fixed-rate controller runs: arrives with issue #8."""
+
+
+class PipelineConfig(Section):
+    stages: list[Stage] = Field(default_factory=lambda: list(ALL_STAGES))
+    """Stages ``robodistill pipeline`` runs, in this order."""
+
+
+class RunConfig(Section):
+    name: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    """Run name: artifacts go to ``<runs_dir>/<name>/<stage>/``."""
+    seed: int = Field(0, ge=0, lt=2**31 // 1_000_000)
+    """Master seed; episode ``i`` of collection uses seed ``seed*1e6 + i``, evaluation ``seed*1e6 + 900000 + i``."""
+    runs_dir: Path = Path("runs")
+    """Where run directories are created."""
+    env: EnvConfig = Field(default_factory=EnvConfig)
+    collect: CollectConfig = Field(default_factory=CollectConfig)
+    teach: TeachConfig = Field(default_factory=TeachConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    control: ControlConfig = Field(default_factory=ControlConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+
+    def section_dump(self, keys: tuple[str, ...]) -> dict[str, Any]:
+        """The JSON form of the named top-level fields (what a stage's result depends on)."""
+        full = self.model_dump(mode="json")
+        return {k: full[k] for k in keys}
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str] | None:
+    """Allowed keys of the model section that ``loc`` (minus its last part) points into."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return sorted(model.model_fields)
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            allowed = _fields_at(RunConfig, e["loc"]) or []
+            close = difflib.get_close_matches(str(e["loc"][-1]), allowed, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            lines.append(f"  {key}: unknown key{hint} allowed keys here: {', '.join(allowed)}")
+        else:
+            given = e.get("input")
+            shown = repr(given) if not isinstance(given, dict) else "a mapping"
+            lines.append(f"  {key}: {e['msg']} (got {shown})")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"collect.episodes=20"`` -> ``(["collect", "episodes"], 20)``; values are YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} must look like key.subkey=value")
+    parts = key.strip().split(".")
+    if any(not p for p in parts):
+        raise ConfigError(f"override {text!r} has an empty part in its key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({e})") from e
+    return parts, value
+
+
+def apply_override(document: dict[str, Any], parts: list[str], value: Any) -> None:
+    node = document
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(
+                f"override {'.'.join(parts)}: {'.'.join(parts[: i + 1])} is a value, not a section"
+            )
+        node = child
+    node[parts[-1]] = value
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        document = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return document
+
+
+def load_config(
+    path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> RunConfig:
+    """Defaults <- YAML file <- ``key=value`` overrides, validated as one :class:`RunConfig`."""
+    document = read_yaml(path) if path else {}
+    for text in overrides:
+        apply_override(document, *parse_override(text))
+    source = f"{path}" if path else "defaults"
+    if overrides:
+        source += " + --set " + " ".join(overrides)
+    try:
+        return RunConfig.model_validate(document)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, source)) from None
+
+
+def describe(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[str]:
+    """One line per leaf key: ``key = default  # docstring`` (for ``--help``-like listings)."""
+    lines = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            lines.extend(describe(annotation, f"{prefix}{name}."))
+            continue
+        default = field.get_default(call_default_factory=True)
+        doc = (field.description or "").replace("\n", " ")
+        lines.append(f"{prefix}{name} = {default!r}  # {doc}")
+    return lines

@@ -1,0 +1,209 @@
+"""Roll a policy out in a synchronous vector env, one fixed seed per episode.
+
+Every episode gets its own seed (``seeds[i]``), so the set of episodes does not depend on
+how many environments run side by side, and an interrupted collection resumes by running
+only the seeds that are not in the store yet. Sub-environments are reset by hand
+(``AutoresetMode.DISABLED``) so that each reset can take the next episode's seed.
+
+::
+
+    slot 0: | ep 0 (seed s0) ........ | ep 2 (seed s2) ...... | idle
+    slot 1: | ep 1 (seed s1) ..... | ep 3 (seed s3) ............ |
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector import AutoresetMode, SyncVectorEnv
+
+from robodistill.envs import make_env
+from robodistill.policies import Policy
+from robodistill.store import Episode
+
+log = logging.getLogger(__name__)
+
+
+class RolloutError(RuntimeError):
+    """The environment or the policy produced something that cannot be recorded."""
+
+
+@dataclass
+class _Slot:
+    index: int = -1
+    seed: int = 0
+    obs: list = field(default_factory=list)
+    actions: list = field(default_factory=list)
+    rewards: list = field(default_factory=list)
+
+    @property
+    def active(self) -> bool:
+        return self.index >= 0
+
+
+def make_vector_env(
+    env_id: str, num_envs: int, max_episode_steps: int | None = None, **kwargs
+) -> SyncVectorEnv:
+    return SyncVectorEnv(
+        [
+            lambda: make_env(env_id, max_episode_steps=max_episode_steps, **kwargs)
+            for _ in range(num_envs)
+        ],
+        autoreset_mode=AutoresetMode.DISABLED,
+    )
+
+
+def rollout(
+    env_id: str,
+    policy: Policy,
+    seeds: Iterable[int],
+    *,
+    num_envs: int = 1,
+    max_episode_steps: int | None = None,
+    env_kwargs: dict | None = None,
+    source_policy: str = "",
+    on_episode: Callable[[Episode], None] | None = None,
+) -> list[Episode]:
+    """Run one episode per seed and hand each finished :class:`Episode` to ``on_episode``.
+
+    Episodes are reported in the order they finish. Returns them all when ``on_episode``
+    is ``None`` (keep ``on_episode`` for long collections: it streams to the store).
+    Observations are ``(B, obs_dim)`` float32; a NaN/inf observation or action raises
+    :class:`RolloutError` naming the seed and step.
+    """
+    queue = deque(enumerate(seeds))
+    if not queue:
+        return []
+    num_envs = min(num_envs, len(queue))
+    envs = make_vector_env(env_id, num_envs, max_episode_steps, **(env_kwargs or {}))
+    collected: list[Episode] = []
+    slots = [_Slot() for _ in range(num_envs)]
+    try:
+        start_seeds = []
+        for slot in slots:
+            slot.index, slot.seed = queue.popleft()
+            start_seeds.append(slot.seed)
+        obs, _ = envs.reset(seed=start_seeds)
+        policy.reset()
+        action_space = envs.single_action_space
+        while any(s.active for s in slots):
+            _check_finite(obs, "observation", slots, env_id)
+            actions = np.asarray(policy.act(obs))
+            if actions.shape != (num_envs, *action_space.shape):
+                raise RolloutError(
+                    f"policy returned actions of shape {actions.shape}; {env_id} expects "
+                    f"{(num_envs, *action_space.shape)}"
+                )
+            _check_finite(actions, "action", slots, env_id)
+            next_obs, reward, terminated, truncated, info = envs.step(actions)
+            done = np.zeros(num_envs, dtype=bool)
+            for i, slot in enumerate(slots):
+                if not slot.active:
+                    continue
+                slot.obs.append(obs[i])
+                slot.actions.append(actions[i])
+                slot.rewards.append(reward[i])
+                if terminated[i] or truncated[i]:
+                    done[i] = True
+                    episode = _finish(slot, next_obs[i], terminated[i], truncated[i], info, i,
+                                      env_id, source_policy)  # fmt: skip
+                    if on_episode is None:
+                        collected.append(episode)
+                    else:
+                        on_episode(episode)
+            if not done.any():
+                obs = next_obs
+                continue
+            reset_seeds: list[int | None] = [None] * num_envs
+            for i in np.flatnonzero(done):
+                slot = slots[i]
+                slot.obs, slot.actions, slot.rewards = [], [], []
+                if queue:
+                    slot.index, slot.seed = queue.popleft()
+                else:
+                    # Idle slots keep stepping (a vector env steps all rows); their data is dropped.
+                    slot.index, slot.seed = -1, 0
+                reset_seeds[i] = slot.seed
+            # Rows outside the mask keep their current observation (``next_obs``).
+            obs, _ = envs.reset(seed=reset_seeds, options={"reset_mask": done})
+            policy.reset(env_ids=np.flatnonzero(done))
+    finally:
+        envs.close()
+    return collected
+
+
+def _check_finite(x: np.ndarray, what: str, slots: list[_Slot], env_id: str) -> None:
+    if np.issubdtype(np.asarray(x).dtype, np.floating):
+        bad = ~np.isfinite(x).reshape(len(slots), -1).all(axis=1)
+        for i in np.flatnonzero(bad):
+            if slots[i].active:
+                raise RolloutError(
+                    f"{what} contains NaN or inf in {env_id}, episode seed {slots[i].seed}, "
+                    f"step {len(slots[i].obs)}: {x[i]}"
+                )
+
+
+def _finish(slot, final_obs, terminated, truncated, info, i, env_id, source_policy) -> Episode:
+    steps = len(slot.rewards)
+    term = np.zeros(steps, dtype=bool)
+    trunc = np.zeros(steps, dtype=bool)
+    term[-1], trunc[-1] = bool(terminated), bool(truncated)
+    success = None
+    if "is_success" in info and info.get("_is_success", np.ones(len(info["is_success"])))[i]:
+        success = bool(info["is_success"][i])
+    return Episode(
+        data={
+            "obs": np.asarray(slot.obs, dtype=np.float32),
+            "action": np.asarray(slot.actions, dtype=np.float32),
+            "reward": np.asarray(slot.rewards, dtype=np.float32),
+            "terminated": term,
+            "truncated": trunc,
+        },
+        final={"obs": np.asarray(final_obs, dtype=np.float32)},
+        seed=int(slot.seed),
+        env_id=env_id,
+        source_policy=source_policy,
+        success=success,
+    )
+
+
+class Throughput:
+    """Episodes/s and steps/s since construction."""
+
+    def __init__(self) -> None:
+        self.t0, self.episodes, self.steps = time.monotonic(), 0, 0
+
+    def add(self, steps: int) -> None:
+        self.episodes += 1
+        self.steps += steps
+
+    def rates(self) -> dict[str, float]:
+        dt = max(time.monotonic() - self.t0, 1e-9)
+        return {"episodes_per_s": self.episodes / dt, "steps_per_s": self.steps / dt}
+
+
+def env_spaces(env_id: str, env_kwargs: dict | None = None) -> tuple[gym.Space, gym.Space, dict]:
+    """Observation space, action space and a JSON description of the env."""
+    from robodistill.envs import control_rate_hz, space_to_json
+
+    env = make_env(env_id, **(env_kwargs or {}))
+    try:
+        layout = env.get_wrapper_attr("observation_layout")
+    except AttributeError:
+        layout = None
+    description = {
+        "env_id": env_id,
+        "observation_space": space_to_json(env.observation_space),
+        "action_space": space_to_json(env.action_space),
+        "observation_layout": layout,
+        "control_rate_hz": control_rate_hz(env),
+        "max_episode_steps": env.spec.max_episode_steps if env.spec else None,
+    }
+    env.close()
+    return env.observation_space, env.action_space, description

@@ -1,0 +1,246 @@
+"""Run directories, stage manifests, metrics and progress.
+
+::
+
+    runs/<name>/
+      <stage>/
+        manifest.json     status, resolved config, versions, git revision, seed, times, metrics
+        metrics.jsonl     one JSON object per logged step
+        stage.log         the stage's log records
+        tb/               TensorBoard scalars
+        ...               the stage's own artifacts (store, checkpoints, ...)
+
+A stage whose manifest says ``done`` for the same configuration is skipped; one that was
+interrupted or failed is resumed (the stage's own code picks up from its checkpoint).
+Re-running a stage with a *different* configuration is refused, because mixing the two
+would silently corrupt the artifact; ``overwrite=True`` moves the old directory aside.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from robodistill.config import RunConfig
+
+log = logging.getLogger(__name__)
+
+TRACKED_PACKAGES = (
+    "robodistill", "numpy", "torch", "gymnasium", "mujoco", "stable-baselines3", "diffusers",
+    "zarr", "ray", "onnx", "onnxruntime", "safetensors", "pydantic",
+)  # fmt: skip
+
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "collect": ("seed", "env", "collect"),
+    "teach": ("seed", "env", "teach"),
+    "distill": ("seed", "env", "distill"),
+    "eval": ("seed", "env", "eval"),
+    "export": ("export",),
+    "control": ("seed", "env", "control"),
+}
+"""The config sections each stage's result depends on; only they decide skip vs. refuse."""
+
+
+class StageConfigMismatch(RuntimeError):
+    """A stage directory exists for a different configuration."""
+
+
+def package_versions() -> dict[str, str | None]:
+    versions = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_revision(path: Path | None = None) -> dict[str, Any] | None:
+    """``{"commit": sha, "dirty": bool}`` of the repository holding ``path``, else None."""
+    cwd = path or Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5
+        )
+        if commit.returncode != 0:
+            return None
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd, capture_output=True, text=True, timeout=5,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_json_atomic(path: Path, document: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
+    path = stage_dir / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise RuntimeError(
+            f"{path} is corrupt ({e}); move the stage directory aside to re-run it"
+        ) from e
+
+
+def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            out += _diff(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
+
+class StageRun:
+    """Context manager around one stage of one run.
+
+    ::
+
+        with StageRun(cfg, "collect") as stage:
+            if stage.skipped:
+                return stage.manifest["metrics"]
+            ...                                   # work, resuming from stage.dir
+            stage.log_metrics(step, {"return": r})
+            stage.finish({"success_rate": 0.9})
+    """
+
+    def __init__(self, cfg: RunConfig, stage: str, overwrite: bool = False):
+        self.cfg = cfg
+        self.stage = stage
+        self.run_dir = Path(cfg.runs_dir) / cfg.name
+        self.dir = self.run_dir / stage
+        self.overwrite = overwrite
+        self.skipped = False
+        self.resumed = False
+        self.manifest: dict[str, Any] = {}
+        self._metrics_file = None
+        self._tb = None
+        self._log_handler: logging.Handler | None = None
+        self._t0 = 0.0
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def __enter__(self) -> StageRun:
+        sections = self.cfg.section_dump(STAGE_SECTIONS[self.stage])
+        previous = read_manifest(self.dir)
+        if previous is not None and previous.get("config_sections") != sections:
+            changes = _diff(previous.get("config_sections"), sections)
+            if not self.overwrite:
+                raise StageConfigMismatch(
+                    f"{self.dir} was made with another configuration ({'; '.join(changes)}). "
+                    "Use another run name (--name) or pass --overwrite to move the old stage "
+                    "directory aside."
+                )
+            aside = self.dir.with_name(f"{self.stage}.old-{int(time.time())}")
+            self.dir.rename(aside)
+            log.warning("moved %s aside to %s", self.dir, aside)
+            previous = None
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if previous is not None and previous.get("status") == "done":
+            self.skipped = True
+            self.manifest = previous
+            log.info("stage %s already done in %s; skipping", self.stage, self.dir)
+            return self
+        self.resumed = previous is not None
+        self.manifest = {
+            "stage": self.stage,
+            "status": "running",
+            "run": self.cfg.name,
+            "seed": self.cfg.seed,
+            "started": _now(),
+            "ended": None,
+            "attempts": (previous or {}).get("attempts", 0) + 1,
+            "config_sections": sections,
+            "config": self.cfg.model_dump(mode="json"),
+            "versions": package_versions(),
+            "git": git_revision(),
+            "python": sys.version.split()[0],
+            "metrics": (previous or {}).get("metrics", {}),
+        }
+        write_json_atomic(self.dir / "manifest.json", self.manifest)
+        self._log_handler = logging.FileHandler(self.dir / "stage.log")
+        self._log_handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        )
+        logging.getLogger().addHandler(self._log_handler)
+        self._metrics_file = open(self.dir / "metrics.jsonl", "a")  # noqa: SIM115
+        self._t0 = time.monotonic()
+        if self.resumed:
+            log.info("resuming stage %s in %s (attempt %d)", self.stage, self.dir,
+                     self.manifest["attempts"])  # fmt: skip
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self.skipped and self.manifest.get("status") == "running":
+            self.manifest["status"] = (
+                "interrupted" if exc_type is KeyboardInterrupt else "failed" if exc_type else "done"
+            )
+            if exc is not None:
+                self.manifest["error"] = f"{exc_type.__name__}: {exc}"
+            self.manifest["ended"] = _now()
+            write_json_atomic(self.dir / "manifest.json", self.manifest)
+        if self._metrics_file:
+            self._metrics_file.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._log_handler is not None:
+            logging.getLogger().removeHandler(self._log_handler)
+            self._log_handler.close()
+
+    # -- during the stage -----------------------------------------------------------------
+    @property
+    def tensorboard(self):
+        if self._tb is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.dir / "tb"))
+        return self._tb
+
+    def log_metrics(self, step: int, metrics: dict[str, float | int | None]) -> None:
+        """Append to ``metrics.jsonl`` and TensorBoard (numeric values only go to TB)."""
+        record = {"step": int(step), "time": round(time.monotonic() - self._t0, 4), **metrics}
+        self._metrics_file.write(json.dumps(record) + "\n")
+        self._metrics_file.flush()
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.tensorboard.add_scalar(f"{self.stage}/{key}", value, step)
+
+    def checkpoint(self, metrics: dict[str, Any]) -> None:
+        """Record progress in the manifest without finishing (visible to a resume)."""
+        self.manifest["metrics"] = metrics
+        write_json_atomic(self.dir / "manifest.json", self.manifest)
+
+    def finish(self, metrics: dict[str, Any]) -> None:
+        self.manifest.update(status="done", ended=_now(), metrics=metrics)
+        self.manifest["seconds"] = round(time.monotonic() - self._t0, 3)
+        write_json_atomic(self.dir / "manifest.json", self.manifest)
+
+
+def progress(total: int, desc: str, initial: int = 0, unit: str = "ep"):
+    """A tqdm bar on an interactive terminal, silent otherwise (logs and CI stay clean)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total, initial=initial, desc=desc, unit=unit, disable=not sys.stderr.isatty(),
+        dynamic_ncols=True,
+    )  # fmt: skip

@@ -1,0 +1,189 @@
+"""The pipeline's stages. Each reads the run config, works inside its stage directory and
+returns its metrics; each is resumable (see :class:`robodistill.run.StageRun`).
+
+Stages that later issues build raise :class:`StageNotBuilt`, which says so plainly
+instead of pretending.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from robodistill.config import RunConfig
+from robodistill.run import StageRun, progress
+
+log = logging.getLogger(__name__)
+
+EVAL_SEED_OFFSET = 900_000
+"""Evaluation seeds start here (per run seed), far from collection's, so they never overlap."""
+
+NOT_BUILT = {
+    "teach": "teacher training arrives with issues #4 (RL teachers), #5 (RL-100) and #7 (COMPASS)",
+    "distill": "student distillation arrives with issues #6 (fast students) and #7 (generalist)",
+    "export": "ONNX export arrives with issue #8 (deploy)",
+    "control": "the fixed-rate ONNX controller arrives with issue #8 (deploy)",
+}
+
+
+class StageNotBuilt(NotImplementedError):
+    """This stage is not implemented in this version; nothing was run."""
+
+
+def episode_seeds(cfg: RunConfig, count: int, offset: int = 0) -> list[int]:
+    base = cfg.seed * 1_000_000 + offset
+    return [base + i for i in range(count)]
+
+
+def resolve_policy(spec: str, action_space, seed: int):
+    """``"random"`` or a checkpoint directory -> a :class:`Policy`."""
+    from robodistill.policies import RandomPolicy, load_policy
+
+    if spec == "random":
+        return RandomPolicy.for_space(action_space, seed=seed)
+    return load_policy(Path(spec))
+
+
+def run_collect(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
+    """Roll out ``collect.policy`` into ``<run>/collect/demos.zarr`` until it holds
+    ``collect.episodes`` episodes. Resumes by running only the seeds not yet stored."""
+    from robodistill.rollout import Throughput, env_spaces, rollout
+    from robodistill.store import TrajectoryStore
+
+    with StageRun(cfg, "collect", overwrite=overwrite) as stage:
+        if stage.skipped:
+            return stage.manifest["metrics"]
+        _, action_space, env_doc = env_spaces(cfg.env.id, cfg.env.kwargs)
+        path = stage.dir / "demos.zarr"
+        if path.exists():
+            store = TrajectoryStore.open(path, mode="a", flush_every=cfg.collect.flush_every)
+        else:
+            attrs = {**env_doc, "source_policy": cfg.collect.policy}
+            store = TrajectoryStore.create(path, attrs=attrs, flush_every=cfg.collect.flush_every)
+        with store:
+            done_seeds = set(store.episode_meta()["seed"].tolist()) if store.n_episodes else set()
+            wanted = episode_seeds(cfg, cfg.collect.episodes)
+            todo = [s for s in wanted if s not in done_seeds]
+            if done_seeds:
+                log.info(
+                    "collect: %d episodes already stored, %d to go", len(done_seeds), len(todo)
+                )
+            policy = resolve_policy(cfg.collect.policy, action_space, cfg.seed)
+            speed = Throughput()
+            bar = progress(len(wanted), f"collect {cfg.env.id}", initial=len(wanted) - len(todo))
+
+            def record(episode):
+                store.add_episode(episode)
+                speed.add(len(episode.data["reward"]))
+                step = store.n_episodes
+                stage.log_metrics(step, {"return": float(episode.data["reward"].sum()),
+                                         "length": len(episode.data["reward"]),
+                                         "success": episode.success})  # fmt: skip
+                bar.update(1)
+                bar.set_postfix(speed.rates() | {"stored": step}, refresh=False)
+
+            try:
+                rollout(
+                    cfg.env.id, policy, todo, num_envs=cfg.env.num_envs,
+                    max_episode_steps=cfg.env.max_episode_steps, env_kwargs=cfg.env.kwargs,
+                    source_policy=cfg.collect.policy, on_episode=record,
+                )  # fmt: skip
+            finally:
+                bar.close()
+            store.flush()
+            store.save_stats()
+            meta = store.episode_meta()
+            success = [None if v < 0 else bool(v) for v in meta["success"]]
+            metrics = summarize_episodes(meta["return"], meta["length"], success) | {
+                "store": str(path),
+                "steps": int(store.n_steps),
+                **{k: round(v, 2) for k, v in speed.rates().items()},
+            }
+        log.info("collect: %s", json.dumps(metrics))
+        stage.finish(metrics)
+        return metrics
+
+
+def run_eval(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
+    """Evaluate ``eval.policy`` on ``eval.episodes`` fixed seeds; per-episode results go to
+    ``<run>/eval/episodes.jsonl`` (resume skips the seeds already there)."""
+    from robodistill.rollout import env_spaces, rollout
+
+    with StageRun(cfg, "eval", overwrite=overwrite) as stage:
+        if stage.skipped:
+            return stage.manifest["metrics"]
+        _, action_space, _ = env_spaces(cfg.env.id, cfg.env.kwargs)
+        results_path = stage.dir / "episodes.jsonl"
+        done = _read_jsonl(results_path)
+        done_seeds = {r["seed"] for r in done}
+        todo = [s for s in episode_seeds(cfg, cfg.eval.episodes, EVAL_SEED_OFFSET)
+                if s not in done_seeds]  # fmt: skip
+        policy = resolve_policy(cfg.eval.policy, action_space, cfg.seed + 1)
+        bar = progress(cfg.eval.episodes, f"eval {cfg.env.id}", initial=len(done))
+        with open(results_path, "a") as out:
+
+            def record(episode):
+                row = {"seed": episode.seed, "return": float(episode.data["reward"].sum()),
+                       "length": len(episode.data["reward"]), "success": episode.success}  # fmt: skip
+                out.write(json.dumps(row) + "\n")
+                out.flush()
+                done.append(row)
+                stage.log_metrics(len(done), {k: v for k, v in row.items() if k != "seed"})
+                bar.update(1)
+
+            try:
+                rollout(
+                    cfg.env.id, policy, todo, num_envs=cfg.env.num_envs,
+                    max_episode_steps=cfg.env.max_episode_steps, env_kwargs=cfg.env.kwargs,
+                    source_policy=cfg.eval.policy, on_episode=record,
+                )  # fmt: skip
+            finally:
+                bar.close()
+        metrics = summarize_episodes(
+            [r["return"] for r in done], [r["length"] for r in done], [r["success"] for r in done]
+        ) | {"policy": cfg.eval.policy}
+        log.info("eval: %s", json.dumps(metrics))
+        stage.finish(metrics)
+        return metrics
+
+
+def summarize_episodes(returns, lengths, successes) -> dict[str, Any]:
+    """Mean/std return, mean length, and success rate over the episodes that report one
+    (``None`` entries in ``successes`` are envs without a notion of success)."""
+    import numpy as np
+
+    returns = np.asarray(returns, dtype=np.float64)
+    known = [bool(s) for s in successes if s is not None]
+    return {
+        "episodes": int(len(returns)),
+        "return_mean": float(returns.mean()) if len(returns) else None,
+        "return_std": float(returns.std()) if len(returns) else None,
+        "length_mean": float(np.mean(lengths)) if len(returns) else None,
+        "success_rate": float(np.mean(known)) if known else None,
+    }
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            # A line cut short by a crash: the episode it described is simply re-run.
+            log.warning("ignoring a truncated line in %s", path)
+    return rows
+
+
+def run_not_built(cfg: RunConfig, stage: str) -> dict[str, Any]:
+    raise StageNotBuilt(f"stage '{stage}' is not built yet: {NOT_BUILT[stage]}. Nothing was run.")
+
+
+STAGES = {
+    "collect": run_collect,
+    "eval": run_eval,
+}
+"""Stage name -> function(cfg, overwrite) for the stages this version implements."""

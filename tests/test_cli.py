@@ -1,0 +1,123 @@
+"""The command line, in-process, with budgets of a few episodes of a dozen steps."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from robodistill.cli import EXIT_NOT_BUILT, EXIT_USAGE, main
+from robodistill.store import TrajectoryStore
+
+
+def _sets(overrides):
+    return [arg for o in overrides for arg in ("--set", o)]
+
+
+def test_collect_writes_store_and_manifest_then_skips(tiny_overrides, tmp_path, capsys):
+    assert main(["collect", *_sets(tiny_overrides)]) == 0
+    run = tmp_path / "runs/default/collect"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "done" and manifest["metrics"]["episodes"] == 5
+    with TrajectoryStore.open(run / "demos.zarr") as store:
+        assert store.n_episodes == 5 and store.n_steps == 5 * 12
+        assert sorted(store.episode_meta()["seed"].tolist()) == list(range(5))
+        assert store.attrs["env_id"] == "Pendulum-v1"
+        assert store.attrs["action_space"]["type"] == "Box"
+        assert "obs" in store.attrs["normalizer"]
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 5
+    capsys.readouterr()
+    assert main(["collect", *_sets(tiny_overrides)]) == 0  # done: skipped, same metrics
+    assert json.loads(capsys.readouterr().out)["episodes"] == 5
+
+
+def test_interrupted_collect_resumes_with_the_missing_seeds(tiny_overrides, tmp_path, monkeypatch):
+    # The collect stage imports rollout() when it runs, so patching the module reaches it.
+    from robodistill import rollout as rollout_mod
+
+    original = rollout_mod.rollout
+    calls = {"n": 0}
+
+    def interrupted(*args, on_episode, **kwargs):
+        def stop_after_three(ep):
+            on_episode(ep)
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise KeyboardInterrupt
+
+        return original(*args, on_episode=stop_after_three, **kwargs)
+
+    monkeypatch.setattr(rollout_mod, "rollout", interrupted)
+    assert main(["collect", *_sets(tiny_overrides)]) == 130
+    run = tmp_path / "runs/default/collect"
+    assert json.loads((run / "manifest.json").read_text())["status"] == "interrupted"
+    with TrajectoryStore.open(run / "demos.zarr") as store:
+        assert store.n_episodes == 3
+    monkeypatch.setattr(rollout_mod, "rollout", original)
+    assert main(["collect", *_sets(tiny_overrides)]) == 0
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "done" and manifest["attempts"] == 2
+    with TrajectoryStore.open(run / "demos.zarr") as store:
+        seeds = store.episode_meta()["seed"].tolist()
+    assert sorted(seeds) == list(range(5))
+
+
+def test_eval_writes_per_episode_results(tiny_overrides, tmp_path, capsys):
+    assert main(["eval", *_sets(tiny_overrides), "--episodes", "4"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["episodes"] == 4 and metrics["success_rate"] is None
+    rows = [json.loads(x) for x in (tmp_path / "runs/default/eval/episodes.jsonl").open()]
+    assert sorted(r["seed"] for r in rows) == [900_000 + i for i in range(4)]
+    assert np.isclose(np.mean([r["return"] for r in rows]), metrics["return_mean"])
+
+
+def test_eval_of_a_saved_policy(tiny_overrides, tmp_path, capsys):
+    from robodistill.policies import RandomPolicy
+
+    RandomPolicy(np.array([-0.1]), np.array([0.1]), seed=0).save(tmp_path / "tiny")
+    assert main(["eval", *_sets(tiny_overrides), "--policy", str(tmp_path / "tiny")]) == 0
+    assert json.loads(capsys.readouterr().out)["policy"] == str(tmp_path / "tiny")
+    assert main(["eval", *_sets(tiny_overrides), "--policy", str(tmp_path / "nope"),
+                 "--name", "other"]) == EXIT_USAGE  # fmt: skip
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_pipeline_runs_built_stages_and_reports_the_rest(tiny_overrides, tmp_path, capsys):
+    assert main(["pipeline", *_sets(tiny_overrides)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^teach\s+not built", out, re.M)
+    report = (tmp_path / "runs/default/report.md").read_text()
+    assert "| collect | done |" in report and "| eval | done |" in report
+    assert "| export | not built |" in report and "issue #8" in report
+    assert (
+        json.loads((tmp_path / "runs/default/config.json").read_text())["env"]["id"]
+        == "Pendulum-v1"
+    )
+
+
+@pytest.mark.parametrize("command", ["teach", "distill", "export", "control"])
+def test_unbuilt_stages_say_so(command, capsys):
+    assert main([command]) == EXIT_NOT_BUILT
+    assert "is not built yet" in capsys.readouterr().err
+
+
+def test_config_errors_exit_before_work(tmp_path, capsys):
+    assert (
+        main(["collect", "--runs-dir", str(tmp_path), "--set", "collect.epsiodes=2"]) == EXIT_USAGE
+    )
+    err = capsys.readouterr().err
+    assert "collect.epsiodes: unknown key; did you mean 'episodes'" in err
+    assert not any(tmp_path.iterdir())
+    assert main(["collect", "--runs-dir", str(tmp_path), "--env", "Hoper-v5"]) == EXIT_USAGE
+    assert "did you mean Hopper-v5" in capsys.readouterr().err
+
+
+def test_config_and_envs_commands(capsys):
+    assert main(["config", "--set", "collect.episodes=9"]) == 0
+    assert "episodes: 9" in capsys.readouterr().out
+    assert main(["config", "--keys"]) == 0
+    assert "env.num_envs = 4" in capsys.readouterr().out
+    assert main(["envs", "Pendulum-v1"]) == 0
+    assert "Box(3,) float32" in capsys.readouterr().out
+    assert main(["envs", "--all", "--json"]) == 0
+    assert "Hopper-v5" in json.loads(capsys.readouterr().out)

@@ -1,0 +1,63 @@
+import json
+
+import pytest
+
+from robodistill.config import load_config
+from robodistill.run import StageConfigMismatch, StageRun
+
+
+def _cfg(tmp_path, *extra):
+    return load_config(None, [f"runs_dir={tmp_path}", *extra])
+
+
+def test_manifest_records_what_reproduces_the_stage(tmp_path):
+    cfg = _cfg(tmp_path, "seed=3")
+    with StageRun(cfg, "collect") as stage:
+        stage.log_metrics(1, {"return": 1.5, "success": None})
+        stage.log_metrics(2, {"return": 2.5, "success": True})
+        stage.finish({"return_mean": 2.0})
+    manifest = json.loads((tmp_path / "default/collect/manifest.json").read_text())
+    assert manifest["status"] == "done" and manifest["seed"] == 3
+    assert manifest["config"]["seed"] == 3 and manifest["metrics"] == {"return_mean": 2.0}
+    assert manifest["versions"]["numpy"] and manifest["started"] and manifest["ended"]
+    assert "git" in manifest
+    rows = [json.loads(line) for line in (tmp_path / "default/collect/metrics.jsonl").open()]
+    assert [r["return"] for r in rows] == [1.5, 2.5]
+    assert list((tmp_path / "default/collect/tb").iterdir())
+
+
+def test_done_stage_is_skipped_and_failed_stage_resumed(tmp_path):
+    cfg = _cfg(tmp_path)
+    with pytest.raises(RuntimeError), StageRun(cfg, "eval"):
+        raise RuntimeError("boom")
+    manifest = json.loads((tmp_path / "default/eval/manifest.json").read_text())
+    assert manifest["status"] == "failed" and "boom" in manifest["error"]
+    with StageRun(cfg, "eval") as stage:
+        assert stage.resumed and not stage.skipped
+        assert stage.manifest["attempts"] == 2
+        stage.finish({"x": 1})
+    with StageRun(cfg, "eval") as stage:
+        assert stage.skipped and stage.manifest["metrics"] == {"x": 1}
+
+
+def test_interrupt_is_recorded(tmp_path):
+    with pytest.raises(KeyboardInterrupt), StageRun(_cfg(tmp_path), "collect"):
+        raise KeyboardInterrupt
+    manifest = json.loads((tmp_path / "default/collect/manifest.json").read_text())
+    assert manifest["status"] == "interrupted"
+
+
+def test_other_config_is_refused_unless_overwrite(tmp_path):
+    with StageRun(_cfg(tmp_path, "collect.episodes=5"), "collect") as stage:
+        (stage.dir / "artifact").write_text("keep me")
+        stage.finish({})
+    # eval settings do not concern the collect stage
+    with StageRun(_cfg(tmp_path, "collect.episodes=5", "eval.episodes=9"), "collect") as stage:
+        assert stage.skipped
+    with pytest.raises(StageConfigMismatch, match=r"collect.episodes: 5 -> 6.*--overwrite"):
+        StageRun(_cfg(tmp_path, "collect.episodes=6"), "collect").__enter__()
+    with StageRun(_cfg(tmp_path, "collect.episodes=6"), "collect", overwrite=True) as stage:
+        assert not stage.skipped
+        stage.finish({})
+    (aside,) = tmp_path.glob("default/collect.old-*")
+    assert (aside / "artifact").read_text() == "keep me"
