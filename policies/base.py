@@ -46,14 +46,21 @@ class Policy(abc.ABC):
     def act(self, obs: np.ndarray) -> np.ndarray:
         """``obs`` (B, obs_dim) -> actions (B, act_dim), float32, within the action space."""
 
-    @abc.abstractmethod
+    def attach(self, envs: list) -> None:  # noqa: B027
+        """Privileged policies (experts, planners) get the sub-environments of the vector env
+        they act in, in batch-row order, before the first ``reset``. Others ignore it."""
+
     def save(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` + ``model.safetensors`` into ``directory``; return it."""
+        raise NotImplementedError(
+            f"{type(self).__name__} ({self.kind!r}) has nothing to save: it is rebuilt from its "
+            "environment, not loaded from a checkpoint"
+        )
 
     @classmethod
-    @abc.abstractmethod
     def load(cls, directory: str | os.PathLike) -> Policy:
         """Rebuild a policy written by :meth:`save` (no pickle involved)."""
+        raise NotImplementedError(f"{cls.__name__} ({cls.kind!r}) cannot be loaded from disk")
 
     def onnx_spec(self) -> dict[str, Any]:
         """Inputs, outputs, state tensors and metadata for ONNX export (deploy issue)."""

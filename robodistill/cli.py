@@ -23,7 +23,7 @@ from collections.abc import Sequence
 EXIT_OK, EXIT_USAGE, EXIT_NOT_BUILT, EXIT_INTERRUPTED = 0, 2, 3, 130
 log = logging.getLogger("robodistill")
 
-# Shortcut flags: (flag, dotted key, type, help) per command.
+# Shortcut flags: (flag, dotted key, type, help) per command. ``--video`` alone means 3.
 SHORTCUTS: dict[str, list[tuple[str, str, type, str]]] = {
     "collect": [
         ("--env", "env.id", str, "environment id"),
@@ -36,6 +36,7 @@ SHORTCUTS: dict[str, list[tuple[str, str, type, str]]] = {
         ("--env", "env.id", str, "environment id"),
         ("--policy", "eval.policy", str, "'random' or a policy directory"),
         ("--episodes", "eval.episodes", int, "evaluation episodes"),
+        ("--video", "eval.video_episodes", int, "render the first N episodes to MP4"),
         ("--num-envs", "env.num_envs", int, "environments stepped together"),
         ("--seed", "seed", int, "master seed"),
     ],
@@ -55,7 +56,8 @@ def _add_config_args(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("--overwrite", action="store_true", help="move a stage directory made "
                    "with another configuration aside instead of refusing")  # fmt: skip
     for flag, key, typ, text in SHORTCUTS.get(command, []):
-        p.add_argument(flag, type=typ, dest=f"short:{key}", help=f"{text} (sets {key})")
+        extra = {"nargs": "?", "const": 3, "metavar": "N"} if flag == "--video" else {}
+        p.add_argument(flag, type=typ, dest=f"short:{key}", help=f"{text} (sets {key})", **extra)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -47,7 +47,7 @@ class EnvConfig(Section):
 
 class CollectConfig(Section):
     policy: str = "random"
-    """``random`` or the path of a saved policy directory (``config.json`` + ``model.safetensors``)."""
+    """``random``, ``expert`` (the env's privileged expert) or a saved policy directory."""
     episodes: int = Field(50, ge=1, le=10_000_000)
     """Episodes in the trajectory store when the stage is done."""
     flush_every: int = Field(64, ge=1, le=100_000)
@@ -56,9 +56,11 @@ class CollectConfig(Section):
 
 class EvalConfig(Section):
     policy: str = "random"
-    """``random`` or the path of a saved policy directory."""
+    """``random``, ``expert`` (the env's privileged expert) or a saved policy directory."""
     episodes: int = Field(20, ge=1, le=1_000_000)
     """Evaluation episodes, on fixed seeds disjoint from collection's."""
+    video_episodes: int = Field(0, ge=0, le=100)
+    """The first N evaluation episodes are also rendered to ``<run>/eval/videos/seed-<s>.mp4``."""
 
 
 class TeachConfig(Section):

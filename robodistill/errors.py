@@ -5,14 +5,14 @@ from __future__ import annotations
 
 def _collect() -> tuple[type[BaseException], ...]:
     from robodistill.config import ConfigError
-    from robodistill.envs import EnvIdError
+    from robodistill.envs import EnvIdError, UnknownExpertError
     from robodistill.policies.checkpoint import CheckpointError
     from robodistill.rollout import RolloutError
     from robodistill.run import StageConfigMismatch
     from robodistill.store import StoreError
 
-    return (ConfigError, EnvIdError, CheckpointError, RolloutError, StageConfigMismatch,
-            StoreError)  # fmt: skip
+    return (ConfigError, EnvIdError, UnknownExpertError, CheckpointError, RolloutError,
+            StageConfigMismatch, StoreError)  # fmt: skip
 
 
 USER_ERRORS = _collect()

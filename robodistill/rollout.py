@@ -41,6 +41,7 @@ class _Slot:
     obs: list = field(default_factory=list)
     actions: list = field(default_factory=list)
     rewards: list = field(default_factory=list)
+    frames: list = field(default_factory=list)
 
     @property
     def active(self) -> bool:
@@ -69,11 +70,14 @@ def rollout(
     env_kwargs: dict | None = None,
     source_policy: str = "",
     on_episode: Callable[[Episode], None] | None = None,
+    on_frames: Callable[[int, list[np.ndarray]], None] | None = None,
 ) -> list[Episode]:
     """Run one episode per seed and hand each finished :class:`Episode` to ``on_episode``.
 
     Episodes are reported in the order they finish. Returns them all when ``on_episode``
     is ``None`` (keep ``on_episode`` for long collections: it streams to the store).
+    With ``on_frames``, every sub-env renders (``render_mode="rgb_array"``) and each
+    finished episode's frames, ``(H, W, 3)`` uint8 each, go to ``on_frames(seed, frames)``.
     Observations are ``(B, obs_dim)`` float32; a NaN/inf observation or action raises
     :class:`RolloutError` naming the seed and step.
     """
@@ -81,7 +85,10 @@ def rollout(
     if not queue:
         return []
     num_envs = min(num_envs, len(queue))
-    envs = make_vector_env(env_id, num_envs, max_episode_steps, **(env_kwargs or {}))
+    env_kwargs = dict(env_kwargs or {})
+    if on_frames is not None:
+        env_kwargs["render_mode"] = "rgb_array"
+    envs = make_vector_env(env_id, num_envs, max_episode_steps, **env_kwargs)
     collected: list[Episode] = []
     slots = [_Slot() for _ in range(num_envs)]
     try:
@@ -89,10 +96,15 @@ def rollout(
         for slot in slots:
             slot.index, slot.seed = queue.popleft()
             start_seeds.append(slot.seed)
+        policy.attach(list(envs.envs))
         obs, _ = envs.reset(seed=start_seeds)
         policy.reset()
         action_space = envs.single_action_space
         while any(s.active for s in slots):
+            if on_frames is not None:
+                for slot, frame in zip(slots, envs.call("render"), strict=True):
+                    if slot.active:
+                        slot.frames.append(frame)
             _check_finite(obs, "observation", slots, env_id)
             actions = np.asarray(policy.act(obs))
             if actions.shape != (num_envs, *action_space.shape):
@@ -117,13 +129,15 @@ def rollout(
                         collected.append(episode)
                     else:
                         on_episode(episode)
+                    if on_frames is not None:
+                        on_frames(slot.seed, [*slot.frames, envs.envs[i].render()])
             if not done.any():
                 obs = next_obs
                 continue
             reset_seeds: list[int | None] = [None] * num_envs
             for i in np.flatnonzero(done):
                 slot = slots[i]
-                slot.obs, slot.actions, slot.rewards = [], [], []
+                slot.obs, slot.actions, slot.rewards, slot.frames = [], [], [], []
                 if queue:
                     slot.index, slot.seed = queue.popleft()
                 else:

@@ -14,6 +14,7 @@ from typing import Any
 
 from robodistill.config import RunConfig
 from robodistill.run import StageRun, progress
+from robodistill.video import write_video
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +38,15 @@ def episode_seeds(cfg: RunConfig, count: int, offset: int = 0) -> list[int]:
     return [base + i for i in range(count)]
 
 
-def resolve_policy(spec: str, action_space, seed: int):
-    """``"random"`` or a checkpoint directory -> a :class:`Policy`."""
+def resolve_policy(spec: str, env_id: str, action_space, seed: int):
+    """``"random"``, ``"expert"`` or a checkpoint directory -> a :class:`Policy`."""
+    from robodistill.envs import make_expert
     from robodistill.policies import RandomPolicy, load_policy
 
     if spec == "random":
         return RandomPolicy.for_space(action_space, seed=seed)
+    if spec == "expert":
+        return make_expert(env_id, seed=seed)
     return load_policy(Path(spec))
 
 
@@ -70,7 +74,7 @@ def run_collect(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
                 log.info(
                     "collect: %d episodes already stored, %d to go", len(done_seeds), len(todo)
                 )
-            policy = resolve_policy(cfg.collect.policy, action_space, cfg.seed)
+            policy = resolve_policy(cfg.collect.policy, cfg.env.id, action_space, cfg.seed)
             speed = Throughput()
             bar = progress(len(wanted), f"collect {cfg.env.id}", initial=len(wanted) - len(todo))
 
@@ -114,14 +118,20 @@ def run_eval(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
     with StageRun(cfg, "eval", overwrite=overwrite) as stage:
         if stage.skipped:
             return stage.manifest["metrics"]
-        _, action_space, _ = env_spaces(cfg.env.id, cfg.env.kwargs)
+        _, action_space, env_doc = env_spaces(cfg.env.id, cfg.env.kwargs)
         results_path = stage.dir / "episodes.jsonl"
         done = _read_jsonl(results_path)
         done_seeds = {r["seed"] for r in done}
-        todo = [s for s in episode_seeds(cfg, cfg.eval.episodes, EVAL_SEED_OFFSET)
-                if s not in done_seeds]  # fmt: skip
-        policy = resolve_policy(cfg.eval.policy, action_space, cfg.seed + 1)
+        seeds = episode_seeds(cfg, cfg.eval.episodes, EVAL_SEED_OFFSET)
+        todo = [s for s in seeds if s not in done_seeds]
+        film = set(seeds[: cfg.eval.video_episodes])
+        policy = resolve_policy(cfg.eval.policy, cfg.env.id, action_space, cfg.seed + 1)
         bar = progress(cfg.eval.episodes, f"eval {cfg.env.id}", initial=len(done))
+        video_dir = stage.dir / "videos"
+
+        def save_video(seed, frames):
+            path = write_video(video_dir / f"seed-{seed}.mp4", frames, env_doc["control_rate_hz"])
+            log.info("eval: video %s", path)
         with open(results_path, "a") as out:
 
             def record(episode):
@@ -133,12 +143,16 @@ def run_eval(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
                 stage.log_metrics(len(done), {k: v for k, v in row.items() if k != "seed"})
                 bar.update(1)
 
+            # Episodes to film run first, in their own rendering envs; the rest run unrendered.
+            batches = [([s for s in todo if s in film], save_video),
+                       ([s for s in todo if s not in film], None)]  # fmt: skip
             try:
-                rollout(
-                    cfg.env.id, policy, todo, num_envs=cfg.env.num_envs,
-                    max_episode_steps=cfg.env.max_episode_steps, env_kwargs=cfg.env.kwargs,
-                    source_policy=cfg.eval.policy, on_episode=record,
-                )  # fmt: skip
+                for seeds, on_frames in batches:
+                    rollout(
+                        cfg.env.id, policy, seeds, num_envs=cfg.env.num_envs,
+                        max_episode_steps=cfg.env.max_episode_steps, env_kwargs=cfg.env.kwargs,
+                        source_policy=cfg.eval.policy, on_episode=record, on_frames=on_frames,
+                    )  # fmt: skip
             finally:
                 bar.close()
         metrics = summarize_episodes(

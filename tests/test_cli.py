@@ -121,3 +121,21 @@ def test_config_and_envs_commands(capsys):
     assert "Box(3,) float32" in capsys.readouterr().out
     assert main(["envs", "--all", "--json"]) == 0
     assert "Hopper-v5" in json.loads(capsys.readouterr().out)
+
+
+def test_eval_video_writes_playable_files(tmp_path):
+    args = ["eval", "--runs-dir", str(tmp_path), "--env", "InvertedPendulum-v5",
+            "--episodes", "3", "--video", "2", "--set", "env.max_episode_steps=6",
+            "--set", "env.num_envs=2"]  # fmt: skip
+    assert main(args) == 0
+    videos = sorted((tmp_path / "default/eval/videos").iterdir())
+    assert [v.name for v in videos] == ["seed-900000.mp4", "seed-900001.mp4"]
+    import imageio.v3 as iio
+
+    frames = iio.imread(videos[0], plugin="FFMPEG")
+    assert frames.ndim == 4 and frames.shape[-1] == 3 and 2 <= len(frames) <= 7
+
+
+def test_expert_for_an_env_without_one(tiny_overrides, capsys):
+    assert main(["collect", *_sets(tiny_overrides), "--policy", "expert"]) == EXIT_USAGE
+    assert "no expert for env id 'Pendulum-v1'" in capsys.readouterr().err

@@ -14,13 +14,6 @@ class LinearPolicy(Policy):
     def act(self, obs):
         return np.clip(obs[:, :1] * -0.5, -2, 2).astype(np.float32)
 
-    def save(self, directory):
-        raise NotImplementedError
-
-    @classmethod
-    def load(cls, directory):
-        raise NotImplementedError
-
 
 def _by_seed(episodes):
     return {e.seed: e for e in episodes}

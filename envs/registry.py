@@ -1,0 +1,40 @@
+"""The ``robodistill/...`` environment ids and their privileged experts.
+
+Registration uses entry-point strings, so importing this module is cheap: a task's MuJoCo
+model is built only when an env of that id is made.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import gymnasium as gym
+
+ENVIRONMENTS: dict[str, dict[str, Any]] = {}
+"""id -> gymnasium.register keyword arguments, for the ids this package provides."""
+
+class UnknownExpertError(ValueError):
+    """No privileged expert exists for this environment id."""
+
+
+EXPERTS: dict[str, str] = {}
+"""id -> ``module:Class`` of the privileged expert that solves it (``collect.policy: expert``)."""
+
+
+def register_all() -> None:
+    for env_id, kwargs in ENVIRONMENTS.items():
+        if env_id not in gym.registry:
+            gym.register(env_id, **kwargs)
+
+
+def make_expert(env_id: str, **kwargs: Any):
+    """The privileged expert policy for ``env_id`` (it reads the env's state via ``attach``)."""
+    if env_id not in EXPERTS:
+        known = ", ".join(sorted(EXPERTS)) or "none yet"
+        raise UnknownExpertError(
+            f"no expert for env id {env_id!r}; experts exist for: {known}. "
+            "Use policy 'random' or a saved policy directory instead."
+        )
+    module, _, name = EXPERTS[env_id].partition(":")
+    return getattr(importlib.import_module(module), name)(**kwargs)
