@@ -14,6 +14,7 @@ import gymnasium as gym
 ENVIRONMENTS: dict[str, dict[str, Any]] = {}
 """id -> gymnasium.register keyword arguments, for the ids this package provides."""
 
+
 class UnknownExpertError(ValueError):
     """No privileged expert exists for this environment id."""
 

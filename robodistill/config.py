@@ -13,6 +13,7 @@ documentation (``robodistill config --show`` prints them).
 from __future__ import annotations
 
 import difflib
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -199,7 +200,7 @@ def describe(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[str]:
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             lines.extend(describe(annotation, f"{prefix}{name}."))
             continue
-        default = field.get_default(call_default_factory=True)
+        default = json.dumps(field.get_default(call_default_factory=True), default=str)
         doc = (field.description or "").replace("\n", " ")
-        lines.append(f"{prefix}{name} = {default!r}  # {doc}")
+        lines.append(f"{prefix}{name} = {default}  # {doc}")
     return lines

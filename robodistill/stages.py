@@ -132,6 +132,7 @@ def run_eval(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
         def save_video(seed, frames):
             path = write_video(video_dir / f"seed-{seed}.mp4", frames, env_doc["control_rate_hz"])
             log.info("eval: video %s", path)
+
         with open(results_path, "a") as out:
 
             def record(episode):
