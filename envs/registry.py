@@ -7,11 +7,25 @@ model is built only when an env of that id is made.
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any
 
 import gymnasium as gym
 
-ENVIRONMENTS: dict[str, dict[str, Any]] = {}
+ENVIRONMENTS: dict[str, dict[str, Any]] = {
+    "robodistill/PushT-v0": {
+        "entry_point": "robodistill.envs.pusht:PushTEnv",
+        "max_episode_steps": 300,
+    },
+    "robodistill/Nav-v0": {
+        "entry_point": "robodistill.envs.nav:NavEnv",
+        "max_episode_steps": 400,
+    },
+    "robodistill/AGVMaze-v0": {
+        "entry_point": "robodistill.envs.agv_maze:AGVMazeEnv",
+        "max_episode_steps": 1000,
+    },
+}
 """id -> gymnasium.register keyword arguments, for the ids this package provides."""
 
 
@@ -19,7 +33,11 @@ class UnknownExpertError(ValueError):
     """No privileged expert exists for this environment id."""
 
 
-EXPERTS: dict[str, str] = {}
+EXPERTS: dict[str, str] = {
+    "robodistill/PushT-v0": "robodistill.envs.pusht_expert:PushTExpert",
+    "robodistill/Nav-v0": "robodistill.envs.nav_expert:NavPlannerExpert",
+    "robodistill/AGVMaze-v0": "robodistill.envs.nav_expert:NavPlannerExpert",
+}
 """id -> ``module:Class`` of the privileged expert that solves it (``collect.policy: expert``)."""
 
 
@@ -30,7 +48,11 @@ def register_all() -> None:
 
 
 def make_expert(env_id: str, **kwargs: Any):
-    """The privileged expert policy for ``env_id`` (it reads the env's state via ``attach``)."""
+    """The privileged expert policy for ``env_id`` (it reads the env's state via ``attach``).
+
+    Keyword arguments the expert's constructor does not take (e.g. ``seed`` for a
+    deterministic planner) are dropped.
+    """
     if env_id not in EXPERTS:
         known = ", ".join(sorted(EXPERTS)) or "none yet"
         raise UnknownExpertError(
@@ -38,4 +60,6 @@ def make_expert(env_id: str, **kwargs: Any):
             "Use policy 'random' or a saved policy directory instead."
         )
     module, _, name = EXPERTS[env_id].partition(":")
-    return getattr(importlib.import_module(module), name)(**kwargs)
+    cls = getattr(importlib.import_module(module), name)
+    accepted = inspect.signature(cls).parameters
+    return cls(**{k: v for k, v in kwargs.items() if k in accepted})

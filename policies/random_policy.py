@@ -44,9 +44,8 @@ class RandomPolicy(Policy):
     def act(self, obs: np.ndarray) -> np.ndarray:
         """``obs`` (B, obs_dim) -> (B, A) uniform in the bounds."""
         batch = np.asarray(obs).shape[0]
-        return self._rng.uniform(self.low, self.high, size=(batch, self.low.size)).astype(
-            np.float32
-        )
+        unit = self._rng.random((batch, self.low.size), dtype=np.float32)
+        return self.low + (self.high - self.low) * unit
 
     def save(self, directory: str | os.PathLike) -> Path:
         config = {"kind": self.kind, "seed": self.seed}

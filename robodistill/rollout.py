@@ -57,6 +57,7 @@ def make_vector_env(
             for _ in range(num_envs)
         ],
         autoreset_mode=AutoresetMode.DISABLED,
+        copy=False,  # rollout copies each batch once itself, cheaper than the default deepcopy
     )
 
 
@@ -98,6 +99,7 @@ def rollout(
             start_seeds.append(slot.seed)
         policy.attach(list(envs.envs))
         obs, _ = envs.reset(seed=start_seeds)
+        obs = obs.copy()
         policy.reset()
         action_space = envs.single_action_space
         while any(s.active for s in slots):
@@ -114,15 +116,16 @@ def rollout(
                 )
             _check_finite(actions, "action", slots, env_id)
             next_obs, reward, terminated, truncated, info = envs.step(actions)
-            done = np.zeros(num_envs, dtype=bool)
+            next_obs = next_obs.copy()  # the vector env reuses its buffer (copy=False)
+            # Idle rows end episodes too; they must be reset like the others before the next step.
+            done = np.logical_or(terminated, truncated)
             for i, slot in enumerate(slots):
                 if not slot.active:
                     continue
                 slot.obs.append(obs[i])
                 slot.actions.append(actions[i])
                 slot.rewards.append(reward[i])
-                if terminated[i] or truncated[i]:
-                    done[i] = True
+                if done[i]:
                     episode = _finish(slot, next_obs[i], terminated[i], truncated[i], info, i,
                                       env_id, source_policy)  # fmt: skip
                     if on_episode is None:
@@ -140,12 +143,13 @@ def rollout(
                 slot.obs, slot.actions, slot.rewards, slot.frames = [], [], [], []
                 if queue:
                     slot.index, slot.seed = queue.popleft()
+                    reset_seeds[i] = slot.seed
                 else:
-                    # Idle slots keep stepping (a vector env steps all rows); their data is dropped.
-                    slot.index, slot.seed = -1, 0
-                reset_seeds[i] = slot.seed
+                    # Idle rows keep stepping (a vector env steps all rows); their data is dropped.
+                    slot.index = -1
             # Rows outside the mask keep their current observation (``next_obs``).
             obs, _ = envs.reset(seed=reset_seeds, options={"reset_mask": done})
+            obs = obs.copy()
             policy.reset(env_ids=np.flatnonzero(done))
     finally:
         envs.close()
@@ -153,8 +157,11 @@ def rollout(
 
 
 def _check_finite(x: np.ndarray, what: str, slots: list[_Slot], env_id: str) -> None:
-    if np.issubdtype(np.asarray(x).dtype, np.floating):
-        bad = ~np.isfinite(x).reshape(len(slots), -1).all(axis=1)
+    # One vectorized test on the hot path; the per-row search only runs when something is bad.
+    if x.dtype.kind != "f" or np.isfinite(x).all():
+        return
+    bad = ~np.isfinite(x).reshape(len(slots), -1).all(axis=1)
+    if bad.any():
         for i in np.flatnonzero(bad):
             if slots[i].active:
                 raise RolloutError(

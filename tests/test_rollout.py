@@ -68,3 +68,14 @@ def test_wrong_action_shape_is_reported():
 
     with pytest.raises(RolloutError, match=r"shape \(2, 3\).*expects \(2, 1\)"):
         rollout("Pendulum-v1", Wide(), [1, 2], num_envs=2, max_episode_steps=3)
+
+
+def test_idle_rows_that_terminate_do_not_break_the_vector_env():
+    # InvertedPendulum terminates within a few steps under random actions, so rows that ran
+    # out of seeds end episodes while the last active row is still running.
+    from robodistill.policies import RandomPolicy
+
+    env = gym.make("InvertedPendulum-v5")
+    policy = RandomPolicy.for_space(env.action_space, seed=0)
+    episodes = rollout("InvertedPendulum-v5", policy, range(5), num_envs=4, max_episode_steps=200)
+    assert sorted(e.seed for e in episodes) == list(range(5))

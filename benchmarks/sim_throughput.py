@@ -1,0 +1,97 @@
+"""Simulator throughput: raw env steps/s vs. collection into the trajectory store.
+
+For each task: the raw rate of one env stepping pre-drawn random actions (no policy, no
+recording), then ``robodistill.rollout`` + ``TrajectoryStore`` with 1, 2 and 4 envs in a
+synchronous vector env and a random policy, as a ratio to the raw single-env rate. Goal:
+collection overhead <= 15 % (ratio >= 0.85). Medians over repeats, after a warm-up, in one
+process.
+
+    python benchmarks/sim_throughput.py                       # every robodistill/... id
+    python benchmarks/sim_throughput.py --env Hopper-v5 --steps 4000
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from robodistill.envs import ROBODISTILL_ENV_IDS, make_env
+from robodistill.policies import RandomPolicy
+from robodistill.rollout import rollout
+from robodistill.store import TrajectoryStore
+
+
+def raw_rate(env_id: str, steps: int, max_episode_steps: int) -> float:
+    env = make_env(env_id, max_episode_steps=max_episode_steps)
+    rng = np.random.default_rng(0)
+    low, high = env.action_space.low, env.action_space.high
+    actions = rng.uniform(low, high, size=(steps, *env.action_space.shape)).astype(np.float32)
+    env.reset(seed=0)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        *_, terminated, truncated, _ = env.step(actions[i])
+        if terminated or truncated:
+            env.reset(seed=i)
+    rate = steps / (time.perf_counter() - t0)
+    env.close()
+    return rate
+
+
+def collection_rate(env_id: str, steps: int, max_episode_steps: int, num_envs: int) -> float:
+    episodes = max(num_envs, steps // max_episode_steps)
+    env = make_env(env_id)
+    policy = RandomPolicy.for_space(env.action_space, seed=0)
+    env.close()
+    with tempfile.TemporaryDirectory() as tmp:
+        store = TrajectoryStore.create(Path(tmp) / "bench.zarr")
+        recorded = 0
+
+        def record(ep):
+            nonlocal recorded
+            store.add_episode(ep)
+            recorded += ep.length
+
+        t0 = time.perf_counter()
+        rollout(env_id, policy, range(episodes), num_envs=num_envs,
+                max_episode_steps=max_episode_steps, on_episode=record)  # fmt: skip
+        store.close()
+        return recorded / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", action="append", help="env id (repeatable); default: ours")
+    parser.add_argument("--steps", type=int, default=3000, help="env steps per measurement")
+    parser.add_argument("--max-episode-steps", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    env_ids = args.env or list(ROBODISTILL_ENV_IDS) or ["InvertedPendulum-v5"]
+    print(f"{args.steps} steps per measurement, episodes of {args.max_episode_steps} steps, "
+          f"medians of {args.repeats}")  # fmt: skip
+    header = f"{'env':<28}{'raw steps/s':>12}" + "".join(
+        f"{f'collect x{n}':>14}{'ratio':>7}" for n in (1, 2, 4)
+    )
+    print(header)
+    for env_id in env_ids:
+        raw_rate(env_id, 200, args.max_episode_steps)  # warm-up: model compile, imports
+        collection_rate(env_id, 200, args.max_episode_steps, 1)
+        raw = statistics.median(
+            raw_rate(env_id, args.steps, args.max_episode_steps) for _ in range(args.repeats)
+        )
+        row = f"{env_id:<28}{raw:>12,.0f}"
+        for n in (1, 2, 4):
+            rate = statistics.median(
+                collection_rate(env_id, args.steps, args.max_episode_steps, n)
+                for _ in range(args.repeats)
+            )
+            row += f"{rate:>14,.0f}{rate / raw:>7.2f}"
+        print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()
