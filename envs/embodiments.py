@@ -4,13 +4,13 @@ Adding an embodiment
 --------------------
 An embodiment is two things: an :class:`EmbodimentSpec` in :data:`EMBODIMENTS` (limits,
 footprint, mass, whether it can strafe, its minimum turning radius) and an MJCF builder
-function in ``robodistill.envs.nav.ROBOT_BUILDERS`` under the same name. The builder
-returns a :class:`robodistill.envs.nav.RobotModel`: the ``<body>`` XML of the robot (a
-chassis geom named ``chassis``, rangefinder sites on its rim), its actuators, and two small
-callables that place the robot at a pose and turn a body-frame velocity command
-``(vx, vy, yaw_rate)`` into ``data.ctrl``. Reuse ``omni_base`` (slide x/y + hinge yaw
-driven by velocity actuators) or ``wheeled_base`` (free chassis with two wheel hinges and
-casters) when the new robot moves like one of them. The environment does the rest from the
+function in :data:`ROBOT_BUILDERS` under the same name. The builder returns a
+:class:`RobotModel`: the ``<body>`` XML of the robot (body ``robot``, a chassis geom named
+``chassis``, rangefinder sites ``ray0..`` on its rim), its actuators, ``place()`` to put it
+at a pose and ``command()`` to turn a body-frame velocity ``(vx, vy, yaw_rate)`` into
+``data.ctrl``. Reuse :class:`OmniBase` (slide x/y + hinge yaw driven by velocity actuators)
+or :class:`WheeledBase` (free chassis, two wheel hinges, casters) when the new robot moves
+like one of them. The environment does the rest from the
 spec alone: it scales the normalized action by the limits, drops ``vy`` when
 ``can_strafe`` is false, caps the yaw rate at ``|v| / min_turning_radius``, rate-limits by
 ``max_accel`` / ``max_yaw_accel``, and writes the descriptor part of the observation. Then
@@ -81,9 +81,7 @@ class EmbodimentSpec:
     control_rate_hz: float = 10.0
     drive: str = "omni"
     action_dim: int = 3
-    observation_layout: tuple[dict[str, Any], ...] = field(
-        default=OBSERVATION_LAYOUT, hash=False
-    )
+    observation_layout: tuple[dict[str, Any], ...] = field(default=OBSERVATION_LAYOUT, hash=False)
 
     @property
     def obs_dim(self) -> int:
@@ -181,3 +179,173 @@ EMBODIMENTS: dict[str, EmbodimentSpec] = {
     ),
 }
 """Every embodiment by name; ``NavEnv(embodiment=name)`` picks one."""
+
+
+# ----------------------------------------------------------------------------------------
+# MJCF builders. Collision bits: obstacles/walls/chassis use bit 1, floor/wheels/casters
+# bit 2, so chassis never drags on the floor and wheels never snag on obstacles.
+
+RAY_HEIGHT = 0.15
+"""World height of the rangefinder ring, m (obstacles are 0.5 m tall)."""
+
+
+def _ray_sites(radius: float, z: float) -> str:
+    # Sites sit on the chassis rim so a reading is clearance, comparable across footprints;
+    # rangefinders ignore the site's own body, so the chassis never blocks its own beams.
+    sites = []
+    for i in range(N_RAYS):
+        a = 2 * np.pi * i / N_RAYS
+        c, s = np.cos(a), np.sin(a)
+        sites.append(
+            f'<site name="ray{i}" pos="{radius * c:.4f} {radius * s:.4f} {z:.3f}" '
+            f'zaxis="{c:.5f} {s:.5f} 0" size="0.01" rgba="1 0.5 0 0.3"/>'
+        )
+    return "\n".join(sites)
+
+
+class RobotModel:
+    """A robot's MJCF and the glue between the environment's command and ``data.ctrl``.
+
+    Subclasses set ``body_xml`` / ``actuator_xml`` in ``__init__``; the environment calls
+    :meth:`bind` once the model is compiled, then :meth:`place` on reset and :meth:`command`
+    before each chunk of physics substeps.
+    """
+
+    body_xml: str = ""
+    actuator_xml: str = ""
+    substeps_per_command: int = 5
+    """Physics substeps between :meth:`command` calls (world-frame targets drift with yaw)."""
+
+    def __init__(self, spec: EmbodimentSpec):
+        self.spec = spec
+
+    def bind(self, model: Any) -> None:
+        """Look up joint and actuator addresses in the compiled ``mujoco.MjModel``."""
+
+    def place(self, model: Any, data: Any, x: float, y: float, yaw: float) -> None:
+        """Put the robot at ``(x, y)`` m heading ``yaw`` rad, at rest."""
+        raise NotImplementedError
+
+    def command(self, model: Any, data: Any, v_body: np.ndarray) -> None:
+        """Write ``data.ctrl`` so the robot tracks ``v_body`` = (vx m/s, vy m/s, yaw rad/s)."""
+        raise NotImplementedError
+
+
+class OmniBase(RobotModel):
+    """Planar base: slide x, slide y, hinge yaw, each driven by a velocity actuator.
+
+    Used for ``holonomic``, ``heavy`` and ``ackermann`` (the latter is a kinematically
+    constrained base: the environment removes ``vy`` and caps ``|yaw_rate| <= |vx| / R_min``
+    before the command reaches the actuators, i.e. a bicycle model, not steered wheels).
+    """
+
+    Z = RAY_HEIGHT
+
+    def __init__(self, spec: EmbodimentSpec):
+        super().__init__(spec)
+        r, m = spec.footprint_radius, spec.mass
+        izz = 0.5 * m * r * r
+        # Gains scale with mass/inertia so every omni body tracks its (rate-limited) command
+        # with the same ~25 ms time constant; sluggishness comes from the spec's accel limits.
+        kv_lin, kv_yaw = 40.0 * m, 40.0 * izz
+        self.body_xml = f"""
+<body name="robot" pos="0 0 {self.Z}">
+  <joint name="base_x" type="slide" axis="1 0 0"/>
+  <joint name="base_y" type="slide" axis="0 1 0"/>
+  <joint name="base_yaw" type="hinge" axis="0 0 1"/>
+  <geom name="chassis" type="cylinder" size="{r} 0.1" mass="{m}" contype="1" conaffinity="1"
+        rgba="0.2 0.4 0.9 1"/>
+  <geom name="nose" type="box" size="{0.25 * r:.3f} {0.15 * r:.3f} 0.01"
+        pos="{0.7 * r:.3f} 0 0.1" contype="0" conaffinity="0" mass="0" rgba="1 1 1 1"/>
+  {_ray_sites(r, 0.0)}
+</body>"""
+        self.actuator_xml = f"""
+<velocity name="act_x" joint="base_x" kv="{kv_lin:.3f}"/>
+<velocity name="act_y" joint="base_y" kv="{kv_lin:.3f}"/>
+<velocity name="act_yaw" joint="base_yaw" kv="{kv_yaw:.4f}"/>"""
+
+    def bind(self, model: Any) -> None:
+        self.qadr = [int(model.joint(n).qposadr[0]) for n in ("base_x", "base_y", "base_yaw")]
+        self.vadr = [int(model.joint(n).dofadr[0]) for n in ("base_x", "base_y", "base_yaw")]
+        self.act = [int(model.actuator(n).id) for n in ("act_x", "act_y", "act_yaw")]
+
+    def place(self, model: Any, data: Any, x: float, y: float, yaw: float) -> None:
+        data.qpos[self.qadr] = (x, y, yaw)
+        data.qvel[self.vadr] = 0.0
+
+    def command(self, model: Any, data: Any, v_body: np.ndarray) -> None:
+        yaw = data.qpos[self.qadr[2]]
+        c, s = np.cos(yaw), np.sin(yaw)
+        vx, vy, w = v_body
+        data.ctrl[self.act] = (c * vx - s * vy, s * vx + c * vy, w)
+
+
+class WheeledBase(RobotModel):
+    """Differential drive: free-floating chassis, two wheel hinges with floor friction,
+    two frictionless casters (front/back). ``vy`` has no actuator to go to."""
+
+    WHEEL_R = 0.06
+    substeps_per_command = 20  # wheel speeds are body-frame: no drift, one write per step
+
+    def __init__(self, spec: EmbodimentSpec):
+        super().__init__(spec)
+        r, m, wr = spec.footprint_radius, spec.mass, self.WHEEL_R
+        self.half_track = r - 0.04
+        body_mass = m - 1.0  # two 0.5 kg wheels
+        # Casters float 2 mm above the floor when level, so the driven wheels carry the weight
+        # (four coplanar contacts would let the frictionless casters take it and wheels slip).
+        cz = f"{-(wr - 0.03) + 0.002:.3f}"
+        self.body_xml = f"""
+<body name="robot" pos="0 0 {wr}">
+  <freejoint name="base_free"/>
+  <geom name="chassis" type="cylinder" size="{r} 0.06" pos="0 0 0.09" mass="{body_mass}"
+        contype="1" conaffinity="1" rgba="0.9 0.5 0.2 1"/>
+  <geom name="nose" type="box" size="{0.25 * r:.3f} {0.15 * r:.3f} 0.01"
+        pos="{0.7 * r:.3f} 0 0.15" contype="0" conaffinity="0" mass="0" rgba="1 1 1 1"/>
+  <geom name="caster_f" type="sphere" size="0.03" pos="{r - 0.07:.3f} 0 {cz}" condim="1"
+        contype="2" conaffinity="2" mass="0.1"/>
+  <geom name="caster_b" type="sphere" size="0.03" pos="{-(r - 0.07):.3f} 0 {cz}" condim="1"
+        contype="2" conaffinity="2" mass="0.1"/>
+  <body name="wheel_l" pos="0 {self.half_track:.3f} 0">
+    <joint name="wheel_l" type="hinge" axis="0 1 0" damping="0.01" armature="0.005"/>
+    <geom type="cylinder" size="{wr} 0.02" zaxis="0 1 0" friction="1.2 0.01 0.001"
+          contype="2" conaffinity="2" mass="0.5" rgba="0.1 0.1 0.1 1"/>
+  </body>
+  <body name="wheel_r" pos="0 {-self.half_track:.3f} 0">
+    <joint name="wheel_r" type="hinge" axis="0 1 0" damping="0.01" armature="0.005"/>
+    <geom type="cylinder" size="{wr} 0.02" zaxis="0 1 0" friction="1.2 0.01 0.001"
+          contype="2" conaffinity="2" mass="0.5" rgba="0.1 0.1 0.1 1"/>
+  </body>
+  {_ray_sites(r, RAY_HEIGHT - wr)}
+</body>"""
+        self.actuator_xml = """
+<velocity name="act_wl" joint="wheel_l" kv="3" forcelimited="true" forcerange="-6 6"/>
+<velocity name="act_wr" joint="wheel_r" kv="3" forcelimited="true" forcerange="-6 6"/>"""
+
+    def bind(self, model: Any) -> None:
+        j = model.joint("base_free")
+        self.qadr, self.vadr = int(j.qposadr[0]), int(j.dofadr[0])
+        self.wheel_q = [int(model.joint(n).qposadr[0]) for n in ("wheel_l", "wheel_r")]
+        self.wheel_v = [int(model.joint(n).dofadr[0]) for n in ("wheel_l", "wheel_r")]
+        self.act = [int(model.actuator(n).id) for n in ("act_wl", "act_wr")]
+
+    def place(self, model: Any, data: Any, x: float, y: float, yaw: float) -> None:
+        q = self.qadr
+        data.qpos[q : q + 7] = (x, y, self.WHEEL_R, np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2))
+        data.qvel[self.vadr : self.vadr + 6] = 0.0
+        data.qpos[self.wheel_q] = 0.0
+        data.qvel[self.wheel_v] = 0.0
+
+    def command(self, model: Any, data: Any, v_body: np.ndarray) -> None:
+        v, w = v_body[0], v_body[2]
+        b = self.half_track
+        data.ctrl[self.act] = ((v - w * b) / self.WHEEL_R, (v + w * b) / self.WHEEL_R)
+
+
+ROBOT_BUILDERS: dict[str, type[RobotModel]] = {
+    "holonomic": OmniBase,
+    "diffdrive": WheeledBase,
+    "ackermann": OmniBase,
+    "heavy": OmniBase,
+}
+"""MJCF builder per embodiment name: ``ROBOT_BUILDERS[name](EMBODIMENTS[name])``."""

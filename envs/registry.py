@@ -20,10 +20,12 @@ ENVIRONMENTS: dict[str, dict[str, Any]] = {
     "robodistill/Nav-v0": {
         "entry_point": "robodistill.envs.nav:NavEnv",
         "max_episode_steps": 400,
+        "kwargs": {"embodiment": "holonomic"},
     },
     "robodistill/AGVMaze-v0": {
         "entry_point": "robodistill.envs.agv_maze:AGVMazeEnv",
         "max_episode_steps": 1000,
+        "kwargs": {"embodiment": "diffdrive"},
     },
 }
 """id -> gymnasium.register keyword arguments, for the ids this package provides."""
@@ -39,6 +41,16 @@ EXPERTS: dict[str, str] = {
     "robodistill/AGVMaze-v0": "robodistill.envs.nav_expert:NavPlannerExpert",
 }
 """id -> ``module:Class`` of the privileged expert that solves it (``collect.policy: expert``)."""
+
+
+def embodiments(env_id: str) -> tuple[str, ...]:
+    """Embodiments an id accepts through its ``embodiment`` keyword (empty: it has one body)."""
+    from robodistill.envs.embodiments import EMBODIMENTS
+
+    if env_id == "robodistill/Nav-v0":
+        return tuple(EMBODIMENTS)
+    default = ENVIRONMENTS.get(env_id, {}).get("kwargs", {}).get("embodiment")
+    return (default,) if default else ()
 
 
 def register_all() -> None:

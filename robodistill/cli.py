@@ -110,29 +110,48 @@ def resolve_config(args: argparse.Namespace):
 def cmd_envs(args: argparse.Namespace) -> int:
     import gymnasium as gym
 
-    from robodistill.envs import ROBODISTILL_ENV_IDS
+    from robodistill.envs import EXPERTS, ROBODISTILL_ENV_IDS
+    from robodistill.envs.registry import embodiments
     from robodistill.rollout import env_spaces
 
     if args.env_id:
         _, _, doc = env_spaces(args.env_id)
         print(json.dumps(doc, indent=2) if args.json else _describe_env(doc))
         return EXIT_OK
-    ids = sorted(gym.registry) if args.all else list(ROBODISTILL_ENV_IDS)
+    if args.all:
+        ids = sorted(gym.registry)
+        print(json.dumps(ids) if args.json else "\n".join(ids))
+        return EXIT_OK
+    rows = []
+    for env_id in ROBODISTILL_ENV_IDS:
+        _, _, doc = env_spaces(env_id)
+        rows.append(doc | {"embodiments": list(embodiments(env_id)),
+                           "expert": env_id in EXPERTS})  # fmt: skip
     if args.json:
-        print(json.dumps(ids))
-    elif not ids:
-        print("robodistill registers no environments yet (the MuJoCo tasks arrive with issue "
-              "#3). Any gymnasium id works: `robodistill envs --all` lists them.")  # fmt: skip
-    else:
-        print("\n".join(ids))
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    print(
+        f"{'id':<24}{'observation':<16}{'action':<12}{'rate':>7}{'steps':>7}  expert  embodiments"
+    )
+    for r in rows:
+        print(f"{r['env_id']:<24}{_space(r['observation_space']):<16}"
+              f"{_space(r['action_space']):<12}{r['control_rate_hz']:>5.0f}Hz"
+              f"{r['max_episode_steps']:>7}  {'yes' if r['expert'] else 'no':<6}  "
+              f"{', '.join(r['embodiments']) or '-'}")  # fmt: skip
+    print("\nAny other gymnasium id works too (`robodistill envs --all`); `robodistill envs ID` "
+          "describes one.")  # fmt: skip
     return EXIT_OK
+
+
+def _space(s: dict) -> str:
+    if s["type"] == "Box":
+        return f"Box{tuple(s['shape'])}"
+    return s["type"]
 
 
 def _describe_env(doc: dict) -> str:
     def space(s: dict) -> str:
-        if s["type"] == "Box":
-            return f"Box{tuple(s['shape'])} {s['dtype']}"
-        return json.dumps(s)
+        return f"{_space(s)} {s['dtype']}" if s["type"] == "Box" else json.dumps(s)
 
     rate = doc["control_rate_hz"]
     lines = [

@@ -28,8 +28,8 @@ def write_report(cfg: RunConfig, results: dict[str, Any]) -> Path:
         "",
         f"Environment `{cfg.env.id}`, seed {cfg.seed}. Configuration: `config.json`.",
         "",
-        "| stage | status | seconds | episodes | return (mean ± std) | success rate |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| stage | status | seconds | episodes | return (mean ± std) | length | success rate |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for stage, result in results.items():
         m = result.get("metrics") or {}
@@ -37,7 +37,8 @@ def write_report(cfg: RunConfig, results: dict[str, Any]) -> Path:
                if m.get("return_mean") is not None else "—")  # fmt: skip
         lines.append(
             f"| {stage} | {result['status']} | {_fmt(result.get('seconds'))} | "
-            f"{_fmt(m.get('episodes'))} | {ret} | {_fmt(m.get('success_rate'))} |"
+            f"{_fmt(m.get('episodes'))} | {ret} | {_fmt(m.get('length_mean'))} | "
+            f"{_fmt(m.get('success_rate'))} |"
         )
     not_built = [s for s, r in results.items() if r["status"] == "not built"]
     if not_built:

@@ -119,6 +119,11 @@ def test_config_and_envs_commands(capsys):
     assert "env.num_envs = 4" in capsys.readouterr().out
     assert main(["envs", "Pendulum-v1"]) == 0
     assert "Box(3,) float32" in capsys.readouterr().out
+    assert main(["envs"]) == 0
+    table = capsys.readouterr().out
+    assert re.search(
+        r"robodistill/Nav-v0 .*10Hz .*yes .*holonomic, diffdrive, ackermann, heavy", table
+    )
     assert main(["envs", "--all", "--json"]) == 0
     assert "Hopper-v5" in json.loads(capsys.readouterr().out)
 

@@ -1,0 +1,89 @@
+"""``robodistill/AGVMaze-v0``: a differential-drive AGV crossing a warehouse, sparse reward.
+
+The warehouse-path-planning setting of the RND-for-AGV work: a 24 m x 12 m hall with five
+shelf rows (1 m deep) across the direction of travel. Each row is broken by one or two
+cross aisles (1.4 m wide) at seed-dependent places, alternating between the upper and lower
+half from row to row so that the route zig-zags; a few pallets stand in the aisles. The
+AGV starts in the loading zone (x in [0.8, 2.2] m) and must reach a goal in the dispatch
+zone at the far end (x in [21.8, 23.2] m). Reward is 1 on reaching the goal, else 0, over
+a 1000-step (100 s) horizon, so undirected exploration rarely finds it.
+
+Observation, action, ``dt`` and ``info`` are those of :class:`robodistill.envs.nav.NavEnv`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from robodistill.envs.nav import Layout, NavEnv
+
+HALL_W, HALL_H = 24.0, 12.0  # m
+ROW_X = (4.0, 8.0, 12.0, 16.0, 20.0)  # centre line of each shelf row, m
+ROW_HALF_DEPTH = 0.5  # m
+AISLE_W = 1.4  # m, width of a cross aisle through a shelf row
+N_PALLETS = 3
+MAX_SEGMENTS = 3  # a row with two cross aisles is three shelf boxes
+
+
+class AGVMazeEnv(NavEnv):
+    """Warehouse maze for a ``diffdrive`` AGV with a sparse goal reward.
+
+    Args:
+        embodiment: defaults to ``"diffdrive"`` (any ``EMBODIMENTS`` key works).
+        reward: defaults to ``"sparse"``.
+        render_mode: ``None`` or ``"rgb_array"``.
+    """
+
+    default_embodiment = "diffdrive"
+    expert_heading_mode = "path"
+    """The AGV task is about exploration under a sparse reward, not the embodiment gap: the
+    planner expert faces its direction of travel here, so it drives the diff-drive AGV."""
+
+    def __init__(
+        self,
+        embodiment: str | None = None,
+        reward: str = "sparse",
+        render_mode: str | None = None,
+    ):
+        super().__init__(embodiment, reward=reward, n_obstacles=0, render_mode=render_mode)
+
+    def _slot_counts(self) -> tuple[int, int]:
+        return len(ROW_X) * MAX_SEGMENTS + N_PALLETS, 0
+
+    def _floor_half_size(self) -> float:
+        return 30.0
+
+    def _generate_layout(self, rng: np.random.Generator) -> Layout:
+        while True:
+            boxes = []
+            for i, x in enumerate(ROW_X):
+                # Main cross aisle alternates halves; a second one appears half the time.
+                lo, hi = (HALL_H / 2 + 0.5, HALL_H - 1.2) if i % 2 == 0 else (1.2, HALL_H / 2 - 0.5)
+                gaps = [rng.uniform(lo, hi)]
+                if rng.random() < 0.5:
+                    gaps.append(rng.uniform(1.2, HALL_H - 1.2))
+                gaps = sorted(gaps)
+                edges = [0.0]
+                for g in gaps:
+                    edges += [g - AISLE_W / 2, g + AISLE_W / 2]
+                edges.append(HALL_H)
+                for y0, y1 in zip(edges[::2], edges[1::2], strict=True):
+                    if y1 - y0 > 0.2:
+                        boxes.append([x, (y0 + y1) / 2, ROW_HALF_DEPTH, (y1 - y0) / 2, 0.0])
+            for _ in range(N_PALLETS):
+                row = rng.integers(len(ROW_X) - 1)
+                px = rng.uniform(ROW_X[row] + 1.3, ROW_X[row + 1] - 1.3)
+                boxes.append([px, rng.uniform(1.0, HALL_H - 1.0), 0.4, 0.4, 0.0])
+            layout = Layout(
+                HALL_W, HALL_H, np.array(boxes), np.zeros((0, 3)), np.zeros(3), np.zeros(2)
+            )
+            ok = self._place_start_goal(
+                layout,
+                rng,
+                clearance=0.5,
+                min_dist=18.0,
+                start_zone=(0.8, 2.2),
+                goal_zone=(HALL_W - 2.2, HALL_W - 0.8),
+            )
+            if ok:
+                return layout
