@@ -98,6 +98,9 @@ def rollout(
             slot.index, slot.seed = queue.popleft()
             start_seeds.append(slot.seed)
         policy.attach(list(envs.envs))
+        # Multi-embodiment tasks say which body they simulate; it goes into each episode's meta.
+        spec = getattr(envs.envs[0].unwrapped, "embodiment_spec", None)
+        embodiment = getattr(spec, "name", "")
         obs, _ = envs.reset(seed=start_seeds)
         obs = obs.copy()
         policy.reset()
@@ -127,7 +130,7 @@ def rollout(
                 slot.rewards.append(reward[i])
                 if done[i]:
                     episode = _finish(slot, next_obs[i], terminated[i], truncated[i], info, i,
-                                      env_id, source_policy)  # fmt: skip
+                                      env_id, source_policy, embodiment)  # fmt: skip
                     if on_episode is None:
                         collected.append(episode)
                     else:
@@ -170,7 +173,9 @@ def _check_finite(x: np.ndarray, what: str, slots: list[_Slot], env_id: str) -> 
                 )
 
 
-def _finish(slot, final_obs, terminated, truncated, info, i, env_id, source_policy) -> Episode:
+def _finish(
+    slot, final_obs, terminated, truncated, info, i, env_id, source_policy, embodiment
+) -> Episode:
     steps = len(slot.rewards)
     term = np.zeros(steps, dtype=bool)
     trunc = np.zeros(steps, dtype=bool)
@@ -189,6 +194,7 @@ def _finish(slot, final_obs, terminated, truncated, info, i, env_id, source_poli
         final={"obs": np.asarray(final_obs, dtype=np.float32)},
         seed=int(slot.seed),
         env_id=env_id,
+        embodiment=embodiment,
         source_policy=source_policy,
         success=success,
     )

@@ -79,3 +79,12 @@ def test_idle_rows_that_terminate_do_not_break_the_vector_env():
     policy = RandomPolicy.for_space(env.action_space, seed=0)
     episodes = rollout("InvertedPendulum-v5", policy, range(5), num_envs=4, max_episode_steps=200)
     assert sorted(e.seed for e in episodes) == list(range(5))
+
+
+def test_embodiment_is_recorded_per_episode():
+    from robodistill.envs import make_expert
+
+    expert = make_expert("robodistill/Nav-v0")
+    (ep,) = rollout("robodistill/Nav-v0", expert, [0], max_episode_steps=5,
+                    env_kwargs={"embodiment": "heavy"})  # fmt: skip
+    assert ep.embodiment == "heavy" and ep.env_id == "robodistill/Nav-v0"
