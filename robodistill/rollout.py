@@ -1,14 +1,20 @@
-"""Roll a policy out in a synchronous vector env, one fixed seed per episode.
+"""Roll a policy out in a batch of environments, one fixed seed per episode.
 
 Every episode gets its own seed (``seeds[i]``), so the set of episodes does not depend on
 how many environments run side by side, and an interrupted collection resumes by running
-only the seeds that are not in the store yet. Sub-environments are reset by hand
-(``AutoresetMode.DISABLED``) so that each reset can take the next episode's seed.
+only the seeds that are not in the store yet. A row whose episode ends is reset at once
+with the next seed; a row with no seed left goes idle and is no longer stepped.
 
 ::
 
-    slot 0: | ep 0 (seed s0) ........ | ep 2 (seed s2) ...... | idle
-    slot 1: | ep 1 (seed s1) ..... | ep 3 (seed s3) ............ |
+    row 0: | ep 0 (seed s0) ........ | ep 2 (seed s2) ...... | idle
+    row 1: | ep 1 (seed s1) ..... | ep 3 (seed s3) ............ |
+
+The rows are plain gymnasium envs stepped in turn rather than a
+``gymnasium.vector.SyncVectorEnv``: per-episode seeding needs manual resets anyway, idle
+rows must not be stepped, and the vector env's per-step info merging cost 50 µs per step
+(a fifth of a PushT step) that ``benchmarks/sim_throughput.py`` showed as overhead.
+Privileged policies (experts) get the env objects through ``policy.attach``.
 """
 
 from __future__ import annotations
@@ -21,7 +27,6 @@ from dataclasses import dataclass, field
 
 import gymnasium as gym
 import numpy as np
-from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 from robodistill.envs import make_env
 from robodistill.policies import Policy
@@ -36,29 +41,11 @@ class RolloutError(RuntimeError):
 
 @dataclass
 class _Slot:
-    index: int = -1
-    seed: int = 0
+    seed: int
     obs: list = field(default_factory=list)
     actions: list = field(default_factory=list)
     rewards: list = field(default_factory=list)
     frames: list = field(default_factory=list)
-
-    @property
-    def active(self) -> bool:
-        return self.index >= 0
-
-
-def make_vector_env(
-    env_id: str, num_envs: int, max_episode_steps: int | None = None, **kwargs
-) -> SyncVectorEnv:
-    return SyncVectorEnv(
-        [
-            lambda: make_env(env_id, max_episode_steps=max_episode_steps, **kwargs)
-            for _ in range(num_envs)
-        ],
-        autoreset_mode=AutoresetMode.DISABLED,
-        copy=False,  # rollout copies each batch once itself, cheaper than the default deepcopy
-    )
 
 
 def rollout(
@@ -77,96 +64,91 @@ def rollout(
 
     Episodes are reported in the order they finish. Returns them all when ``on_episode``
     is ``None`` (keep ``on_episode`` for long collections: it streams to the store).
-    With ``on_frames``, every sub-env renders (``render_mode="rgb_array"``) and each
-    finished episode's frames, ``(H, W, 3)`` uint8 each, go to ``on_frames(seed, frames)``.
-    Observations are ``(B, obs_dim)`` float32; a NaN/inf observation or action raises
-    :class:`RolloutError` naming the seed and step.
+    With ``on_frames``, every env renders (``render_mode="rgb_array"``) and each finished
+    episode's frames, ``(H, W, 3)`` uint8 each, go to ``on_frames(seed, frames)``.
+    The policy always sees a ``(num_envs, obs_dim)`` float32 batch (idle rows hold their
+    last observation) so that per-row policy state keeps its row. A NaN/inf observation or
+    action raises :class:`RolloutError` naming the seed and step.
     """
-    queue = deque(enumerate(seeds))
+    queue = deque(seeds)
     if not queue:
         return []
     num_envs = min(num_envs, len(queue))
     env_kwargs = dict(env_kwargs or {})
     if on_frames is not None:
         env_kwargs["render_mode"] = "rgb_array"
-    envs = make_vector_env(env_id, num_envs, max_episode_steps, **env_kwargs)
+    envs = [make_env(env_id, max_episode_steps=max_episode_steps, **env_kwargs)
+            for _ in range(num_envs)]  # fmt: skip
     collected: list[Episode] = []
-    slots = [_Slot() for _ in range(num_envs)]
     try:
-        start_seeds = []
-        for slot in slots:
-            slot.index, slot.seed = queue.popleft()
-            start_seeds.append(slot.seed)
-        policy.attach(list(envs.envs))
+        space = envs[0].observation_space
+        obs = np.zeros((num_envs, *space.shape), dtype=np.float32)
+        action_shape = (num_envs, *envs[0].action_space.shape)
         # Multi-embodiment tasks say which body they simulate; it goes into each episode's meta.
-        spec = getattr(envs.envs[0].unwrapped, "embodiment_spec", None)
-        embodiment = getattr(spec, "name", "")
-        obs, _ = envs.reset(seed=start_seeds)
-        obs = obs.copy()
+        embodiment = getattr(getattr(envs[0].unwrapped, "embodiment_spec", None), "name", "")
+        slots: list[_Slot | None] = [None] * num_envs
+        policy.attach(envs)
         policy.reset()
-        action_space = envs.single_action_space
-        while any(s.active for s in slots):
-            if on_frames is not None:
-                for slot, frame in zip(slots, envs.call("render"), strict=True):
-                    if slot.active:
-                        slot.frames.append(frame)
+
+        def start(i: int) -> None:
+            if queue:
+                slots[i] = _Slot(seed=int(queue.popleft()))
+                obs[i], _ = envs[i].reset(seed=slots[i].seed)
+            else:
+                slots[i] = None
+
+        for i in range(num_envs):
+            start(i)
+        while any(slot is not None for slot in slots):
             _check_finite(obs, "observation", slots, env_id)
+            if on_frames is not None:
+                for slot, env in zip(slots, envs, strict=True):
+                    if slot is not None:
+                        slot.frames.append(env.render())
             actions = np.asarray(policy.act(obs))
-            if actions.shape != (num_envs, *action_space.shape):
+            if actions.shape != action_shape:
                 raise RolloutError(
                     f"policy returned actions of shape {actions.shape}; {env_id} expects "
-                    f"{(num_envs, *action_space.shape)}"
+                    f"{action_shape}"
                 )
             _check_finite(actions, "action", slots, env_id)
-            next_obs, reward, terminated, truncated, info = envs.step(actions)
-            next_obs = next_obs.copy()  # the vector env reuses its buffer (copy=False)
-            # Idle rows end episodes too; they must be reset like the others before the next step.
-            done = np.logical_or(terminated, truncated)
+            ended = []
             for i, slot in enumerate(slots):
-                if not slot.active:
+                if slot is None:
                     continue
-                slot.obs.append(obs[i])
+                next_obs, reward, terminated, truncated, info = envs[i].step(actions[i])
+                slot.obs.append(obs[i].copy())
                 slot.actions.append(actions[i])
-                slot.rewards.append(reward[i])
-                if done[i]:
-                    episode = _finish(slot, next_obs[i], terminated[i], truncated[i], info, i,
-                                      env_id, source_policy, embodiment)  # fmt: skip
+                slot.rewards.append(reward)
+                obs[i] = next_obs
+                if terminated or truncated:
+                    episode = _finish(slot, next_obs, terminated, truncated, info, env_id,
+                                      source_policy, embodiment)  # fmt: skip
                     if on_episode is None:
                         collected.append(episode)
                     else:
                         on_episode(episode)
                     if on_frames is not None:
-                        on_frames(slot.seed, [*slot.frames, envs.envs[i].render()])
-            if not done.any():
-                obs = next_obs
-                continue
-            reset_seeds: list[int | None] = [None] * num_envs
-            for i in np.flatnonzero(done):
-                slot = slots[i]
-                slot.obs, slot.actions, slot.rewards, slot.frames = [], [], [], []
-                if queue:
-                    slot.index, slot.seed = queue.popleft()
-                    reset_seeds[i] = slot.seed
-                else:
-                    # Idle rows keep stepping (a vector env steps all rows); their data is dropped.
-                    slot.index = -1
-            # Rows outside the mask keep their current observation (``next_obs``).
-            obs, _ = envs.reset(seed=reset_seeds, options={"reset_mask": done})
-            obs = obs.copy()
-            policy.reset(env_ids=np.flatnonzero(done))
+                        on_frames(slot.seed, [*slot.frames, envs[i].render()])
+                    ended.append(i)
+            if ended:
+                policy.reset(env_ids=np.array(ended))
+                for i in ended:
+                    start(i)
     finally:
-        envs.close()
+        for env in envs:
+            env.close()
     return collected
 
 
-def _check_finite(x: np.ndarray, what: str, slots: list[_Slot], env_id: str) -> None:
+def _check_finite(x: np.ndarray, what: str, slots: list[_Slot | None], env_id: str) -> None:
     # One vectorized test on the hot path; the per-row search only runs when something is bad.
     if x.dtype.kind != "f" or np.isfinite(x).all():
         return
     bad = ~np.isfinite(x).reshape(len(slots), -1).all(axis=1)
     if bad.any():
         for i in np.flatnonzero(bad):
-            if slots[i].active:
+            if slots[i] is not None:
                 raise RolloutError(
                     f"{what} contains NaN or inf in {env_id}, episode seed {slots[i].seed}, "
                     f"step {len(slots[i].obs)}: {x[i]}"
@@ -174,15 +156,13 @@ def _check_finite(x: np.ndarray, what: str, slots: list[_Slot], env_id: str) -> 
 
 
 def _finish(
-    slot, final_obs, terminated, truncated, info, i, env_id, source_policy, embodiment
+    slot, final_obs, terminated, truncated, info, env_id, source_policy, embodiment
 ) -> Episode:
     steps = len(slot.rewards)
     term = np.zeros(steps, dtype=bool)
     trunc = np.zeros(steps, dtype=bool)
     term[-1], trunc[-1] = bool(terminated), bool(truncated)
-    success = None
-    if "is_success" in info and info.get("_is_success", np.ones(len(info["is_success"])))[i]:
-        success = bool(info["is_success"][i])
+    success = bool(info["is_success"]) if "is_success" in info else None
     return Episode(
         data={
             "obs": np.asarray(slot.obs, dtype=np.float32),

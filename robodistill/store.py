@@ -18,7 +18,7 @@
                                  ▲        ▲              ▲
                    episode_ends  ends[0]  ends[1]        ends[2] = N = committed["steps"]
 
-Writes: ``add_episode`` makes the episode durable in the journal (fsynced temp file +
+Writes: ``add_episode`` makes the episode durable in the journal (temp file +
 ``os.replace``), and every ``flush_every`` episodes the journal is merged into zarr in one batch:
 data arrays, meta arrays, ``meta/episode_ends``, then the root attribute ``committed`` — the
 commit point, one atomic file write — and finally the merged journal files are deleted. Zarr
@@ -27,8 +27,8 @@ per-call overhead is milliseconds, so batching is what makes appends fast.
 Recovery: opening with ``mode="a"`` trims arrays back to ``committed`` (torn merge), drops
 journal files already merged, removes half-written temp files and merges the rest. ``mode="r"``
 never writes and shows committed + journal episodes. A ``kill -9`` at any moment therefore
-loses at most the episode in flight. Durability is against process crashes: zarr itself does
-not fsync, so a power loss right after a merge may lose that batch.
+loses at most the episode in flight. Durability is against process crashes: neither the journal
+nor zarr fsyncs, so a power loss may lose the episodes of the last seconds.
 """
 
 from __future__ import annotations
