@@ -36,7 +36,7 @@ class Section(BaseModel):
 
 
 class EnvConfig(Section):
-    id: str = "InvertedPendulum-v5"
+    id: str = "robodistill/PushT-v0"
     """gymnasium id (``robodistill/PushT-v0``, ``Hopper-v5``, ``mypkg:MyEnv-v0`` imports mypkg)."""
     kwargs: dict[str, Any] = Field(default_factory=dict)
     """Keyword arguments passed to ``gymnasium.make``."""
@@ -47,21 +47,23 @@ class EnvConfig(Section):
 
 
 class CollectConfig(Section):
-    policy: str = "random"
+    policy: str = "expert"
     """``random``, ``expert`` (the env's privileged expert) or a saved policy directory."""
-    episodes: int = Field(50, ge=1, le=10_000_000)
+    episodes: int = Field(100, ge=1, le=10_000_000)
     """Episodes in the trajectory store when the stage is done."""
     flush_every: int = Field(64, ge=1, le=100_000)
     """Episodes journaled before they are merged into the zarr arrays in one batch."""
 
 
 class EvalConfig(Section):
-    policy: str = "random"
+    policy: str = "expert"
     """``random``, ``expert`` (the env's privileged expert) or a saved policy directory."""
     episodes: int = Field(20, ge=1, le=1_000_000)
     """Evaluation episodes, on fixed seeds disjoint from collection's."""
-    video_episodes: int = Field(0, ge=0, le=100)
+    video_episodes: int = Field(2, ge=0, le=100)
     """The first N evaluation episodes are also rendered to ``<run>/eval/videos/seed-<s>.mp4``."""
+    video_env_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Extra ``gymnasium.make`` arguments for the rendered episodes only (e.g. a frame size)."""
 
 
 class TeachConfig(Section):

@@ -20,6 +20,10 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.0f} %"
+
+
 def write_report(cfg: RunConfig, results: dict[str, Any]) -> Path:
     """``<run>/report.md``: one row per stage, then each built stage's metrics."""
     run_dir = Path(cfg.runs_dir) / cfg.name
@@ -38,7 +42,7 @@ def write_report(cfg: RunConfig, results: dict[str, Any]) -> Path:
         lines.append(
             f"| {stage} | {result['status']} | {_fmt(result.get('seconds'))} | "
             f"{_fmt(m.get('episodes'))} | {ret} | {_fmt(m.get('length_mean'))} | "
-            f"{_fmt(m.get('success_rate'))} |"
+            f"{_percent(m.get('success_rate'))} |"
         )
     not_built = [s for s, r in results.items() if r["status"] == "not built"]
     if not_built:

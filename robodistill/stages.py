@@ -145,13 +145,14 @@ def run_eval(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
                 bar.update(1)
 
             # Episodes to film run first, in their own rendering envs; the rest run unrendered.
-            batches = [([s for s in todo if s in film], save_video),
-                       ([s for s in todo if s not in film], None)]  # fmt: skip
+            video_kwargs = {**cfg.env.kwargs, **cfg.eval.video_env_kwargs}
+            batches = [([s for s in todo if s in film], save_video, video_kwargs),
+                       ([s for s in todo if s not in film], None, cfg.env.kwargs)]  # fmt: skip
             try:
-                for seeds, on_frames in batches:
+                for seeds, on_frames, env_kwargs in batches:
                     rollout(
                         cfg.env.id, policy, seeds, num_envs=cfg.env.num_envs,
-                        max_episode_steps=cfg.env.max_episode_steps, env_kwargs=cfg.env.kwargs,
+                        max_episode_steps=cfg.env.max_episode_steps, env_kwargs=env_kwargs,
                         source_policy=cfg.eval.policy, on_episode=record, on_frames=on_frames,
                     )  # fmt: skip
             finally:

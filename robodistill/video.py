@@ -9,10 +9,14 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+MIN_VIDEO_SIDE = 256
+"""Frames whose shorter side is smaller are enlarged (nearest neighbour) to at least this."""
+
 
 def write_video(path: str | Path, frames: list[np.ndarray], fps: float) -> Path:
     """Write ``frames`` (each ``(H, W, 3)`` uint8) to ``path``; returns the path written.
 
+    Frames smaller than :data:`MIN_VIDEO_SIDE` are enlarged by a whole factor.
     ``.mp4`` needs the ``imageio-ffmpeg`` package; without it the video is written as
     ``.gif`` next to the requested path instead, and a warning says so.
     """
@@ -26,6 +30,10 @@ def write_video(path: str | Path, frames: list[np.ndarray], fps: float) -> Path:
     if stack.dtype != np.uint8 or stack.ndim != 4 or stack.shape[-1] != 3:
         raise ValueError(f"frames must be (H, W, 3) uint8, got {stack.shape} {stack.dtype}")
     fps = float(fps or 30.0)
+    # Policy-sized frames (PushT renders 96 px) are unwatchable; scale up by a whole factor.
+    factor = -(-MIN_VIDEO_SIDE // min(stack.shape[1:3]))
+    if factor > 1:
+        stack = stack.repeat(factor, axis=1).repeat(factor, axis=2)
     if path.suffix == ".mp4":
         # H.264 in yuv420p (playable everywhere) needs even frame sizes.
         h, w = stack.shape[1] // 2 * 2, stack.shape[2] // 2 * 2

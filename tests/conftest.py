@@ -15,7 +15,10 @@ def tiny_overrides(tmp_path):
         "env.id=Pendulum-v1",
         "env.num_envs=2",
         "env.max_episode_steps=12",
+        "collect.policy=random",
         "collect.episodes=5",
         "collect.flush_every=2",
+        "eval.policy=random",
         "eval.episodes=3",
+        "eval.video_episodes=0",
     ]

@@ -130,7 +130,7 @@ def test_config_and_envs_commands(capsys):
 
 def test_eval_video_writes_playable_files(tmp_path):
     args = ["eval", "--runs-dir", str(tmp_path), "--env", "InvertedPendulum-v5",
-            "--episodes", "3", "--video", "2", "--set", "env.max_episode_steps=6",
+            "--policy", "random", "--episodes", "3", "--video", "2", "--set", "env.max_episode_steps=6",
             "--set", "env.num_envs=2"]  # fmt: skip
     assert main(args) == 0
     videos = sorted((tmp_path / "default/eval/videos").iterdir())
@@ -144,3 +144,18 @@ def test_eval_video_writes_playable_files(tmp_path):
 def test_expert_for_an_env_without_one(tiny_overrides, capsys):
     assert main(["collect", *_sets(tiny_overrides), "--policy", "expert"]) == EXIT_USAGE
     assert "no expert for env id 'Pendulum-v1'" in capsys.readouterr().err
+
+
+def test_default_pipeline_collects_pusht_expert_demos_with_a_video(tmp_path, capsys):
+    budget = ["collect.episodes=2", "eval.episodes=1", "eval.video_episodes=1", "env.num_envs=2"]
+    assert main(["pipeline", "--runs-dir", str(tmp_path), *_sets(budget)]) == 0
+    run = tmp_path / "default"
+    collect = json.loads((run / "collect/manifest.json").read_text())["metrics"]
+    assert collect["episodes"] == 2 and collect["success_rate"] == 1.0
+    with TrajectoryStore.open(run / "collect/demos.zarr") as store:
+        assert store.attrs["env_id"] == "robodistill/PushT-v0"
+        assert set(store.episode_meta()["source_policy"]) == {"expert"}
+        assert store.load()["action"].shape[1] == 2
+    report = (run / "report.md").read_text()
+    assert "| collect | done |" in report and "[seed-900000](eval/videos/seed-900000.mp4)" in report
+    assert (run / "returns.png").stat().st_size > 1000

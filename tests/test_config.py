@@ -88,6 +88,11 @@ def test_bad_files(tmp_path):
 
 def test_every_key_is_documented():
     lines = describe()
-    assert any(line.startswith("collect.episodes = 50") for line in lines)
+    assert any(line.startswith("collect.episodes = 100") for line in lines)
     undocumented = [line for line in lines if line.endswith("#  ") or line.endswith("# ")]
     assert not undocumented, undocumented
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_is_valid(path):
+    load_config(path)
