@@ -66,8 +66,68 @@ class EvalConfig(Section):
     """Extra ``gymnasium.make`` arguments for the rendered episodes only (e.g. a frame size)."""
 
 
+class ExplorationConfig(Section):
+    """Intrinsic rewards from distilling random networks (RND, or RDD's random distribution)."""
+
+    method: Literal["none", "rnd", "rdd"] = "none"
+    """``rnd``: squared error of a predictor against a fixed random target; ``rdd``: the
+    target's output is drawn from a Gaussian around it, giving a pseudo-count term too."""
+    intrinsic_coef: float = Field(1.0, ge=0.0, le=1000.0)
+    """Weight of the (normalized) intrinsic reward added to the extrinsic one."""
+    extrinsic_coef: float = Field(2.0, ge=0.0, le=1000.0)
+    """Weight of the environment's reward."""
+    embedding_dim: int = Field(64, ge=4, le=4096)
+    """Output size of the target and predictor networks."""
+    hidden: int = Field(128, ge=8, le=4096)
+    """Hidden width of the target and predictor MLPs."""
+    learning_rate: float = Field(1e-4, gt=0.0, le=1.0)
+    """Predictor learning rate."""
+    update_proportion: float = Field(0.25, gt=0.0, le=1.0)
+    """Share of each collected batch the predictor trains on (RND uses 0.25)."""
+    obs_clip: float = Field(5.0, gt=0.0, le=100.0)
+    """Normalized observations fed to the networks are clipped to [-obs_clip, obs_clip]."""
+    rdd_sigma: float = Field(0.5, gt=0.0, le=100.0)
+    """RDD: standard deviation of the Gaussian around the target's output."""
+
+
 class TeachConfig(Section):
-    """Teacher training (RL teachers, RL-100, COMPASS): arrives with issues #4, #5, #7."""
+    """Teacher training. RL teachers (``algo: ppo | sac``) on stable-baselines3 or RLlib;
+    RL-100 and COMPASS arrive with issues #5 and #7."""
+
+    algo: Literal["ppo", "sac"] = "ppo"
+    """Reinforcement-learning algorithm."""
+    backend: Literal["sb3", "rllib"] = "sb3"
+    """``sb3``: stable-baselines3 on this machine; ``rllib``: Ray RLlib, local or a cluster."""
+    total_timesteps: int = Field(100_000, ge=1, le=10**10)
+    """Environment steps to train for (summed over the vector env)."""
+    learning_rate: float = Field(3e-4, gt=0.0, le=1.0)
+    """Optimizer learning rate."""
+    gamma: float = Field(0.99, gt=0.0, le=1.0)
+    """Discount factor."""
+    n_steps: int = Field(256, ge=1, le=1_000_000)
+    """PPO: steps per env per rollout."""
+    batch_size: int = Field(64, ge=1, le=1_000_000)
+    """Minibatch size."""
+    n_epochs: int = Field(10, ge=1, le=1000)
+    """PPO: optimization epochs per rollout."""
+    buffer_size: int = Field(1_000_000, ge=1, le=100_000_000)
+    """SAC: replay buffer size."""
+    learning_starts: int = Field(1000, ge=0, le=10**9)
+    """SAC: steps before the first update."""
+    net_arch: list[int] = Field(default_factory=lambda: [64, 64])
+    """Hidden layer sizes of the policy and value networks."""
+    normalize_obs: bool = True
+    """Running observation normalization (saved inside the policy)."""
+    normalize_reward: bool = False
+    """Running return-based reward scaling during training (PPO)."""
+    eval_every: int = Field(10_000, ge=1, le=10**10)
+    """Evaluate on fixed seeds every N environment steps."""
+    eval_episodes: int = Field(10, ge=1, le=100_000)
+    """Episodes per evaluation."""
+    checkpoint_every: int = Field(10_000, ge=1, le=10**10)
+    """Save a resumable checkpoint every N environment steps."""
+    exploration: ExplorationConfig = Field(default_factory=ExplorationConfig)
+    """Intrinsic-reward exploration."""
 
 
 class DistillConfig(Section):
