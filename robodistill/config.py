@@ -92,10 +92,11 @@ class ExplorationConfig(Section):
 
 class TeachConfig(Section):
     """Teacher training. RL teachers (``algo: ppo | sac``) on stable-baselines3 or RLlib;
-    RL-100 and COMPASS arrive with issues #5 and #7."""
+    the RL-100 diffusion teacher and COMPASS arrive with issues #5 and #7."""
 
-    algo: Literal["ppo", "sac"] = "ppo"
-    """Reinforcement-learning algorithm."""
+    algo: Literal["rl100", "ppo", "sac"] = "rl100"
+    """``rl100``: the RL-100 diffusion teacher on the collected demonstrations (issue #5, not
+    built yet); ``ppo`` / ``sac``: reinforcement-learning teachers trained from scratch."""
     backend: Literal["sb3", "rllib"] = "sb3"
     """``sb3``: stable-baselines3 on this machine; ``rllib``: Ray RLlib, local or a cluster."""
     total_timesteps: int = Field(100_000, ge=1, le=10**10)

@@ -14,7 +14,7 @@ from typing import Any
 from robodistill.config import RunConfig
 from robodistill.report import write_report
 from robodistill.run import read_manifest, write_json_atomic
-from robodistill.stages import NOT_BUILT, STAGES
+from robodistill.stages import NOT_BUILT, STAGES, StageNotBuilt
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,13 @@ def run_pipeline(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
             results[stage] = {"status": "not built", "note": NOT_BUILT[stage]}
             continue
         log.info("stage '%s' ...", stage)
-        metrics = STAGES[stage](cfg, overwrite=overwrite)
+        try:
+            metrics = STAGES[stage](cfg, overwrite=overwrite)
+        except StageNotBuilt as e:
+            # A built stage whose configured variant is not built (e.g. teach.algo: rl100).
+            log.warning("%s; skipped", e)
+            results[stage] = {"status": "not built", "note": str(e)}
+            continue
         manifest = read_manifest(run_dir / stage) or {}
         results[stage] = {
             "status": manifest.get("status", "done"),

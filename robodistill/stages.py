@@ -22,7 +22,6 @@ EVAL_SEED_OFFSET = 900_000
 """Evaluation seeds start here (per run seed), far from collection's, so they never overlap."""
 
 NOT_BUILT = {
-    "teach": "teacher training arrives with issues #4 (RL teachers), #5 (RL-100) and #7 (COMPASS)",
     "distill": "student distillation arrives with issues #6 (fast students) and #7 (generalist)",
     "export": "ONNX export arrives with issue #8 (deploy)",
     "control": "the fixed-rate ONNX controller arrives with issue #8 (deploy)",
@@ -194,12 +193,35 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+def run_teach(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
+    """Train the configured teacher into ``<run>/teach/policy`` (resumable)."""
+    if cfg.teach.algo == "rl100":
+        raise StageNotBuilt(
+            "the RL-100 diffusion teacher (teach.algo: rl100) is not built yet: it arrives with "
+            "issue #5. Nothing was run. RL teachers work now: --set teach.algo=ppo (or sac)"
+        )
+    if cfg.teach.backend == "rllib":
+        raise StageNotBuilt(
+            "the RLlib backend (teach.backend: rllib) is not built yet: it arrives with issue "
+            "#4. Nothing was run. Use teach.backend: sb3"
+        )
+    from robodistill.teach_sb3 import run_teach_sb3
+
+    with StageRun(cfg, "teach", overwrite=overwrite) as stage:
+        if stage.skipped:
+            return stage.manifest["metrics"]
+        metrics = run_teach_sb3(cfg, stage)
+        stage.finish(metrics)
+        return metrics
+
+
 def run_not_built(cfg: RunConfig, stage: str) -> dict[str, Any]:
     raise StageNotBuilt(f"stage '{stage}' is not built yet: {NOT_BUILT[stage]}. Nothing was run.")
 
 
 STAGES = {
     "collect": run_collect,
+    "teach": run_teach,
     "eval": run_eval,
 }
 """Stage name -> function(cfg, overwrite) for the stages this version implements."""

@@ -159,3 +159,25 @@ def test_default_pipeline_collects_pusht_expert_demos_with_a_video(tmp_path, cap
     report = (run / "report.md").read_text()
     assert "| collect | done |" in report and "[seed-900000](eval/videos/seed-900000.mp4)" in report
     assert (run / "returns.png").stat().st_size > 1000
+
+
+def test_teach_ppo_then_eval_the_teacher(tiny_overrides, tmp_path, capsys):
+    budget = ["teach.algo=ppo", "teach.total_timesteps=256", "teach.n_steps=64",
+              "teach.eval_every=128", "teach.eval_episodes=2", "teach.checkpoint_every=128"]  # fmt: skip
+    assert main(["teach", *_sets(tiny_overrides + budget)]) == 0
+    teacher = tmp_path / "runs/default/teach/policy"
+    assert (teacher / "model.safetensors").is_file()
+    capsys.readouterr()
+    assert main(["eval", *_sets(tiny_overrides), "--policy", str(teacher)]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["episodes"] == 3 and metrics["policy"] == str(teacher)
+
+
+@pytest.mark.parametrize(
+    ("override", "words"),
+    [("teach.algo=rl100", "issue #5"), ("teach.backend=rllib", "RLlib backend")],
+)
+def test_teacher_variants_not_built_yet(override, words, capsys):
+    sets = ["--set", override] + (["--set", "teach.algo=ppo"] if "backend" in override else [])
+    assert main(["teach", *sets]) == EXIT_NOT_BUILT
+    assert words in capsys.readouterr().err
