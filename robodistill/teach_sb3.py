@@ -122,7 +122,9 @@ def run_teach_sb3(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
         last_step=resumed_from,
     )  # fmt: skip
     bar = ProgressCallback(teach.total_timesteps, f"teach {teach.algo} {cfg.env.id}")
-    callbacks = [bar, evaluator, checkpointer]
+    successes = TrainSuccessCallback(stage, (state or {}).get("first_success_step"))
+    evaluator.train_success = successes  # its first_success_step goes into checkpoints
+    callbacks = [bar, successes, evaluator, checkpointer]
     if explore_callback is not None:
         callbacks.insert(1, explore_callback)
 
@@ -145,6 +147,7 @@ def run_teach_sb3(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
         evaluator.model = model  # set by learn(); set here too when nothing was left to learn
         final = evaluator.evaluate()
     SB3Policy.from_model(model, vec_normalize).save(stage.dir / "policy_last")
+    successes.flush()
     save_checkpoint(ckpt_dir, model, vec_normalize, explore_venv, evaluator.state())
     venv.close()
     wall = time.monotonic() - t0
@@ -158,6 +161,9 @@ def run_teach_sb3(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
         "best_success_rate": best.get("success_rate"),
         "best_return_mean": best.get("return_mean"),
         "best_step": best.get("step"),
+        "first_success_step": successes.first_success_step,
+        "train_episodes": successes.total_episodes,
+        "train_successes": successes.total_successes,
         "policy": str(stage.dir / "policy"),
         "policy_last": str(stage.dir / "policy_last"),
         "wall_s": round(wall, 3),
@@ -201,7 +207,10 @@ class EvalCallback(BaseCallback):
         self.last_step = -1
 
     def state(self) -> dict[str, Any]:
-        return {"last_eval_step": self.last_step, "best": self.best}
+        out = {"last_eval_step": self.last_step, "best": self.best}
+        if getattr(self, "train_success", None) is not None:
+            out["first_success_step"] = self.train_success.first_success_step
+        return out
 
     def _on_training_start(self) -> None:
         # Resume: the next evaluation is the next multiple of eval_every after the checkpoint.
@@ -249,6 +258,47 @@ class EvalCallback(BaseCallback):
         log.info("teach: eval at %d steps: %s", step, json.dumps(row))
         self.last, self.last_step = result, step
         return result
+
+
+class TrainSuccessCallback(BaseCallback):
+    """Counts finished training episodes (Monitor's ``info["episode"]``) and those that
+    reached the goal (``info["is_success"]``); at the end of each rollout logs a row
+    ``{"train_success": ..., "train_episodes": ...}`` (counts since the previous row) to
+    ``stage.log_metrics``. ``first_success_step`` is the first env step (``num_timesteps``
+    after that vector step) at which a training episode succeeded, ``None`` if none has;
+    it survives resumes through the checkpoint's state. The totals count this run only."""
+
+    def __init__(self, stage: StageRun, first_success_step: int | None = None):
+        super().__init__()
+        self.stage = stage
+        self.first_success_step = first_success_step
+        self.episodes = self.successes = 0
+        self.total_episodes = self.total_successes = 0
+
+    def _on_step(self) -> bool:
+        for info in self.locals.get("infos", ()):
+            if "episode" not in info:
+                continue
+            self.episodes += 1
+            if info.get("is_success"):
+                self.successes += 1
+                if self.first_success_step is None:
+                    self.first_success_step = int(self.num_timesteps)
+        return True
+
+    def _on_rollout_end(self) -> None:
+        self.flush()
+
+    def flush(self) -> None:
+        if self.episodes == 0 and self.successes == 0:
+            return
+        self.stage.log_metrics(
+            int(self.num_timesteps),
+            {"train_success": self.successes, "train_episodes": self.episodes},
+        )
+        self.total_episodes += self.episodes
+        self.total_successes += self.successes
+        self.episodes = self.successes = 0
 
 
 class CheckpointCallback(BaseCallback):

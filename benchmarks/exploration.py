@@ -1,0 +1,257 @@
+"""Exploration under sparse reward: PPO vs PPO+RND vs PPO+RDD on ``robodistill/AGVMaze-v0``.
+
+Each (method, seed) is one ``robodistill teach`` run (``configs/teachers/ppo_rnd_agvmaze.yaml``
+with ``teach.exploration.method``, ``seed``, ``teach.total_timesteps``, ``name`` and
+``runs_dir`` overridden), in its own process (``--workers`` at a time, spawn context, one
+torch thread each). The task keeps its 1000-step episode limit. Per method it prints:
+
+* the final success rate on the fixed evaluation seeds (``teach.eval_episodes`` = 10
+  episodes, the same seeds as ``robodistill eval``), mean +- std over seeds;
+* the fraction of training episodes that reached the goal (all seeds pooled, and per seed);
+* steps-to-first-success: the first env step at which a training episode reached the goal
+  (per seed; "never" if none did);
+
+and writes ``results.json`` (all numbers) and ``learning_curve.png`` (training-episode
+success rate vs env steps, in bins, mean over seeds, one line per method) under ``--out``.
+The goal this checks: RND or RDD reaches >= 3x plain PPO's success rate.
+
+Budget. Measured on this 2-core machine with two 8192-step runs side by side (4 envs,
+``n_steps`` 512): PPO 717 env steps/s, PPO+RDD 450 steps/s; a 2048-step smoke run of all
+three side by side gave PPO 743, RND 392, RDD 401 steps/s, and ~10 s for the final
+evaluation (10 episodes x 1000 steps). 3 methods x 3 seeds on 2 workers at the default
+``--steps 122880`` (60 PPO rollouts of 2048 steps, ~120 training episodes per run) is
+~ 3 x (165 + 2 x 310 + 30) s / 2 ~ 20 min (sized to the session's deadline; the brief's
+30 min would allow ~180k steps). Only one evaluation is run, at the end (``teach.eval_every = steps``). This is a
+small budget for a 24 m maze with 1000-step episodes: read the numbers as what 123k steps
+buy, not as converged results.
+
+    python benchmarks/exploration.py                      # defaults: 3 seeds, 122880 steps
+    python benchmarks/exploration.py --seeds 0 1 2 3 4 --steps 500000 --workers 2
+
+Finished runs are reused (each stage is resumable); ``--fresh`` retrains them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+CONFIG = "configs/teachers/ppo_rnd_agvmaze.yaml"
+METHODS = {"ppo": "none", "ppo+rnd": "rnd", "ppo+rdd": "rdd"}
+DEFAULT_STEPS = 122_880
+
+
+def run_one(method: str, seed: int, steps: int, runs_dir: str, fresh: bool) -> dict[str, Any]:
+    """Train one (method, seed) teacher in this (worker) process; returns its numbers."""
+    import torch
+
+    torch.set_num_threads(1)
+    from robodistill.config import load_config
+    from robodistill.stages import run_teach
+
+    name = f"{method.replace('+', '-')}-s{seed}"
+    cfg = load_config(
+        CONFIG,
+        [
+            f"teach.exploration.method={METHODS[method]}",
+            f"seed={seed}",
+            f"teach.total_timesteps={steps}",
+            f"teach.eval_every={steps}",  # one evaluation, at the end
+            f"teach.checkpoint_every={max(steps // 4, 1)}",
+            f"name={name}",
+            f"runs_dir={runs_dir}",
+        ],
+    )
+    t0 = time.monotonic()
+    metrics = run_teach(cfg, overwrite=fresh)
+    stage_dir = Path(runs_dir) / name / "teach"
+    rows = [json.loads(line) for line in (stage_dir / "metrics.jsonl").read_text().splitlines()]
+    curve = [
+        [r["step"], r["train_success"], r["train_episodes"]] for r in rows if "train_success" in r
+    ]
+    return {
+        "method": method,
+        "seed": seed,
+        "run_dir": str(stage_dir),
+        "timesteps": metrics["timesteps"],
+        "final_success_rate": metrics["final_success_rate"],
+        "final_return_mean": metrics["final_return_mean"],
+        "first_success_step": metrics.get("first_success_step"),
+        "train_episodes": sum(c[2] for c in curve),
+        "train_successes": sum(c[1] for c in curve),
+        "steps_per_s": metrics["steps_per_s"],
+        "wall_s": round(time.monotonic() - t0, 1),
+        "curve": curve,  # [step, successes, episodes] per PPO rollout
+    }
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def binned_curve(curve: list[list[int]], steps: int, n_bins: int) -> list[float | None]:
+    """Training-episode success rate per bin of env steps (None where no episode ended)."""
+    succ, eps = [0] * n_bins, [0] * n_bins
+    for step, s, e in curve:
+        b = min(int((step - 1) * n_bins / steps), n_bins - 1)
+        succ[b] += s
+        eps[b] += e
+    return [s / e if e else None for s, e in zip(succ, eps, strict=True)]
+
+
+def summarize(runs: list[dict[str, Any]], steps: int, n_bins: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for method in METHODS:
+        mine = sorted((r for r in runs if r["method"] == method), key=lambda r: r["seed"])
+        if not mine:
+            continue
+        mean, std = _mean_std([r["final_success_rate"] or 0.0 for r in mine])
+        episodes = sum(r["train_episodes"] for r in mine)
+        successes = sum(r["train_successes"] for r in mine)
+        curves = [binned_curve(r["curve"], steps, n_bins) for r in mine]
+        mean_curve = []
+        for column in zip(*curves, strict=True):
+            vals = [v for v in column if v is not None]
+            mean_curve.append(statistics.fmean(vals) if vals else None)
+        out[method] = {
+            "seeds": [r["seed"] for r in mine],
+            "eval_success_mean": mean,
+            "eval_success_std": std,
+            "eval_success_per_seed": [r["final_success_rate"] for r in mine],
+            "train_success_fraction": successes / episodes if episodes else 0.0,
+            "train_success_fraction_per_seed": [
+                r["train_successes"] / r["train_episodes"] if r["train_episodes"] else 0.0
+                for r in mine
+            ],
+            "train_episodes": episodes,
+            "train_successes": successes,
+            "first_success_step_per_seed": [r["first_success_step"] for r in mine],
+            "steps_per_s_per_seed": [r["steps_per_s"] for r in mine],
+            "curve_bin_edges": [round(steps * i / n_bins) for i in range(n_bins + 1)],
+            "curve_mean": mean_curve,
+        }
+    base = out.get("ppo")
+    for method in ("ppo+rnd", "ppo+rdd"):
+        if base and method in out:
+            for key in ("eval_success_mean", "train_success_fraction"):
+                b = base[key]
+                out[method][f"{key}_vs_ppo"] = (
+                    out[method][key] / b if b > 0 else (math.inf if out[method][key] > 0 else None)
+                )
+    return out
+
+
+def print_table(summary: dict[str, Any], steps: int) -> str:
+    lines = [
+        f"AGVMaze-v0, {steps} env steps per run, 1000-step episodes",
+        f"{'method':<9} {'eval success (mean±std)':<24} {'train-episode success':<26} "
+        "steps to first success (per seed)",
+    ]
+    for method, s in summary.items():
+        first = ", ".join(
+            "never" if v is None else str(v) for v in s["first_success_step_per_seed"]
+        )
+        train = f"{s['train_success_fraction']:.3f} ({s['train_successes']}/{s['train_episodes']})"
+        lines.append(
+            f"{method:<9} {s['eval_success_mean']:.2f} ± {s['eval_success_std']:.2f}"
+            f"{'':<13} {train:<26} {first}"
+        )
+    for method in ("ppo+rnd", "ppo+rdd"):
+        ratio = summary.get(method, {}).get("train_success_fraction_vs_ppo", "n/a")
+        eval_ratio = summary.get(method, {}).get("eval_success_mean_vs_ppo", "n/a")
+        lines.append(f"{method} / ppo: train-success x{ratio}, eval-success x{eval_ratio}")
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
+def plot(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for method, s in summary.items():
+        edges = s["curve_bin_edges"]
+        xs = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:], strict=True)]
+        ys = [math.nan if v is None else v for v in s["curve_mean"]]
+        ax.plot(xs, ys, marker=".", label=f"{method} (n={len(s['seeds'])})")
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("training-episode success rate")
+    ax.set_title("AGVMaze-v0 (sparse reward): mean over seeds")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--bins", type=int, default=16)
+    parser.add_argument("--out", type=Path, default=Path("runs/benchmarks/exploration"))
+    parser.add_argument("--fresh", action="store_true", help="retrain finished runs")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs_dir = str(args.out / "runs")
+
+    # Slowest methods first within each seed, so the two workers finish close together.
+    jobs = [(m, s) for s in args.seeds for m in reversed(args.methods)]
+    runs: list[dict[str, Any]] = []
+    t0 = time.monotonic()
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=args.workers, mp_context=ctx) as pool:
+        futures = {
+            pool.submit(run_one, m, s, args.steps, runs_dir, args.fresh): (m, s) for m, s in jobs
+        }
+        for future in as_completed(futures):
+            m, s = futures[future]
+            r = future.result()
+            runs.append(r)
+            print(
+                f"[{time.monotonic() - t0:7.1f}s] {m} seed {s}: eval success "
+                f"{r['final_success_rate']}, train {r['train_successes']}/{r['train_episodes']}, "
+                f"first success {r['first_success_step'] or 'never'}, {r['steps_per_s']} steps/s",
+                flush=True,
+            )
+            summary = summarize(runs, args.steps, args.bins)  # partial results survive a kill
+            _write(args, runs, summary, time.monotonic() - t0)
+
+    summary = summarize(runs, args.steps, args.bins)
+    table = print_table(summary, args.steps)
+    _write(args, runs, summary, time.monotonic() - t0, table)
+    plot(summary, args.out / "learning_curve.png")
+    print(f"plot: {args.out / 'learning_curve.png'}\njson: {args.out / 'results.json'}")
+
+
+def _write(args, runs, summary, wall, table: str | None = None) -> None:
+    document = {
+        "env": "robodistill/AGVMaze-v0",
+        "config": CONFIG,
+        "steps_per_run": args.steps,
+        "seeds": args.seeds,
+        "workers": args.workers,
+        "wall_s": round(wall, 1),
+        "complete": table is not None,
+        "summary": summary,
+        "table": table,
+        "runs": sorted(runs, key=lambda r: (r["method"], r["seed"])),
+    }
+    (args.out / "results.json").write_text(json.dumps(document, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
