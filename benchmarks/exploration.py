@@ -5,8 +5,8 @@ with ``teach.exploration.method``, ``seed``, ``teach.total_timesteps``, ``name``
 ``runs_dir`` overridden), in its own process (``--workers`` at a time, spawn context, one
 torch thread each). The task keeps its 1000-step episode limit. Per method it prints:
 
-* the final success rate on the fixed evaluation seeds (``teach.eval_episodes`` = 10
-  episodes, the same seeds as ``robodistill eval``), mean +- std over seeds;
+* the final success rate on the teach stage's fixed validation seeds (``teach.eval_episodes``
+  = 10 episodes), mean +- std over seeds;
 * the fraction of training episodes that reached the goal (all seeds pooled, and per seed);
 * steps-to-first-success: the first env step at which a training episode reached the goal
   (per seed; "never" if none did);

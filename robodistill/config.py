@@ -122,7 +122,7 @@ class TeachConfig(Section):
     normalize_reward: bool = False
     """Running return-based reward scaling during training (PPO)."""
     eval_every: int = Field(10_000, ge=1, le=10**10)
-    """Evaluate on fixed seeds every N environment steps."""
+    """Evaluate on the fixed validation seeds every N environment steps; the best is kept."""
     eval_episodes: int = Field(10, ge=1, le=100_000)
     """Episodes per evaluation."""
     checkpoint_every: int = Field(10_000, ge=1, le=10**10)
@@ -152,7 +152,7 @@ class RunConfig(Section):
     name: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     """Run name: artifacts go to ``<runs_dir>/<name>/<stage>/``."""
     seed: int = Field(0, ge=0, lt=2**31 // 1_000_000)
-    """Master seed; episode ``i`` of collection uses seed ``seed*1e6 + i``, evaluation ``seed*1e6 + 900000 + i``."""
+    """Master seed; episode ``i`` of collection uses seed ``seed*1e6 + i``, teach-time validation ``seed*1e6 + 800000 + i``, evaluation ``seed*1e6 + 900000 + i``."""
     runs_dir: Path = Path("runs")
     """Where run directories are created."""
     env: EnvConfig = Field(default_factory=EnvConfig)

@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 
 EVAL_SEED_OFFSET = 900_000
 """Evaluation seeds start here (per run seed), far from collection's, so they never overlap."""
+VALIDATION_SEED_OFFSET = 800_000
+"""Seeds a training stage picks its best checkpoint on: disjoint from the evaluation seeds,
+so the numbers ``robodistill eval`` reports are not the ones the checkpoint was chosen on."""
 
 NOT_BUILT = {
     "distill": "student distillation arrives with issues #6 (fast students) and #7 (generalist)",

@@ -194,12 +194,13 @@ class EvalCallback(BaseCallback):
 
     def __init__(self, cfg: RunConfig, stage: StageRun, vec_normalize: VecNormalize | None):
         super().__init__()
-        from robodistill.stages import EVAL_SEED_OFFSET, episode_seeds
+        from robodistill.stages import VALIDATION_SEED_OFFSET, episode_seeds
 
         self.cfg, self.stage, self.vec_normalize = cfg, stage, vec_normalize
         self.every = cfg.teach.eval_every
-        # The same seeds as `robodistill eval`, so teach-time numbers compare with the eval stage.
-        self.seeds = episode_seeds(cfg, cfg.teach.eval_episodes, EVAL_SEED_OFFSET)
+        # Validation seeds, not `robodistill eval`'s: choosing the best checkpoint on the seeds
+        # it is later reported on would flatter it.
+        self.seeds = episode_seeds(cfg, cfg.teach.eval_episodes, VALIDATION_SEED_OFFSET)
         self.best_path = stage.dir / "best.json"
         # best.json is written right after policy/ is, so it always describes that policy.
         self.best = json.loads(self.best_path.read_text()) if self.best_path.is_file() else None
