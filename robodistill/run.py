@@ -81,6 +81,17 @@ def git_revision(path: Path | None = None) -> dict[str, Any] | None:
     return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
 
 
+def directory_digest(path: Path) -> str:
+    """SHA-256 over the names and bytes of the files in ``path`` (a policy checkpoint)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for file in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+        digest.update(file.relative_to(path).as_posix().encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -125,9 +136,18 @@ class StageRun:
             stage.finish({"success_rate": 0.9})
     """
 
-    def __init__(self, cfg: RunConfig, stage: str, overwrite: bool = False):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        stage: str,
+        overwrite: bool = False,
+        inputs: dict[str, Any] | None = None,
+    ):
+        """``inputs``: what else the result depends on besides the config (e.g. a digest of
+        the policy checkpoint a stage reads); compared like the config sections."""
         self.cfg = cfg
         self.stage = stage
+        self.inputs = inputs or {}
         self.run_dir = Path(cfg.runs_dir) / cfg.name
         self.dir = self.run_dir / stage
         self.overwrite = overwrite
@@ -142,6 +162,8 @@ class StageRun:
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> StageRun:
         sections = self.cfg.section_dump(STAGE_SECTIONS[self.stage])
+        if self.inputs:
+            sections["inputs"] = self.inputs
         previous = read_manifest(self.dir)
         if previous is not None and previous.get("config_sections") != sections:
             changes = _diff(previous.get("config_sections"), sections)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from robodistill.config import RunConfig
-from robodistill.run import StageRun, progress
+from robodistill.run import StageRun, directory_digest, progress
 from robodistill.video import write_video
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,12 @@ def episode_seeds(cfg: RunConfig, count: int, offset: int = 0) -> list[int]:
     return [base + i for i in range(count)]
 
 
+def policy_inputs(spec: str) -> dict[str, str]:
+    """A saved policy's digest, so that a stage re-run on a retrained policy is not skipped."""
+    path = Path(spec)
+    return {"policy_digest": directory_digest(path)} if path.is_dir() else {}
+
+
 def resolve_policy(spec: str, env_id: str, action_space, seed: int):
     """``"random"``, ``"expert"`` or a checkpoint directory -> a :class:`Policy`."""
     from robodistill.envs import make_expert
@@ -58,7 +64,8 @@ def run_collect(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
     from robodistill.rollout import Throughput, env_spaces, rollout
     from robodistill.store import TrajectoryStore
 
-    with StageRun(cfg, "collect", overwrite=overwrite) as stage:
+    inputs = policy_inputs(cfg.collect.policy)
+    with StageRun(cfg, "collect", overwrite=overwrite, inputs=inputs) as stage:
         if stage.skipped:
             return stage.manifest["metrics"]
         _, action_space, env_doc = env_spaces(cfg.env.id, cfg.env.kwargs)
@@ -117,7 +124,8 @@ def run_eval(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
     ``<run>/eval/episodes.jsonl`` (resume skips the seeds already there)."""
     from robodistill.rollout import env_spaces, rollout
 
-    with StageRun(cfg, "eval", overwrite=overwrite) as stage:
+    inputs = policy_inputs(cfg.eval.policy)
+    with StageRun(cfg, "eval", overwrite=overwrite, inputs=inputs) as stage:
         if stage.skipped:
             return stage.manifest["metrics"]
         _, action_space, env_doc = env_spaces(cfg.env.id, cfg.env.kwargs)

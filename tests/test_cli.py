@@ -77,6 +77,12 @@ def test_eval_of_a_saved_policy(tiny_overrides, tmp_path, capsys):
     RandomPolicy(np.array([-0.1]), np.array([0.1]), seed=0).save(tmp_path / "tiny")
     assert main(["eval", *_sets(tiny_overrides), "--policy", str(tmp_path / "tiny")]) == 0
     assert json.loads(capsys.readouterr().out)["policy"] == str(tmp_path / "tiny")
+    # Same config, retrained policy: the old results do not pass for the new policy.
+    RandomPolicy(np.array([-0.2]), np.array([0.2]), seed=0).save(tmp_path / "tiny")
+    assert main(["eval", *_sets(tiny_overrides), "--policy", str(tmp_path / "tiny")]) == EXIT_USAGE
+    assert "inputs.policy_digest" in capsys.readouterr().err
+    assert main(["eval", *_sets(tiny_overrides), "--policy", str(tmp_path / "tiny"),
+                 "--overwrite"]) == 0  # fmt: skip
     assert main(["eval", *_sets(tiny_overrides), "--policy", str(tmp_path / "nope"),
                  "--name", "other"]) == EXIT_USAGE  # fmt: skip
     assert "does not exist" in capsys.readouterr().err
