@@ -127,8 +127,12 @@ class TeachConfig(Section):
     """Episodes per evaluation."""
     checkpoint_every: int = Field(10_000, ge=1, le=10**10)
     """Save a resumable checkpoint every N environment steps."""
+    num_env_runners: int = Field(1, ge=0, le=1024)
+    """RLlib: env runner actors sampling in parallel (0: sample in the driver)."""
+    num_envs_per_env_runner: int | None = Field(None, ge=1, le=1024)
+    """RLlib: envs vectorized in each env runner; ``null`` uses ``env.num_envs``."""
     exploration: ExplorationConfig = Field(default_factory=ExplorationConfig)
-    """Intrinsic-reward exploration."""
+    """Intrinsic-reward exploration (stable-baselines3 backend)."""
 
 
 class DistillConfig(Section):

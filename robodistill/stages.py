@@ -212,16 +212,14 @@ def run_teach(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
             "issue #5. Nothing was run. RL teachers work now: --set teach.algo=ppo (or sac)"
         )
     if cfg.teach.backend == "rllib":
-        raise StageNotBuilt(
-            "the RLlib backend (teach.backend: rllib) is not built yet: it arrives with issue "
-            "#4. Nothing was run. Use teach.backend: sb3"
-        )
-    from robodistill.teach_sb3 import run_teach_sb3
+        from robodistill.teach_rllib import run_teach_rllib as train
+    else:
+        from robodistill.teach_sb3 import run_teach_sb3 as train
 
     with StageRun(cfg, "teach", overwrite=overwrite) as stage:
         if stage.skipped:
             return stage.manifest["metrics"]
-        metrics = run_teach_sb3(cfg, stage)
+        metrics = train(cfg, stage)
         stage.finish(metrics)
         return metrics
 

@@ -179,11 +179,6 @@ def test_teach_ppo_then_eval_the_teacher(tiny_overrides, tmp_path, capsys):
     assert metrics["episodes"] == 3 and metrics["policy"] == str(teacher)
 
 
-@pytest.mark.parametrize(
-    ("override", "words"),
-    [("teach.algo=rl100", "issue #5"), ("teach.backend=rllib", "RLlib backend")],
-)
-def test_teacher_variants_not_built_yet(override, words, capsys):
-    sets = ["--set", override] + (["--set", "teach.algo=ppo"] if "backend" in override else [])
-    assert main(["teach", *sets]) == EXIT_NOT_BUILT
-    assert words in capsys.readouterr().err
+def test_rl100_teacher_not_built_yet(capsys):
+    assert main(["teach", "--set", "teach.algo=rl100"]) == EXIT_NOT_BUILT
+    assert "issue #5" in capsys.readouterr().err
