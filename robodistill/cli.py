@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -37,6 +38,14 @@ SHORTCUTS: dict[str, list[tuple[str, str, type, str]]] = {
         ("--policy", "eval.policy", str, "'random' or a policy directory"),
         ("--episodes", "eval.episodes", int, "evaluation episodes"),
         ("--video", "eval.video_episodes", int, "render the first N episodes to MP4"),
+        ("--num-envs", "env.num_envs", int, "environments stepped together"),
+        ("--seed", "seed", int, "master seed"),
+    ],
+    "teach": [
+        ("--env", "env.id", str, "environment id"),
+        ("--algo", "teach.algo", str, "rl100, ppo or sac"),
+        ("--backend", "teach.backend", str, "sb3 or rllib"),
+        ("--steps", "teach.total_timesteps", int, "environment steps to train for"),
         ("--num-envs", "env.num_envs", int, "environments stepped together"),
         ("--seed", "seed", int, "master seed"),
     ],
@@ -87,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     for command in CONFIG_COMMANDS:
         p = sub.add_parser(command, help=helps[command])
         _add_config_args(p, command)
+        if command == "teach":
+            p.add_argument("--ray-address", help="join this Ray cluster (RLlib backend); "
+                           "default: $RAY_ADDRESS, else a local Ray")  # fmt: skip
         if command == "config":
             p.add_argument("--keys", action="store_true",
                            help="list every key with its default and documentation")  # fmt: skip
@@ -184,6 +196,8 @@ def cmd_stage(args: argparse.Namespace) -> int:
     from robodistill.stages import STAGES, run_not_built
 
     cfg = resolve_config(args)
+    if getattr(args, "ray_address", None):
+        os.environ["RAY_ADDRESS"] = args.ray_address  # read by ray.init in the RLlib backend
     if args.command not in STAGES:
         run_not_built(cfg, args.command)
     metrics = STAGES[args.command](cfg, overwrite=args.overwrite)

@@ -180,5 +180,10 @@ def test_teach_ppo_then_eval_the_teacher(tiny_overrides, tmp_path, capsys):
 
 
 def test_rl100_teacher_not_built_yet(capsys):
-    assert main(["teach", "--set", "teach.algo=rl100"]) == EXIT_NOT_BUILT
+    assert main(["teach", "--algo", "rl100"]) == EXIT_NOT_BUILT
     assert "issue #5" in capsys.readouterr().err
+
+
+def test_teach_shortcuts_map_to_config_keys(tmp_path, capsys):
+    assert main(["teach", "--algo", "sac", "--backend", "rlib", "--runs-dir", str(tmp_path)]) == 2
+    assert "teach.backend: Input should be 'sb3' or 'rllib'" in capsys.readouterr().err
