@@ -66,6 +66,7 @@ def _add_config_args(p: argparse.ArgumentParser, command: str) -> None:
                    "with another configuration aside instead of refusing")  # fmt: skip
     for flag, key, typ, text in SHORTCUTS.get(command, []):
         extra = {"nargs": "?", "const": 3, "metavar": "N"} if flag == "--video" else {}
+        extra.setdefault("metavar", key.rsplit(".", 1)[-1].upper())
         p.add_argument(flag, type=typ, dest=f"short:{key}", help=f"{text} (sets {key})", **extra)
 
 
