@@ -46,6 +46,7 @@ from robodistill.config import RunConfig
 from robodistill.envs import make_env
 from robodistill.policies.rllib_policy import RLlibPolicy
 from robodistill.run import StageRun, write_json_atomic
+from robodistill.validation import BestPolicyKeeper
 
 log = logging.getLogger(__name__)
 
@@ -168,13 +169,6 @@ def to_policy(algo, obs_space: gym.Space, act_space: gym.Space) -> RLlibPolicy:
     return RLlibPolicy.from_module(algo.get_module(), obs_space, act_space, filter_state(algo))
 
 
-def _is_better(new: dict[str, Any], old: dict[str, Any] | None) -> bool:
-    def key(e):
-        return (e["success_rate"] if e["success_rate"] is not None else 0.0, e["return_mean"])
-
-    return old is None or key(new) > key(old)
-
-
 def save_rllib_checkpoint(algo, directory, state: dict[str, Any]) -> None:
     """``algo.save_to_path`` into a sibling, then swap it in (a crash keeps the old one)."""
     tmp = directory.with_name(directory.name + ".tmp")
@@ -232,8 +226,7 @@ def run_teach_rllib(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
         log.warning("teach: normalize_reward is ignored by the RLlib backend")
     from ray.tune import register_env
 
-    from robodistill.rollout import env_spaces, rollout
-    from robodistill.stages import VALIDATION_SEED_OFFSET, episode_seeds, summarize_episodes
+    from robodistill.rollout import env_spaces
 
     t0 = time.monotonic()
     started = init_ray()
@@ -252,38 +245,15 @@ def run_teach_rllib(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
             state = json.loads((source / STATE_NAME).read_text())
             log.info("teach: resumed from %s at %d steps", source, state["timesteps"])
         steps = resumed_from = int(state.get("timesteps", 0))
-        best_path = stage.dir / "best.json"
-        best = json.loads(best_path.read_text()) if best_path.is_file() else None
+        keeper = BestPolicyKeeper(cfg, stage)
         first_success = state.get("first_success_step")
         last: dict[str, Any] | None = None
         last_step = int(state.get("last_eval_step", -1))
-        seeds = episode_seeds(cfg, teach.eval_episodes, VALIDATION_SEED_OFFSET)
         total_episodes = total_successes = 0
 
         def evaluate() -> dict[str, Any]:
-            nonlocal best, last, last_step
-            policy = to_policy(algo, obs_space, act_space)
-            episodes = rollout(
-                cfg.env.id,
-                policy,
-                seeds,
-                num_envs=cfg.env.num_envs,
-                max_episode_steps=cfg.env.max_episode_steps,
-                env_kwargs=cfg.env.kwargs,
-                source_policy="teach",
-            )
-            result = summarize_episodes(
-                [float(e.data["reward"].sum()) for e in episodes],
-                [len(e.data["reward"]) for e in episodes],
-                [e.success for e in episodes],
-            )
-            result["step"] = steps
-            row = {f"eval_{k}": v for k, v in result.items() if k not in ("step", "episodes")}
-            if _is_better(result, best):
-                policy.save(stage.dir / "policy")
-                best = result
-                write_json_atomic(best_path, result)
-            row["eval_best_return_mean"] = best["return_mean"]
+            nonlocal last, last_step
+            result, row = keeper.evaluate(to_policy(algo, obs_space, act_space), steps)
             stage.log_metrics(steps, row)
             log.info("teach: eval at %d steps: %s", steps, json.dumps(row))
             last, last_step = result, steps
@@ -334,7 +304,7 @@ def run_teach_rllib(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
 
             ray.shutdown()
     wall = time.monotonic() - t0
-    best = best or {}
+    best = keeper.best or {}
     metrics = {
         "algo": teach.algo,
         "backend": "rllib",

@@ -46,7 +46,8 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 from robodistill.config import RunConfig
 from robodistill.envs import make_env
 from robodistill.policies.sb3_policy import SB3Policy
-from robodistill.run import StageRun, progress
+from robodistill.run import StageRun, progress, write_json_atomic
+from robodistill.validation import BestPolicyKeeper
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,8 @@ STATE_NAME, TENSORS_NAME, OPTIMIZERS_NAME = "state.json", "tensors.safetensors",
 def run_teach_sb3(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
     """Train ``cfg.teach.algo`` on ``cfg.env`` for ``cfg.teach.total_timesteps`` steps.
 
-    Evaluates every ``eval_every`` steps on the same fixed seeds as ``robodistill eval``
-    and keeps the best policy (success rate, then mean return) in ``stage.dir/policy``.
+    Evaluates every ``eval_every`` steps on the fixed validation seeds (disjoint from
+    ``robodistill eval``'s) and keeps the best policy (success rate, then mean return) in ``stage.dir/policy``.
     Resumes from ``stage.dir/checkpoint`` when one exists. Returns the stage's metrics.
     """
     if stage.skipped:
@@ -151,7 +152,7 @@ def run_teach_sb3(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
     save_checkpoint(ckpt_dir, model, vec_normalize, explore_venv, evaluator.state())
     venv.close()
     wall = time.monotonic() - t0
-    best = evaluator.best or {}
+    best = evaluator.keeper.best or {}
     metrics = {
         "algo": teach.algo,
         "timesteps": int(model.num_timesteps),
@@ -179,36 +180,21 @@ def run_teach_sb3(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
 # the optimizers and num_timesteps describe the same moment.
 
 
-def _is_better(new: dict[str, Any], old: dict[str, Any] | None) -> bool:
-    """Success rate first (envs without one count as 0), then mean return."""
-
-    def key(e):
-        return (e["success_rate"] if e["success_rate"] is not None else 0.0, e["return_mean"])
-
-    return old is None or key(new) > key(old)
-
-
 class EvalCallback(BaseCallback):
     """Every ``teach.eval_every`` steps: roll the deterministic policy out on the fixed
-    evaluation seeds, log, and save it to ``stage.dir/policy`` when it is the best so far."""
+    validation seeds, log, and save it to ``stage.dir/policy`` when it is the best so far
+    (:class:`robodistill.validation.BestPolicyKeeper`)."""
 
     def __init__(self, cfg: RunConfig, stage: StageRun, vec_normalize: VecNormalize | None):
         super().__init__()
-        from robodistill.stages import VALIDATION_SEED_OFFSET, episode_seeds
-
-        self.cfg, self.stage, self.vec_normalize = cfg, stage, vec_normalize
+        self.stage, self.vec_normalize = stage, vec_normalize
         self.every = cfg.teach.eval_every
-        # Validation seeds, not `robodistill eval`'s: choosing the best checkpoint on the seeds
-        # it is later reported on would flatter it.
-        self.seeds = episode_seeds(cfg, cfg.teach.eval_episodes, VALIDATION_SEED_OFFSET)
-        self.best_path = stage.dir / "best.json"
-        # best.json is written right after policy/ is, so it always describes that policy.
-        self.best = json.loads(self.best_path.read_text()) if self.best_path.is_file() else None
+        self.keeper = BestPolicyKeeper(cfg, stage)
         self.last: dict[str, Any] | None = None
         self.last_step = -1
 
     def state(self) -> dict[str, Any]:
-        out = {"last_eval_step": self.last_step, "best": self.best}
+        out = {"last_eval_step": self.last_step, "best": self.keeper.best}
         if getattr(self, "train_success", None) is not None:
             out["first_success_step"] = self.train_success.first_success_step
         return out
@@ -226,31 +212,12 @@ class EvalCallback(BaseCallback):
         return True
 
     def evaluate(self) -> dict[str, Any]:
-        from robodistill.rollout import rollout
-        from robodistill.stages import summarize_episodes
-
-        cfg, step = self.cfg, int(self.model.num_timesteps)
+        step = int(self.model.num_timesteps)
         policy = SB3Policy.from_model(self.model, self.vec_normalize)
-        episodes = rollout(
-            cfg.env.id, policy, self.seeds, num_envs=cfg.env.num_envs,
-            max_episode_steps=cfg.env.max_episode_steps, env_kwargs=cfg.env.kwargs,
-            source_policy="teach",
-        )  # fmt: skip
-        result = summarize_episodes(
-            [float(e.data["reward"].sum()) for e in episodes],
-            [len(e.data["reward"]) for e in episodes],
-            [e.success for e in episodes],
-        )
-        result["step"] = step
-        row = {f"eval_{k}": v for k, v in result.items() if k not in ("step", "episodes")}
+        result, row = self.keeper.evaluate(policy, step)
         infos = list(self.model.ep_info_buffer or [])
         if infos:  # training episodes (Monitor's raw returns, before any reward scaling)
             row["train_return_mean"] = float(np.mean([i["r"] for i in infos]))
-        if _is_better(result, self.best):
-            policy.save(self.stage.dir / "policy")
-            self.best = result
-            _write_json_atomic(self.best_path, result)
-        row["eval_best_return_mean"] = self.best["return_mean"]
         self.stage.log_metrics(step, row)
         if getattr(self.model, "_logger", None) is not None:  # None when learn() never ran
             for key, value in row.items():
@@ -405,7 +372,7 @@ def save_checkpoint(
     tmp.mkdir(parents=True)
     save_file({k: v.cpu().contiguous() for k, v in tensors.items()}, str(tmp / TENSORS_NAME))
     torch.save({k: o.state_dict() for k, o in _optimizers(model).items()}, tmp / OPTIMIZERS_NAME)
-    _write_json_atomic(tmp / STATE_NAME, state)
+    write_json_atomic(tmp / STATE_NAME, state)
     shutil.rmtree(old, ignore_errors=True)
     if directory.exists():
         os.replace(directory, old)
@@ -458,9 +425,3 @@ def restore_checkpoint(directory: Path, model, vec_normalize, explore_venv) -> d
     model._n_updates = int(state["n_updates"])  # SAC's target-network schedule counts these
     model._episode_num = int(state["episode_num"])
     return state
-
-
-def _write_json_atomic(path: Path, document: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(document, indent=2) + "\n")
-    os.replace(tmp, path)
