@@ -53,6 +53,9 @@ class CollectConfig(Section):
     """Episodes in the trajectory store when the stage is done."""
     flush_every: int = Field(64, ge=1, le=100_000)
     """Episodes journaled before they are merged into the zarr arrays in one batch."""
+    workers: int = Field(1, ge=1, le=1024)
+    """Ray actors running episodes in parallel (each with ``env.num_envs`` envs); 1 runs them
+    in this process without Ray."""
 
 
 class EvalConfig(Section):
@@ -64,6 +67,8 @@ class EvalConfig(Section):
     """The first N evaluation episodes are also rendered to ``<run>/eval/videos/seed-<s>.mp4``."""
     video_env_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Extra ``gymnasium.make`` arguments for the rendered episodes only (e.g. a frame size)."""
+    workers: int = Field(1, ge=1, le=1024)
+    """Ray actors running evaluation episodes in parallel; 1 runs them in this process."""
 
 
 class ExplorationConfig(Section):
@@ -132,7 +137,7 @@ class TeachConfig(Section):
     num_envs_per_env_runner: int | None = Field(None, ge=1, le=1024)
     """RLlib: envs vectorized in each env runner; ``null`` uses ``env.num_envs``."""
     exploration: ExplorationConfig = Field(default_factory=ExplorationConfig)
-    """Intrinsic-reward exploration (stable-baselines3 backend)."""
+    """Intrinsic-reward exploration (both backends)."""
 
 
 class DistillConfig(Section):
