@@ -48,7 +48,9 @@ METHODS = {"ppo": "none", "ppo+rnd": "rnd", "ppo+rdd": "rdd"}
 DEFAULT_STEPS = 122_880
 
 
-def run_one(method: str, seed: int, steps: int, runs_dir: str, fresh: bool) -> dict[str, Any]:
+def run_one(
+    method: str, seed: int, steps: int, runs_dir: str, fresh: bool, rows: int
+) -> dict[str, Any]:
     """Train one (method, seed) teacher in this (worker) process; returns its numbers."""
     import torch
 
@@ -67,6 +69,7 @@ def run_one(method: str, seed: int, steps: int, runs_dir: str, fresh: bool) -> d
             f"teach.checkpoint_every={max(steps // 4, 1)}",
             f"name={name}",
             f"runs_dir={runs_dir}",
+            f"env.kwargs.rows={rows}",
         ],
     )
     t0 = time.monotonic()
@@ -201,6 +204,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--rows", type=int, default=5, help="AGVMaze shelf rows (5: the full 24 m hall)"
+    )
     parser.add_argument("--bins", type=int, default=16)
     parser.add_argument("--out", type=Path, default=Path("runs/benchmarks/exploration"))
     parser.add_argument("--fresh", action="store_true", help="retrain finished runs")
@@ -215,7 +221,8 @@ def main() -> None:
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=args.workers, mp_context=ctx) as pool:
         futures = {
-            pool.submit(run_one, m, s, args.steps, runs_dir, args.fresh): (m, s) for m, s in jobs
+            pool.submit(run_one, m, s, args.steps, runs_dir, args.fresh, args.rows): (m, s)
+            for m, s in jobs
         }
         for future in as_completed(futures):
             m, s = futures[future]
@@ -244,6 +251,7 @@ def _write(args, runs, summary, wall, table: str | None = None) -> None:
         "steps_per_run": args.steps,
         "seeds": args.seeds,
         "workers": args.workers,
+        "rows": args.rows,
         "wall_s": round(wall, 1),
         "complete": table is not None,
         "summary": summary,

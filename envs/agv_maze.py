@@ -1,7 +1,8 @@
 """``robodistill/AGVMaze-v0``: a differential-drive AGV crossing a warehouse, sparse reward.
 
 The warehouse-path-planning setting of the RND-for-AGV work: a 24 m x 12 m hall with five
-shelf rows (1 m deep) across the direction of travel. Each row is broken by one or two
+shelf rows (1 m deep) across the direction of travel (``rows`` makes a shorter hall: 4 m of
+hall per row plus 4 m, so ``rows=2`` is a 12 m x 12 m hall with two rows). Each row is broken by one or two
 cross aisles (1.4 m wide) at seed-dependent places, alternating between the upper and lower
 half from row to row so that the route zig-zags; a few pallets stand in the aisles. The
 AGV starts in the loading zone (x in [0.8, 2.2] m) and must reach a goal in the dispatch
@@ -17,8 +18,9 @@ import numpy as np
 
 from robodistill.envs.nav import Layout, NavEnv
 
-HALL_W, HALL_H = 24.0, 12.0  # m
-ROW_X = (4.0, 8.0, 12.0, 16.0, 20.0)  # centre line of each shelf row, m
+HALL_H = 12.0  # m
+ROW_PITCH = 4.0  # m between shelf-row centre lines (and from each end wall to its row)
+MAX_ROWS = 5
 ROW_HALF_DEPTH = 0.5  # m
 AISLE_W = 1.4  # m, width of a cross aisle through a shelf row
 N_PALLETS = 3
@@ -31,6 +33,8 @@ class AGVMazeEnv(NavEnv):
     Args:
         embodiment: defaults to ``"diffdrive"`` (any ``EMBODIMENTS`` key works).
         reward: defaults to ``"sparse"``.
+        rows: shelf rows between start and goal, 1 to 5 (default 5, the 24 m hall); fewer
+            rows make a shorter hall, a smaller exploration problem at the same horizon.
         render_mode: ``None`` or ``"rgb_array"``.
     """
 
@@ -43,12 +47,20 @@ class AGVMazeEnv(NavEnv):
         self,
         embodiment: str | None = None,
         reward: str = "sparse",
+        rows: int = MAX_ROWS,
         render_mode: str | None = None,
     ):
+        if not isinstance(rows, int) or not 1 <= rows <= MAX_ROWS:
+            raise ValueError(f"AGVMaze rows must be an integer in [1, {MAX_ROWS}], got {rows!r}")
+        self.rows = rows
+        self.row_x = tuple(ROW_PITCH * (i + 1) for i in range(rows))
+        self.hall_w = ROW_PITCH * (rows + 1)
+        # Pallets stand between rows; a one-row hall has nowhere to put them.
+        self.n_pallets = N_PALLETS if rows > 1 else 0
         super().__init__(embodiment, reward=reward, n_obstacles=0, render_mode=render_mode)
 
     def _slot_counts(self) -> tuple[int, int]:
-        return len(ROW_X) * MAX_SEGMENTS + N_PALLETS, 0
+        return MAX_ROWS * MAX_SEGMENTS + N_PALLETS, 0
 
     def _floor_half_size(self) -> float:
         return 30.0
@@ -56,7 +68,7 @@ class AGVMazeEnv(NavEnv):
     def _generate_layout(self, rng: np.random.Generator) -> Layout:
         while True:
             boxes = []
-            for i, x in enumerate(ROW_X):
+            for i, x in enumerate(self.row_x):
                 # Main cross aisle alternates halves; a second one appears half the time.
                 lo, hi = (HALL_H / 2 + 0.5, HALL_H - 1.2) if i % 2 == 0 else (1.2, HALL_H / 2 - 0.5)
                 gaps = [rng.uniform(lo, hi)]
@@ -70,20 +82,20 @@ class AGVMazeEnv(NavEnv):
                 for y0, y1 in zip(edges[::2], edges[1::2], strict=True):
                     if y1 - y0 > 0.2:
                         boxes.append([x, (y0 + y1) / 2, ROW_HALF_DEPTH, (y1 - y0) / 2, 0.0])
-            for _ in range(N_PALLETS):
-                row = rng.integers(len(ROW_X) - 1)
-                px = rng.uniform(ROW_X[row] + 1.3, ROW_X[row + 1] - 1.3)
+            for _ in range(self.n_pallets):
+                row = rng.integers(len(self.row_x) - 1)
+                px = rng.uniform(self.row_x[row] + 1.3, self.row_x[row + 1] - 1.3)
                 boxes.append([px, rng.uniform(1.0, HALL_H - 1.0), 0.4, 0.4, 0.0])
             layout = Layout(
-                HALL_W, HALL_H, np.array(boxes), np.zeros((0, 3)), np.zeros(3), np.zeros(2)
+                self.hall_w, HALL_H, np.array(boxes), np.zeros((0, 3)), np.zeros(3), np.zeros(2)
             )
             ok = self._place_start_goal(
                 layout,
                 rng,
                 clearance=0.5,
-                min_dist=18.0,
+                min_dist=0.75 * self.hall_w,
                 start_zone=(0.8, 2.2),
-                goal_zone=(HALL_W - 2.2, HALL_W - 0.8),
+                goal_zone=(self.hall_w - 2.2, self.hall_w - 0.8),
             )
             if ok:
                 return layout

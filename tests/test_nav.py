@@ -213,6 +213,29 @@ def test_expert_drives_the_agv_maze():
     assert info["is_success"] and reward == 1.0
 
 
+@pytest.mark.parametrize("rows", [1, 2])
+def test_shorter_agv_hall_with_fewer_rows_is_solved_by_the_expert(rows):
+    env = AGVMazeEnv(rows=rows)
+    expert = NavPlannerExpert()
+    expert.attach([env])
+    obs, _ = env.reset(seed=3)
+    layout = env.layout
+    assert layout.width == 4.0 * (rows + 1)
+    assert np.all(layout.boxes[:, 0] - layout.boxes[:, 2] >= -0.1)  # walls sit at the edge
+    assert layout.goal[0] > layout.width - 2.3 and layout.start[0] < 2.3
+    for _ in range(1000):
+        obs, reward, terminated, _, info = env.step(expert.act(obs[None])[0])
+        if terminated:
+            break
+    assert info["is_success"]
+
+
+@pytest.mark.parametrize("rows", [0, 6, 2.5])
+def test_agv_rows_out_of_range_is_a_clear_error(rows):
+    with pytest.raises(ValueError, match="rows must be an integer in"):
+        AGVMazeEnv(rows=rows)
+
+
 def test_layouts_solvable_for_largest_footprint_with_shortcuts_only_small_bodies_fit():
     from robodistill.envs.nav import MAX_FOOTPRINT, occupancy_grid, reachable, to_cell
     from robodistill.envs.nav_expert import astar
