@@ -1,5 +1,34 @@
-"""Deploy: ONNX export and the torch-free runtime (arrives with the deploy issue).
+"""Deploy: ONNX export and the torch-free runtime.
 
-Imported as ``robodistill.deploy``. The runtime part imports numpy and onnxruntime only,
-so ``pip install robodistill[deploy]`` runs an exported policy on a robot without torch.
+Imported as ``robodistill.deploy``. The runtime — :class:`OnnxPolicy` (``runtime``),
+:class:`Controller` (``controller``), :class:`Robot` / :class:`SimRobot` (``robot``) and the
+metadata document (``metadata``) — imports numpy and onnxruntime only, so
+``pip install robodistill[deploy]`` runs an exported policy on a robot without torch.
+``robodistill.deploy.export`` (torch, onnx) writes the files; it is never imported here.
+
+Names are resolved on first use, so ``import robodistill.deploy`` itself needs nothing
+beyond numpy, and a robot without gymnasium can still use everything except SimRobot.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "OnnxPolicy": "robodistill.deploy.runtime",
+    "Controller": "robodistill.deploy.controller",
+    "ControlResult": "robodistill.deploy.controller",
+    "Robot": "robodistill.deploy.robot",
+    "SimRobot": "robodistill.deploy.robot",
+    "MetadataError": "robodistill.deploy.metadata",
+    "read_metadata": "robodistill.deploy.metadata",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'robodistill.deploy' has no attribute {name!r}")

@@ -63,7 +63,36 @@ class Policy(abc.ABC):
         raise NotImplementedError(f"{cls.__name__} ({cls.kind!r}) cannot be loaded from disk")
 
     def onnx_spec(self) -> dict[str, Any]:
-        """Inputs, outputs, state tensors and metadata for ONNX export (deploy issue)."""
+        """Everything ``robodistill.deploy.export.export_policy`` needs to write this policy
+        as one self-contained ``.onnx`` file. Returns a dict:
+
+        * ``module``: an ``nn.Module`` in eval mode whose ``forward(*inputs)`` returns the
+          outputs (a tensor or a tuple, in ``outputs`` order). Observation normalization and
+          action un-scaling/clipping happen *inside*: the runtime feeds raw observations and
+          sends the outputs to the robot as they are.
+        * ``inputs``: ``[{"name", "role", "example": Tensor, "batch_axis": 0}, ...]`` in
+          ``forward``'s argument order. ``example`` fixes dtype and sizes (use a batch of 2,
+          never 1, so the batch axis stays dynamic); ``batch_axis`` defaults to 0 (``None``
+          for ``step_coef``). Roles: ``observation`` ((B, D), or (B, H, D) with an
+          observation history of H), ``noise`` (standard normal draws the runtime makes, e.g.
+          a consistency student's noise, scaled by metadata ``noise_std``), ``state`` (e.g. a
+          streaming buffer, returned as a ``state`` output), ``embodiment`` (a code from
+          metadata ``embodiments``), and for ``denoise`` mode ``sample``, ``timestep``,
+          ``step_coef`` (see ``robodistill.deploy.export.DenoiserStep``).
+        * ``outputs``: ``[{"name", "role"}, ...]``; exactly one ``action`` (B, A) or
+          ``chunk`` (B, T, A), plus ``state`` outputs and, in ``denoise`` mode, ``sample``.
+        * ``metadata``: this policy's part of the JSON document stored in the file (format in
+          ``robodistill.deploy.metadata``): at least ``policy_kind``, ``mode`` (``direct`` or
+          ``denoise``), ``observation`` and ``action`` (shape, low, high, layout), and as
+          they apply ``horizons`` (observation, prediction, execute, start),
+          ``chunk_execution``, ``state`` (pairs of state input/output names with their
+          initial value), ``noise_std``, ``denoise`` (``steps``: timestep and the six
+          scheduler coefficients per step, see ``deploy.export.ddim_steps``),
+          ``embodiments``, ``normalization`` (a description) and ``deterministic`` (true when
+          ``act`` is a pure function of the observation: parity is then also checked end
+          to end). The exporter adds input/output shapes, opset and versions; the export
+          stage adds env id, control rate and the source run.
+        """
         raise NotImplementedError(
             f"{type(self).__name__} ({self.kind!r}) cannot be exported to ONNX yet"
         )

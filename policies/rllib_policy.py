@@ -80,6 +80,38 @@ def _leaf_modules(module: nn.Module) -> list[nn.Module]:
     return [m for m in module.modules() if len(list(m.children())) == 0]
 
 
+class RLlibOnnxGraph(nn.Module):
+    """What :meth:`RLlibPolicy.act` computes, as one exportable graph.
+
+    ``forward(obs (B, D) raw float32) -> action (B, A) float32``: the ``MeanStdFilter``
+    (float64 arithmetic as RLlib does it), the actor MLP, the Gaussian mean, the clip to the
+    Box.
+    """
+
+    def __init__(self, policy: RLlibPolicy):
+        super().__init__()
+        self.layers, self.act_dim = policy.layers, policy.act_dim
+        self.normalize = policy.obs_mean is not None
+        if self.normalize:
+            self.register_buffer("obs_mean", policy.obs_mean.clone())
+            # (float32 std + eps in float32), then float64: RLlibPolicy.normalize's order.
+            scale = (policy.obs_std + FILTER_EPSILON).to(torch.float64)
+            self.register_buffer("obs_scale", scale)
+        self.clip_obs = policy.clip_obs or None
+        self.register_buffer("low", policy.low.clone())
+        self.register_buffer("high", policy.high.clone())
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        x = obs
+        if self.normalize:
+            z = (obs.to(torch.float64) - self.obs_mean) / self.obs_scale
+            if self.clip_obs is not None:
+                z = z.clamp(-self.clip_obs, self.clip_obs)
+            x = z.to(torch.float32)
+        mean = self.layers(x)[:, : self.act_dim]
+        return torch.maximum(torch.minimum(mean, self.high), self.low)
+
+
 @register_policy
 class RLlibPolicy(Policy):
     """Deterministic actor of an RLlib PPO ``RLModule`` with its observation filter.
@@ -200,6 +232,35 @@ class RLlibPolicy(Policy):
         mean, _ = self.distribution(obs)
         action = torch.maximum(torch.minimum(mean, self.high), self.low)
         return action.numpy().reshape(-1, *self.act_shape).astype(np.float32, copy=False)
+
+    # -- export ----------------------------------------------------------------------------
+    def onnx_spec(self) -> dict[str, Any]:
+        """One ``direct``-mode graph, raw observations (B, D) -> actions (B, A); see
+        :class:`RLlibOnnxGraph` and the contract in :meth:`Policy.onnx_spec`."""
+        normalization = None
+        if self.obs_mean is not None:
+            clip = f", clipped to +-{self.clip_obs:g}" if self.clip_obs else ""
+            normalization = f"MeanStdFilter: (obs - mean) / (std + {FILTER_EPSILON:g}){clip}"
+        return {
+            "module": RLlibOnnxGraph(self).eval(),
+            "inputs": [
+                {"name": "obs", "role": "observation", "example": torch.zeros(2, self.obs_dim)}
+            ],
+            "outputs": [{"name": "action", "role": "action"}],
+            "metadata": {
+                "policy_kind": self.kind,
+                "policy": {
+                    "algo": "ppo",
+                    "layers": self.layer_spec,
+                    "log_std_clip": self.log_std_clip,
+                },
+                "mode": "direct",
+                "deterministic": True,
+                "observation": {**space_to_json(self.observation_space), "layout": None},
+                "action": space_to_json(self.action_space),
+                "normalization": {"observation": normalization, "action": "clip to [low, high]"},
+            },
+        }
 
     # -- persistence -----------------------------------------------------------------------
     def config(self) -> dict[str, Any]:

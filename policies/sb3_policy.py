@@ -109,6 +109,37 @@ def _activation_name(module: nn.Module, default: str) -> str:
     return default
 
 
+class SB3OnnxGraph(nn.Module):
+    """What :meth:`SB3Policy.act` computes, as one exportable graph.
+
+    ``forward(obs (B, D) raw float32) -> action (B, A) float32``: VecNormalize's
+    normalization (in float64, as SB3 does it in numpy), the actor's mean, then the clip to
+    the Box (PPO) or the tanh un-scaling to [low, high] (SAC). SB3's own ONNX recipe exports
+    only the network, leaving these to the caller.
+    """
+
+    def __init__(self, policy: SB3Policy):
+        super().__init__()
+        self.hidden, self.mu, self.algo = policy.actor.hidden, policy.actor.mu, policy.algo
+        self.normalize = policy.obs_mean is not None
+        if self.normalize:
+            self.register_buffer("obs_mean", policy.obs_mean.clone())
+            self.register_buffer("obs_scale", torch.sqrt(policy.obs_var + policy.epsilon))
+        self.clip_obs = policy.clip_obs
+        self.register_buffer("low", policy.low.clone())
+        self.register_buffer("high", policy.high.clone())
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        x = obs
+        if self.normalize:
+            z = (obs.to(torch.float64) - self.obs_mean) / self.obs_scale
+            x = z.clamp(-self.clip_obs, self.clip_obs).to(torch.float32)
+        mean = self.mu(self.hidden(x))
+        if self.algo == "ppo":
+            return torch.maximum(torch.minimum(mean, self.high), self.low)
+        return self.low + 0.5 * (torch.tanh(mean) + 1.0) * (self.high - self.low)
+
+
 @register_policy
 class SB3Policy(Policy):
     """Deterministic actor of a trained SB3 PPO/SAC model, with its observation normalizer.
@@ -241,6 +272,38 @@ class SB3Policy(Policy):
         else:
             action = self.low + 0.5 * (torch.tanh(mean) + 1.0) * (self.high - self.low)
         return action.numpy().reshape(-1, *self.act_shape).astype(np.float32, copy=False)
+
+    # -- export ----------------------------------------------------------------------------
+    def onnx_spec(self) -> dict[str, Any]:
+        """One ``direct``-mode graph, raw observations (B, D) -> actions (B, A); see
+        :class:`SB3OnnxGraph` and the contract in :meth:`Policy.onnx_spec`."""
+        normalization = None
+        if self.obs_mean is not None:
+            normalization = (
+                f"VecNormalize: clip((obs - mean) / sqrt(var + {self.epsilon:g}), "
+                f"-{self.clip_obs:g}, {self.clip_obs:g}) in float64"
+            )
+        action = "clip to [low, high]" if self.algo == "ppo" else "low + (tanh(u)+1)/2*(high-low)"
+        return {
+            "module": SB3OnnxGraph(self).eval(),
+            "inputs": [
+                {"name": "obs", "role": "observation", "example": torch.zeros(2, self.obs_dim)}
+            ],
+            "outputs": [{"name": "action", "role": "action"}],
+            "metadata": {
+                "policy_kind": self.kind,
+                "policy": {
+                    "algo": self.algo,
+                    "net_arch": self.net_arch,
+                    "activation": self.activation,
+                },
+                "mode": "direct",
+                "deterministic": True,
+                "observation": {**space_to_json(self.observation_space), "layout": None},
+                "action": space_to_json(self.action_space),
+                "normalization": {"observation": normalization, "action": action},
+            },
+        }
 
     # -- persistence -----------------------------------------------------------------------
     def config(self) -> dict[str, Any]:

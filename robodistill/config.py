@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 Stage = Literal["collect", "teach", "distill", "eval", "export", "control"]
 ALL_STAGES: tuple[str, ...] = ("collect", "teach", "distill", "eval", "export", "control")
@@ -95,13 +95,125 @@ class ExplorationConfig(Section):
     """RDD: standard deviation of the Gaussian around the target's output."""
 
 
+class DiffusionConfig(Section):
+    """The diffusion policy (RL-100's teacher): a 1-D temporal UNet with FiLM conditioning on
+    the observation history, DDPM training, DDIM sampling, receding-horizon execution."""
+
+    obs_horizon: int = Field(2, ge=1, le=64)
+    """To: observations the policy conditions on (the current one and To - 1 before it)."""
+    pred_horizon: int = Field(16, ge=1, le=512)
+    """H: actions predicted per chunk, starting at the oldest observed step; a multiple of
+    2 ** (len(down_dims) - 1)."""
+    action_horizon: int = Field(8, ge=1, le=512)
+    """Ta: actions executed from each chunk before planning again (at most H - To + 1)."""
+    down_dims: list[int] = Field(default_factory=lambda: [64, 128, 256], min_length=1,
+                                 max_length=6)  # fmt: skip
+    """UNet channels per level (each halves the time axis). [64, 128, 256] is ~4 M
+    parameters, sized for a 2-core CPU; the paper's [256, 512, 1024] is ~65 M (a GPU)."""
+    kernel_size: int = Field(5, ge=1, le=31)
+    """Temporal convolution width (odd)."""
+    n_groups: int = Field(8, ge=1, le=64)
+    """GroupNorm groups; every down_dims entry must be divisible by it."""
+    step_embed_dim: int = Field(64, ge=4, le=4096)
+    """Size of the sinusoidal diffusion-step embedding (even)."""
+    num_train_timesteps: int = Field(100, ge=2, le=10_000)
+    """DDPM noise levels used in training."""
+    beta_schedule: Literal["squaredcos_cap_v2", "linear", "scaled_linear"] = "squaredcos_cap_v2"
+    """diffusers beta schedule (``squaredcos_cap_v2`` is the cosine schedule)."""
+    num_inference_steps: int = Field(10, ge=1, le=10_000)
+    """DDIM denoising steps per chunk at inference (also the RL chain's length)."""
+    timestep_spacing: Literal["trailing", "leading", "linspace"] = "trailing"
+    """How DDIM picks its steps from the training steps; ``trailing`` starts at the noisiest."""
+    clip_sample: bool = True
+    """Clip each step's clean-sample estimate to the normalized action range [-1, 1]."""
+    chain_eta: float = Field(1.0, ge=0.0, le=10.0)
+    """RL sampling: DDIM eta scaling the posterior std of each stochastic denoising step."""
+    min_std: float = Field(0.0067, gt=0.0, le=1.0)
+    """RL sampling: each denoising step's std is at least this (normalized units), so every
+    step has a log-probability (RL-100 ~0.0067; DPPO uses 0.1)."""
+    temporal_ensemble: float | None = Field(None, ge=-10.0, le=10.0)
+    """``null``: execute action_horizon actions per plan. A number k: plan every step and
+    average overlapping plans with weights exp(k * j) (ACT's temporal ensembling; slower)."""
+    mask_padded_actions: bool = False
+    """Leave actions past an episode's end out of the loss (diffusion policy keeps them)."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DiffusionConfig:
+        problems = []
+        if self.obs_horizon > self.pred_horizon:
+            problems.append(f"obs_horizon ({self.obs_horizon}) must be <= pred_horizon "
+                            f"({self.pred_horizon})")  # fmt: skip
+        if self.obs_horizon - 1 + self.action_horizon > self.pred_horizon:
+            problems.append(
+                f"action_horizon must be <= pred_horizon - obs_horizon + 1 = "
+                f"{self.pred_horizon - self.obs_horizon + 1} (got {self.action_horizon})"
+            )
+        multiple = 2 ** (len(self.down_dims) - 1)
+        if self.pred_horizon % multiple:
+            problems.append(f"pred_horizon ({self.pred_horizon}) must be a multiple of "
+                            f"{multiple} for {len(self.down_dims)} UNet levels")  # fmt: skip
+        if any(d < 1 or d % self.n_groups for d in self.down_dims):
+            problems.append(f"down_dims {self.down_dims} must be positive multiples of "
+                            f"n_groups ({self.n_groups})")  # fmt: skip
+        if self.kernel_size % 2 == 0:
+            problems.append(f"kernel_size must be odd (got {self.kernel_size})")
+        if self.step_embed_dim % 2:
+            problems.append(f"step_embed_dim must be even (got {self.step_embed_dim})")
+        if self.num_inference_steps > self.num_train_timesteps:
+            problems.append(f"num_inference_steps ({self.num_inference_steps}) must be <= "
+                            f"num_train_timesteps ({self.num_train_timesteps})")  # fmt: skip
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class RL100Config(Section):
+    """RL-100 training schedule. Sub-stages run in order inside ``teach``: ``il`` imitates
+    the demonstrations; offline and online RL on the denoising chain come next."""
+
+    stages: list[Literal["il"]] = Field(default_factory=lambda: ["il"], min_length=1)
+    """Sub-stages to run, in order (``il``: imitation learning on the demonstrations)."""
+    demos: str | None = None
+    """Trajectory store to imitate; ``null``: this run's ``<runs_dir>/<name>/collect/demos.zarr``."""
+    il_steps: int = Field(4000, ge=1, le=10**8)
+    """Imitation: gradient steps."""
+    batch_size: int = Field(64, ge=1, le=65_536)
+    """Imitation: windows per gradient step."""
+    learning_rate: float = Field(1e-3, gt=0.0, le=1.0)
+    """Imitation: AdamW peak learning rate."""
+    weight_decay: float = Field(1e-6, ge=0.0, le=1.0)
+    """Imitation: AdamW weight decay."""
+    warmup_steps: int = Field(200, ge=0, le=10**7)
+    """Imitation: linear learning-rate warm-up steps before the schedule."""
+    lr_schedule: Literal["cosine", "constant_with_warmup", "linear"] = "cosine"
+    """diffusers ``get_scheduler`` name for the learning rate after warm-up."""
+    ema_decay: float = Field(0.9999, ge=0.0, le=1.0)
+    """Upper bound of the EMA decay (weights used for evaluation)."""
+    ema_power: float = Field(0.75, gt=0.0, le=1.0)
+    """EMA warm-up: decay after n updates is min(ema_decay, 1 - (1 + n) ** -ema_power)."""
+    eval_every: int = Field(1000, ge=1, le=10**8)
+    """Evaluate the EMA policy on the validation seeds (``teach.eval_episodes``) every N
+    gradient steps and at the end; the best by success rate is kept."""
+    checkpoint_every: int = Field(500, ge=1, le=10**8)
+    """Save a resumable training checkpoint every N gradient steps."""
+    log_every: int = Field(50, ge=1, le=10**8)
+    """Log the mean loss and learning rate every N gradient steps."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to train: ``auto`` picks CUDA when available."""
+    torch_threads: int = Field(1, ge=0, le=1024)
+    """CPU threads torch uses while training (0: torch's default, one per core). 1 is the
+    default because on a small shared machine two threads contending with other processes
+    were measured 10-40x slower than one (OpenMP threads spin waiting for each other)."""
+
+
 class TeachConfig(Section):
-    """Teacher training. RL teachers (``algo: ppo | sac``) on stable-baselines3 or RLlib;
-    the RL-100 diffusion teacher and COMPASS arrive with issues #5 and #7."""
+    """Teacher training: the RL-100 diffusion teacher (``algo: rl100``; imitation stage built,
+    RL stages next) or RL teachers (``algo: ppo | sac``) on stable-baselines3 or RLlib;
+    COMPASS arrives with issue #7."""
 
     algo: Literal["rl100", "ppo", "sac"] = "rl100"
-    """``rl100``: the RL-100 diffusion teacher on the collected demonstrations (issue #5, not
-    built yet); ``ppo`` / ``sac``: reinforcement-learning teachers trained from scratch."""
+    """``rl100``: the RL-100 diffusion teacher trained on the collected demonstrations
+    (``teach.diffusion``, ``teach.rl100``); ``ppo`` / ``sac``: RL teachers from scratch."""
     backend: Literal["sb3", "rllib"] = "sb3"
     """``sb3``: stable-baselines3 on this machine; ``rllib``: Ray RLlib, local or a cluster."""
     total_timesteps: int = Field(100_000, ge=1, le=10**10)
@@ -138,18 +250,118 @@ class TeachConfig(Section):
     """RLlib: envs vectorized in each env runner; ``null`` uses ``env.num_envs``."""
     exploration: ExplorationConfig = Field(default_factory=ExplorationConfig)
     """Intrinsic-reward exploration (both backends)."""
+    diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
+    """RL-100: the diffusion policy's network, horizons and sampler."""
+    rl100: RL100Config = Field(default_factory=RL100Config)
+    """RL-100: sub-stages, demonstrations and training budget."""
+
+
+class DAggerConfig(Section):
+    """DAgger: an MLP student learns the teacher's labels on the states it visits itself."""
+
+    rounds: int = Field(8, ge=1, le=1000)
+    """Rounds of roll out -> label -> aggregate -> train. Round 0 rolls out the teacher only."""
+    episodes_per_round: int = Field(10, ge=1, le=10_000)
+    """Episodes rolled out (and labeled by the teacher) per round."""
+    beta_schedule: Literal["exponential", "linear"] = "exponential"
+    """Probability β that the teacher, not the student, acts at a step of round i:
+    ``exponential``: β = beta_decay**i; ``linear``: β = max(0, 1 - beta_decay * i). β is 1
+    in round 0 either way."""
+    beta_decay: float = Field(0.5, ge=0.0, le=1.0)
+    """Rate of the β schedule (0 with ``exponential``: only the student acts after round 0)."""
+    epochs: int = Field(20, ge=1, le=10_000)
+    """Passes over the aggregated dataset (all rounds so far) after each round."""
+    batch_size: int = Field(256, ge=1, le=1_000_000)
+    """Minibatch size."""
+    learning_rate: float = Field(1e-3, gt=0.0, le=1.0)
+    """Adam learning rate (a fresh optimizer each round; the weights carry over)."""
+    hidden: list[int] = Field(default_factory=lambda: [256, 256], min_length=1, max_length=16)
+    """Hidden layer sizes of the student MLP."""
+    activation: Literal["Tanh", "ReLU", "ELU", "SiLU", "GELU", "LeakyReLU"] = "Tanh"
+    """Hidden activation of the student MLP."""
+    loss: Literal["auto", "mse", "kl"] = "auto"
+    """``mse`` on the teacher's deterministic actions; ``kl``: KL(teacher ‖ student) between
+    diagonal Gaussians (Gaussian head); ``auto``: ``kl`` when the teacher has a Gaussian
+    (SB3 / RLlib teachers), else ``mse``."""
+    eval_episodes: int = Field(10, ge=1, le=100_000)
+    """Validation episodes after each round (fixed validation seeds); the best student is kept."""
+    obs_clip: float = Field(10.0, gt=0.0, le=1e6)
+    """Normalized observations are clipped to ±obs_clip inside the student."""
 
 
 class DistillConfig(Section):
-    """Student distillation: arrives with issues #6 and #7."""
+    """Student distillation (issue #6: fast students; the generalist arrives with issue #7)."""
+
+    teacher: str = ""
+    """Teacher policy directory; empty: ``<runs_dir>/<name>/teach/policy``."""
+    students: list[Literal["consistency", "streaming", "rti", "dagger"]] = Field(
+        default_factory=lambda: ["consistency", "streaming"], min_length=1
+    )
+    """Students to distill, each into ``<run>/distill/<student>/``: ``consistency`` /
+    ``streaming`` / ``rti`` (from the diffusion teacher), ``dagger`` (an MLP student of an RL
+    teacher)."""
+    dagger: DAggerConfig = Field(default_factory=DAggerConfig)
+    """The DAgger student."""
 
 
 class ExportConfig(Section):
-    """ONNX export: arrives with issue #8."""
+    """ONNX export: one self-contained ``.onnx`` file (normalization and action un-scaling
+    inside the graph, a JSON metadata document in ``metadata_props``), checked for parity."""
+
+    policy: str = "auto"
+    """Policy directory to export; ``auto``: ``<run>/distill/policy`` if it exists, else
+    ``<run>/teach/policy``."""
+    exporter: Literal["dynamo", "torchscript"] = "dynamo"
+    """``dynamo``: torch.export-based (torch's default, needs onnxscript); ``torchscript``:
+    the older tracing exporter (faster to run, deprecated by torch)."""
+    opset: int = Field(18, ge=17, le=23)
+    """ONNX opset of the exported graph."""
+    quantize: bool = False
+    """Also write ``policy.int8.onnx`` (onnxruntime dynamic int8 quantization) and report its
+    accuracy and latency change against the float model."""
+    parity_tol: float = Field(1e-4, gt=0.0, le=1.0)
+    """Largest allowed absolute difference between torch and onnxruntime outputs; the stage
+    fails above it."""
+    parity_random: int = Field(256, ge=1, le=1_000_000)
+    """Random observations (uniform within finite bounds, else normal) in the parity check."""
+    parity_real_steps: int = Field(200, ge=0, le=1_000_000)
+    """Real observations in the parity check, from rolling the policy out in ``env.id``."""
+    latency_calls: int = Field(1000, ge=10, le=1_000_000)
+    """Batch-1, one-thread ``OnnxPolicy.act`` calls timed for the reported latency."""
 
 
 class ControlConfig(Section):
-    """Fixed-rate controller runs: arrives with issue #8."""
+    """Fixed-rate controller: the exported ONNX policy drives ``env.id`` (a SimRobot) on an
+    absolute-deadline loop; reports success, latency, deadline misses and faults."""
+
+    model: str = "auto"
+    """ONNX file to run; ``auto``: ``<run>/export/policy.onnx``."""
+    hz: float | None = Field(None, gt=0.0, le=100_000.0)
+    """Control rate; ``null``: the model's control rate (from the environment at export)."""
+    episodes: int = Field(10, ge=1, le=1_000_000)
+    """Episodes to run (on the evaluation seeds, so results compare with ``eval``)."""
+    max_ticks: int | None = Field(None, ge=1)
+    """Stop after this many ticks even if episodes remain; ``null``: no limit."""
+    on_fault: Literal["continue", "stop"] = "continue"
+    """After a fault (invalid observation, late inference, robot or policy exception, NaN
+    action) the safe action is sent; then ``continue`` or ``stop``."""
+    max_faults: int | None = Field(None, ge=0)
+    """Stop once more faults than this have happened; ``null``: no limit."""
+    slew_rate: float | None = Field(None, gt=0.0)
+    """Largest change of each action component per second; ``null``: no slew limit."""
+    late_after: float = Field(1.0, gt=0.0, le=100.0)
+    """Inference ending this many periods after the tick's slot is a ``late`` fault."""
+    execution: Literal["receding", "ensemble"] | None = None
+    """Chunked policies: receding horizon or temporal ensembling; ``null``: the model's."""
+    threads: int = Field(1, ge=1, le=256)
+    """onnxruntime intra-op threads."""
+    spin_ms: float = Field(0.0, ge=0.0, le=100.0)
+    """Sleep until this long before each slot, then poll the clock: lower jitter, more CPU."""
+    realtime_priority: int | None = Field(None, ge=1, le=99)
+    """Run the loop under Linux SCHED_FIFO at this priority (needs root or CAP_SYS_NICE;
+    otherwise a warning and normal scheduling); ``null``: normal scheduling."""
+    log: bool = True
+    """Write every tick as a JSON line to ``<run>/control/ticks.jsonl``."""
 
 
 class PipelineConfig(Section):

@@ -26,8 +26,15 @@ On a cluster, every node needs robodistill installed: env runners build their en
 Env runners and envs per runner come from ``cfg.teach.num_env_runners`` (default 1) and
 ``cfg.teach.num_envs_per_env_runner`` (default ``cfg.env.num_envs``) when the config has them.
 Failed env runners are restarted (``fault_tolerance(restart_failed_env_runners=True)``).
-Not supported on this backend: ``teach.algo: sac``, ``teach.exploration``,
-``teach.normalize_reward`` (the first two raise, the last is ignored with a warning).
+
+``teach.exploration.method: rnd | rdd`` adds intrinsic rewards through
+:mod:`robodistill.intrinsic_rllib`: the predictor lives in the (single) learner as a learner
+connector piece, so nothing is synchronized to env runners; its state is saved next to
+RLlib's files in ``checkpoint/`` as ``exploration.safetensors`` + ``exploration.json`` and
+restored on resume, and its statistics are logged per iteration as ``exploration_*``.
+
+Not supported on this backend: ``teach.algo: sac`` (raises), ``teach.normalize_reward``
+(ignored with a warning).
 """
 
 from __future__ import annotations
@@ -128,6 +135,10 @@ def build_config(cfg: RunConfig):
         .callbacks(_make_callbacks())
         .debugging(seed=cfg.seed, log_level="WARN")
     )
+    if teach.exploration.method != "none":
+        from robodistill.intrinsic_rllib import add_exploration
+
+        add_exploration(config, teach.exploration, seed=cfg.seed)
     return config
 
 
@@ -175,6 +186,12 @@ def save_rllib_checkpoint(algo, directory, state: dict[str, Any]) -> None:
     old = directory.with_name(directory.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     algo.save_to_path(str(tmp))
+    if state.get("exploration", "none") != "none":
+        from robodistill.intrinsic_rllib import save_exploration
+
+        # RLlib does not checkpoint learner connector pieces (where the predictor lives).
+        if not save_exploration(algo, tmp):
+            raise RuntimeError("teach: exploration is on but the learner has no predictor")
     write_json_atomic(tmp / STATE_NAME, state)
     if directory.exists():
         shutil.rmtree(old, ignore_errors=True)
@@ -189,6 +206,18 @@ def _count(value: Any) -> int:
         return 0 if value is None or not np.isfinite(value) else int(value)
     except TypeError:
         return 0
+
+
+def exploration_row(result: dict[str, Any]) -> dict[str, float]:
+    """The ``exploration_*`` learner metrics of one ``algo.train()`` result (empty without
+    intrinsic rewards)."""
+    from ray.rllib.core import DEFAULT_MODULE_ID
+
+    module = result.get("learners", {}).get(DEFAULT_MODULE_ID, {})
+    return {
+        k: float(v) for k, v in module.items()
+        if k.startswith("exploration_") and v is not None and np.isfinite(v)
+    }  # fmt: skip
 
 
 def _resumable(directory):
@@ -215,13 +244,6 @@ def run_teach_rllib(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
             f"teach.algo={teach.algo} is not built on the RLlib backend (only ppo). Nothing was "
             "run. Use teach.backend: sb3"
         )
-    if teach.exploration.method != "none":
-        from robodistill.stages import StageNotBuilt
-
-        raise StageNotBuilt(
-            "teach.exploration is not built on the RLlib backend. Nothing was run. Use "
-            "teach.backend: sb3"
-        )
     if teach.normalize_reward:
         log.warning("teach: normalize_reward is ignored by the RLlib backend")
     from ray.tune import register_env
@@ -243,6 +265,10 @@ def run_teach_rllib(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
         if source is not None:
             algo.restore_from_path(str(source))
             state = json.loads((source / STATE_NAME).read_text())
+            if teach.exploration.method != "none":
+                from robodistill.intrinsic_rllib import load_exploration
+
+                load_exploration(algo, source)
             log.info("teach: resumed from %s at %d steps", source, state["timesteps"])
         steps = resumed_from = int(state.get("timesteps", 0))
         keeper = BestPolicyKeeper(cfg, stage)
@@ -262,7 +288,7 @@ def run_teach_rllib(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
         def ckpt_state() -> dict[str, Any]:
             return {
                 "timesteps": steps, "last_eval_step": last_step,
-                "first_success_step": first_success,
+                "first_success_step": first_success, "exploration": teach.exploration.method,
             }  # fmt: skip
 
         # -- train -------------------------------------------------------------------------
@@ -283,6 +309,7 @@ def run_teach_rllib(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
             row: dict[str, Any] = {"train_episodes": episodes, "train_success": succ}
             if "episode_return_mean" in runners and episodes:
                 row["train_return_mean"] = float(runners["episode_return_mean"])
+            row |= exploration_row(result)
             stage.log_metrics(steps, row)
             if steps >= next_eval:
                 evaluate()

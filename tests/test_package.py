@@ -35,9 +35,39 @@ def test_wheel_contains_every_module(tmp_path):
     assert "Provides-Extra: deploy" in text and "Provides-Extra: all" in text
 
 
-def test_deploy_imports_without_torch():
+def _tiny_onnx_policy(path: Path) -> None:
+    """obs (B, 3) -> clip(obs @ W, -2, 2) with robodistill metadata, built without torch."""
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["obs", "W"], ["y"]),
+         helper.make_node("Clip", ["y", "lo", "hi"], ["action"])],
+        "tiny",
+        [helper.make_tensor_value_info("obs", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info("action", TensorProto.FLOAT, ["batch", 1])],
+        [helper.make_tensor("W", TensorProto.FLOAT, [3, 1], [-1.0, 0.0, -0.5]),
+         helper.make_tensor("lo", TensorProto.FLOAT, [], [-2.0]),
+         helper.make_tensor("hi", TensorProto.FLOAT, [], [2.0])],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    doc = {"format": "robodistill-policy", "format_version": 1, "policy_kind": "tiny",
+           "observation": {"shape": [3]}, "action": {"shape": [1], "low": [-2.0], "high": [2.0]},
+           "inputs": [{"name": "obs", "role": "observation", "shape": ["batch", 3]}],
+           "outputs": [{"name": "action", "role": "action", "shape": ["batch", 1]}]}  # fmt: skip
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "robodistill", json.dumps(doc)
+    onnx.save(model, str(path))
+
+
+def test_deploy_runtime_works_without_torch(tmp_path):
+    """The whole runtime — policy, controller, SimRobot — in a process where torch cannot be
+    imported (as on a robot with ``pip install robodistill[deploy]``)."""
+    _tiny_onnx_policy(tmp_path / "tiny.onnx")
     code = textwrap.dedent(
-        """
+        f"""
         import sys
         class Block:
             def find_spec(self, name, path=None, target=None):
@@ -45,6 +75,13 @@ def test_deploy_imports_without_torch():
                     raise ImportError("torch is blocked in this test")
         sys.meta_path.insert(0, Block())
         import robodistill.deploy
+        import robodistill.deploy.controller, robodistill.deploy.metadata
+        import robodistill.deploy.robot, robodistill.deploy.runtime
+        from robodistill.deploy import Controller, OnnxPolicy, SimRobot
+        policy = OnnxPolicy({str(tmp_path / "tiny.onnx")!r})
+        robot = SimRobot("Pendulum-v1", episodes=1, max_episode_steps=5)
+        result = Controller(policy, robot, 500.0).run(ticks=100)
+        assert result.reason == "robot done" and result.ticks == 5, result
         assert "torch" not in sys.modules
         print("ok")
         """

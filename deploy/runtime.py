@@ -1,0 +1,351 @@
+"""Run an exported policy with numpy and onnxruntime only (no torch).
+
+::
+
+    policy = OnnxPolicy("policy.onnx")          # everything it needs is in the file
+    policy.reset()                              # new episodes in every batch row
+    action = policy.act(obs)                    # (B, *obs_shape) -> (B, *action_shape) float32
+    policy.reset(env_ids=[1])                   # row 1 starts over; the others keep their state
+
+The file's metadata (:mod:`robodistill.deploy.metadata`) says how to drive the graph; the
+policy keeps, per batch row, what the graph does not: the observation history (filled with
+the first observation of an episode, the diffusion-policy convention), the queue of
+executed actions of a predicted chunk (receding horizon) or the overlapping chunks that
+temporal ensembling averages, the state tensors a streaming policy carries from call to
+call, and the random draws for noise inputs and for the sampling loop of ``denoise`` mode.
+
+Random draws come from ``self.rng`` (``numpy.random.default_rng(seed)``) in this order per
+inference: ``denoise`` mode draws the initial sample, then one noise tensor per step whose
+sigma is not 0; ``direct`` mode draws each ``noise`` input in input order.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from robodistill.deploy.metadata import MetadataError, bounds_from_json, metadata_of_session
+
+_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(float16)": np.float16,
+}
+
+
+def session_options(threads: int = 1) -> ort.SessionOptions:
+    """CPU options for a control loop: ``threads`` intra-op threads, sequential execution."""
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads == 1:
+        # No worker threads to spin; keeps a 1-thread policy from burning a second core.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+class OnnxPolicy:
+    """An exported policy with its per-row episode state.
+
+    Args:
+        path: the ``.onnx`` file written by :func:`robodistill.deploy.export.export_policy`.
+        threads: onnxruntime intra-op threads (1 is best for batch-1 control on small nets).
+        execution: ``"receding"`` or ``"ensemble"`` for chunked policies (default: the
+            file's ``chunk_execution``).
+        ensemble_decay: temporal ensembling weight ``exp(-decay * i)``, ``i = 0`` the oldest
+            prediction (ACT's convention); default: the file's ``ensemble_decay``.
+        embodiment: name in the file's embodiment table (generalist policies); default: the
+            table's default.
+        seed: seeds ``self.rng`` (noise inputs, the denoising loop's draws).
+        providers: onnxruntime execution providers.
+        warmup: run the graph once on zeros at construction (with its own random draws),
+            so that the first real call does not pay onnxruntime's first-run allocations.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        threads: int = 1,
+        execution: str | None = None,
+        ensemble_decay: float | None = None,
+        embodiment: str | None = None,
+        seed: int | None = 0,
+        providers: tuple[str, ...] = ("CPUExecutionProvider",),
+        warmup: bool = True,
+    ):
+        self.path = str(path)
+        if not os.path.isfile(self.path):
+            raise FileNotFoundError(f"no ONNX policy at {self.path}")
+        self.session = ort.InferenceSession(self.path, session_options(threads),
+                                            providers=list(providers))  # fmt: skip
+        self.metadata = meta = metadata_of_session(self.session, self.path)
+        graph_in = {i.name: i for i in self.session.get_inputs()}
+        graph_out = {o.name for o in self.session.get_outputs()}
+        declared = {e["name"] for e in meta["inputs"]}
+        if set(graph_in) != declared:
+            raise MetadataError(f"{self.path}: graph inputs {sorted(graph_in)} differ from the "
+                                f"metadata's inputs {sorted(declared)}")  # fmt: skip
+        missing = {e["name"] for e in meta["outputs"]} - graph_out
+        if missing:
+            raise MetadataError(f"{self.path}: metadata names outputs {sorted(missing)} that the "
+                                "graph does not have")  # fmt: skip
+        self._dtypes = {n: _DTYPES.get(i.type, np.float32) for n, i in graph_in.items()}
+        self._inputs: dict[str, list[dict[str, Any]]] = {}
+        for entry in meta["inputs"]:
+            self._inputs.setdefault(entry["role"], []).append(entry)
+        outputs = {e["role"]: e for e in meta["outputs"] if e["role"] != "state"}
+        self._action_out = outputs.get("chunk") or outputs["action"]
+        self._chunked = self._action_out["role"] == "chunk"
+        self._sample_out = outputs.get("sample")
+        self._state = meta["state"]
+        self._out_names = [self._action_out["name"]] + [s["output"] for s in self._state]
+        self.kind = meta["policy_kind"]
+        self.mode = meta["mode"]
+
+        obs, act, hz = meta["observation"], meta["action"], meta["horizons"]
+        self.observation_shape = tuple(obs["shape"])
+        self.observation_dim = int(obs["dim"])
+        self.action_shape = tuple(act["shape"])
+        self.action_dim = int(act["dim"])
+        self.action_low = bounds_from_json(act.get("low"), self.action_dim, -1.0)
+        self.action_high = bounds_from_json(act.get("high"), self.action_dim, 1.0)
+        self.control_rate_hz = meta.get("control_rate_hz")
+        self.history = int(hz["observation"])
+        self.prediction = int(hz["prediction"])
+        self.execute, self.start = int(hz["execute"]), int(hz["start"])
+        self._obs_entry = self._inputs["observation"][0]
+        obs_rank = len(self._obs_entry["shape"])
+        if obs_rank not in (2, 3) or (obs_rank == 2 and self.history != 1):
+            raise MetadataError(
+                f"{self.path}: observation input shape {self._obs_entry['shape']} does not fit an "
+                f"observation history of {self.history} (expected [batch, D] or [batch, H, D])"
+            )
+        self._obs_rank = obs_rank
+        for entries in self._inputs.values():
+            for e in entries:
+                if e["role"] != "step_coef" and not all(isinstance(d, int) for d in e["shape"][1:]):
+                    raise MetadataError(f"{self.path}: input {e['name']!r} needs fixed sizes "
+                                        f"after the batch axis, got {e['shape']}")  # fmt: skip
+
+        self.execution = execution or meta["chunk_execution"]
+        if self.execution not in ("receding", "ensemble"):
+            raise ValueError(f"execution must be 'receding' or 'ensemble', got {self.execution!r}")
+        self.ensemble_decay = float(
+            meta["ensemble_decay"] if ensemble_decay is None else ensemble_decay
+        )
+        self._embodiment_code = self._embodiment(embodiment)
+        if self.mode == "denoise":
+            steps = meta["denoise"]["steps"]
+            self._steps = [(int(s["timestep"]), np.asarray(s["coef"], np.float32)) for s in steps]
+            self._init_std = float(meta["denoise"]["init_std"])
+        self.inferences = 0
+        """Graph evaluations so far (a denoising loop counts once)."""
+        self._batch = 0
+        if warmup:
+            self.rng = np.random.default_rng(0)
+            self._init_batch(1)
+            obs = np.zeros((1, *self._obs_entry["shape"][1:]), np.float32)
+            self._infer(obs, np.arange(1))
+            self._batch, self.inferences = 0, 0
+        self.rng = np.random.default_rng(seed)
+
+    # -- metadata helpers --------------------------------------------------------------------
+    def _embodiment(self, name: str | None) -> np.ndarray | None:
+        if "embodiment" not in self._inputs:
+            if name is not None:
+                raise ValueError(f"embodiment={name!r} given, but {self.path} takes no embodiment")
+            return None
+        table = self.metadata["embodiments"]
+        names = list(table["names"])
+        name = name if name is not None else table.get("default")
+        if name not in names:
+            raise ValueError(
+                f"embodiment={name!r} is not in {self.path}'s embodiment table; choose one of "
+                f"{names}"
+            )
+        return np.asarray(table["codes"][names.index(name)], dtype=np.float32)
+
+    # -- episode state -----------------------------------------------------------------------
+    def _init_batch(self, batch: int) -> None:
+        self._batch = batch
+        self._hist = np.zeros((batch, self.history, self.observation_dim), np.float32)
+        self._fresh = np.ones(batch, bool)
+        te = self.prediction - self.start
+        self._queue = np.zeros((batch, self.execute, self.action_dim), np.float32)
+        self._qpos = np.full(batch, self.execute)
+        self._ens = np.zeros((batch, te, te, self.action_dim), np.float32)
+        self._ens_n = np.zeros(batch, np.int64)
+        self._states = {s["input"]: self._state_init(s, batch) for s in self._state}
+
+    def _state_init(self, spec: dict[str, Any], rows: int) -> np.ndarray:
+        shape = (rows, *self._entry(spec["input"])["shape"][1:])
+        if spec["init"] == "normal":
+            return (self.rng.standard_normal(shape) * spec["std"]).astype(np.float32)
+        return np.zeros(shape, np.float32)
+
+    def _entry(self, name: str) -> dict[str, Any]:
+        return next(e for e in self.metadata["inputs"] if e["name"] == name)
+
+    def reset(self, env_ids: np.ndarray | list[int] | None = None) -> None:
+        """Forget the episode state of ``env_ids`` (every row when ``None``)."""
+        if env_ids is None or self._batch == 0:
+            self._batch = 0  # re-allocated for the batch size of the next act()
+            return
+        rows = np.asarray(env_ids, dtype=np.int64).ravel()
+        if rows.size and (rows.min() < 0 or rows.max() >= self._batch):
+            raise IndexError(f"env_ids {rows.tolist()} out of range for batch {self._batch}")
+        self._fresh[rows] = True
+        self._qpos[rows] = self.execute
+        self._ens_n[rows] = 0
+        for s in self._state:
+            self._states[s["input"]][rows] = self._state_init(s, len(rows))
+
+    # -- acting ------------------------------------------------------------------------------
+    def check_observation(self, obs: Any) -> np.ndarray:
+        """``obs`` (B, *observation_shape) or (B, D) -> (B, D) float32; clear errors else."""
+        x = np.asarray(obs)
+        if x.dtype.kind not in "fiu":
+            raise TypeError(f"observation dtype {x.dtype} is not a real number type "
+                            f"(expected float32 of shape (B, {self.observation_dim}))")  # fmt: skip
+        if x.ndim < 1 or x.size != x.shape[0] * self.observation_dim or x.ndim == 1:
+            raise ValueError(
+                f"observation shape {x.shape} does not fit (B, {self.observation_dim}) or "
+                f"(B, *{self.observation_shape}); add the batch axis with obs[None]"
+            )
+        x = x.reshape(x.shape[0], self.observation_dim).astype(np.float32, copy=False)
+        if not np.isfinite(x).all():
+            bad = np.flatnonzero(~np.isfinite(x).all(axis=1)).tolist()
+            raise ValueError(f"observation rows {bad} contain NaN or inf")
+        return x
+
+    def act(self, obs: Any) -> np.ndarray:
+        """One control step for every row: (B, *obs_shape) -> (B, *action_shape) float32."""
+        x = self.check_observation(obs)
+        batch = x.shape[0]
+        if batch != self._batch:
+            self._init_batch(batch)  # a new batch size starts new episodes in every row
+        if self._obs_rank == 3:
+            fresh = self._fresh
+            self._hist[~fresh] = np.roll(self._hist[~fresh], -1, axis=1)
+            self._hist[~fresh, -1] = x[~fresh]
+            self._hist[fresh] = x[fresh, None, :]
+            fresh[:] = False
+            obs_in = self._hist
+        else:
+            obs_in = x
+        if not self._chunked:
+            action = self._infer(obs_in, np.arange(batch))
+        elif self.execution == "receding":
+            action = self._receding(obs_in)
+        else:
+            action = self._ensemble(obs_in)
+        return action.reshape(batch, *self.action_shape).astype(np.float32, copy=True)
+
+    def _receding(self, obs_in: np.ndarray) -> np.ndarray:
+        need = np.flatnonzero(self._qpos >= self.execute)
+        if need.size:
+            chunk = self._infer(obs_in[need], need)
+            self._queue[need] = chunk[:, self.start : self.start + self.execute]
+            self._qpos[need] = 0
+        action = self._queue[np.arange(self._batch), self._qpos]
+        self._qpos += 1
+        return action
+
+    def _ensemble(self, obs_in: np.ndarray) -> np.ndarray:
+        chunk = self._infer(obs_in, np.arange(self._batch))[:, self.start :]
+        te = chunk.shape[1]
+        # _ens[:, j] holds the chunk predicted j steps ago; its element j is for now.
+        self._ens = np.roll(self._ens, 1, axis=1)
+        self._ens[:, 0] = chunk
+        self._ens_n = np.minimum(self._ens_n + 1, te)
+        j = np.arange(te)
+        preds = self._ens[:, j, j]
+        rank = self._ens_n[:, None] - 1 - j  # 0 for the oldest prediction
+        weights = np.where(j < self._ens_n[:, None], np.exp(-self.ensemble_decay * rank), 0.0)
+        return (weights[..., None] * preds).sum(1) / weights.sum(1)[:, None]
+
+    def predict(self, obs_input: Any) -> np.ndarray:
+        """Evaluate the graph (the whole denoising loop in ``denoise`` mode) on the model's
+        observation input as given — ``(B, D)`` or ``(B, H, D)`` — without touching the
+        per-row queues. Returns the action ``(B, A)`` or chunk ``(B, T, A)``. Stateless
+        graphs only: a stateful graph's state lives in :meth:`act`."""
+        if self._state:
+            raise RuntimeError(f"{self.path} carries state tensors; use act(), not predict()")
+        x = np.asarray(obs_input, dtype=np.float32)
+        want = tuple(self._obs_entry["shape"][1:])
+        if x.shape[1:] != want:
+            raise ValueError(f"predict: observation input shape {x.shape}, expected (B, *{want})")
+        return self._infer(x, np.arange(x.shape[0]), keep_state=False)
+
+    def _infer(self, obs_in: np.ndarray, rows: np.ndarray, keep_state: bool = True) -> np.ndarray:
+        b = len(rows)
+        obs_name = self._obs_entry["name"]
+        feed = {obs_name: obs_in.astype(self._dtypes[obs_name], copy=False)}
+        if self._embodiment_code is not None:
+            for e in self._inputs["embodiment"]:
+                feed[e["name"]] = np.broadcast_to(self._embodiment_code, (b, *e["shape"][1:]))
+        for s in self._state:
+            feed[s["input"]] = self._states[s["input"]][rows]
+        self.inferences += 1
+        if self.mode == "denoise":
+            return self._denoise(feed, b)
+        for e in self._inputs.get("noise", []):
+            draw = self.rng.standard_normal((b, *e["shape"][1:])) * self.metadata["noise_std"]
+            feed[e["name"]] = draw.astype(self._dtypes[e["name"]])
+        outs = self.session.run(self._out_names, feed)
+        if keep_state:
+            for s, value in zip(self._state, outs[1:], strict=True):
+                self._states[s["input"]][rows] = value
+        return outs[0]
+
+    def _denoise(self, feed: dict[str, np.ndarray], b: int) -> np.ndarray:
+        (sample,) = self._inputs["sample"]
+        (t_in,) = self._inputs["timestep"]
+        (coef_in,) = self._inputs["step_coef"]
+        noise_in = self._inputs.get("noise", [])
+        shape = (b, *sample["shape"][1:])
+        x = (self.rng.standard_normal(shape) * self._init_std).astype(np.float32)
+        zeros = np.zeros(shape, np.float32)
+        names = [self._sample_out["name"], self._action_out["name"]]
+        out = None
+        for timestep, coef in self._steps:
+            feed[sample["name"]] = x
+            feed[t_in["name"]] = np.full((b, *t_in["shape"][1:]), timestep,
+                                         dtype=self._dtypes[t_in["name"]])  # fmt: skip
+            feed[coef_in["name"]] = coef
+            for e in noise_in:
+                sigma = coef[-1]
+                feed[e["name"]] = (self.rng.standard_normal(shape).astype(np.float32)
+                                   if sigma != 0 else zeros)  # fmt: skip
+            x, out = self.session.run(names, feed)
+        return out
+
+
+def time_act(policy: OnnxPolicy, obs: np.ndarray, calls: int = 1000, warmup: int = 50) -> dict:
+    """Latency of ``policy.act`` on one observation (batch 1), in milliseconds: median, p99,
+    max over ``calls`` calls after ``warmup`` untimed ones."""
+    import time
+
+    from robodistill.deploy.controller import summarize_ms
+
+    x = np.asarray(obs, np.float32).reshape(1, -1)
+    policy.reset()
+    for _ in range(warmup):
+        policy.act(x)
+    times = np.empty(calls)
+    for i in range(calls):
+        t = time.perf_counter()
+        policy.act(x)
+        times[i] = time.perf_counter() - t
+    policy.reset()
+    return summarize_ms(times)

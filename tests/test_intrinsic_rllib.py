@@ -1,0 +1,231 @@
+"""Intrinsic rewards on the RLlib backend: the learner connector, its state, the teach loop."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+ray = pytest.importorskip("ray")
+
+from ray.rllib.env.single_agent_episode import SingleAgentEpisode  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+import robodistill.policies.rllib_policy  # noqa: E402, F401  (registers the "rllib" kind)
+from robodistill.config import ExplorationConfig, load_config  # noqa: E402
+from robodistill.intrinsic_rllib import (  # noqa: E402
+    CONFIG_NAME,
+    GAMMA_INT,
+    TENSORS_NAME,
+    IntrinsicRewardConnector,
+    _on_learner,
+    add_exploration,
+    exploration_stats,
+)
+from robodistill.policies import load_policy  # noqa: E402
+from robodistill.policies.rllib_policy import RLlibPolicy  # noqa: E402
+from robodistill.run import StageRun  # noqa: E402
+from robodistill.teach_rllib import ENV_NAME, build_config, create_env, run_teach_rllib  # noqa: E402
+
+OBS_DIM = 3
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    from ray.tune import register_env
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    register_env(ENV_NAME, create_env)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny networks trained in this process (the local learner): a second intra-op thread
+    only adds contention on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# -- the connector on hand-made episodes (no Ray session needed) ----------------------------
+def _connector(method="rnd", seed=0, **extra) -> IntrinsicRewardConnector:
+    cfg = ExplorationConfig(method=method, embedding_dim=16, hidden=32, learning_rate=1e-3,
+                            **extra)  # fmt: skip
+    return IntrinsicRewardConnector(exploration=cfg.model_dump(), obs_dim=OBS_DIM, seed=seed)
+
+
+def _episode(id_, obs, rewards, done=False, t_started=0) -> SingleAgentEpisode:
+    ep = SingleAgentEpisode(
+        id_=id_, observations=list(obs), actions=[np.zeros(1, np.float32)] * len(rewards),
+        rewards=list(rewards), terminated=done, t_started=t_started, len_lookback_buffer=0,
+    )  # fmt: skip
+    ep.to_numpy()
+    return ep
+
+
+def _trajectory(seed, n):
+    rng = np.random.default_rng(seed)
+    obs = rng.normal(size=(n + 1, OBS_DIM)).astype(np.float32)
+    return obs, rng.normal(size=n).astype(np.float32)
+
+
+def test_connector_mixes_bonus_of_next_obs_into_rewards():
+    conn = _connector(intrinsic_coef=0.5, extrinsic_coef=2.0)
+    obs_a, rew_a = _trajectory(0, 20)
+    obs_b, rew_b = _trajectory(1, 7)
+    first = [_episode("a", obs_a[:11], rew_a[:10]), _episode("b", obs_b, rew_b, done=True)]
+    conn(rl_module=None, batch={}, episodes=first)
+    assert "a" in conn._carry and "b" not in conn._carry  # ongoing vs finished episode
+
+    # Second call: a's next chunk. Expected rewards from a copy of the state before it.
+    before = copy.deepcopy(conn)
+    carried = before._carry["a"]
+    chunk = _episode("a", obs_a[10:], rew_a[10:], done=True, t_started=10)
+    chunk.rewards.data.flags.writeable = False  # as episodes from remote env runners arrive
+    conn(rl_module=None, batch={}, episodes=[chunk])
+    raw = before.bonus.bonus(obs_a[11:]).double().numpy()  # next observations only
+    returns = np.empty_like(raw)
+    ret = carried
+    for t, b in enumerate(raw):
+        ret = GAMMA_INT * ret + b
+        returns[t] = ret
+    before.return_rms.update(torch.as_tensor(returns))
+    expected = 2.0 * rew_a[10:] + 0.5 * raw / float(before.return_rms.std)
+    np.testing.assert_allclose(chunk.get_rewards(), expected, rtol=1e-5, atol=1e-6)
+    assert conn._carry == {}
+    # The predictor trained on the batch, and the logged extrinsic mean is the raw one.
+    p0, p1 = before.bonus.predictor[0].weight, conn.bonus.predictor[0].weight
+    assert not torch.equal(p0, p1)
+    assert conn.last_stats["r_ext_mean"] == pytest.approx(float(rew_a[10:].mean()), rel=1e-5)
+    assert conn.last_stats["r_int_mean"] > 0
+
+
+@pytest.mark.parametrize("method", ["rnd", "rdd"])
+def test_connector_state_round_trips(method, tmp_path):
+    from safetensors.torch import save_file
+
+    obs, rew = _trajectory(2, 64)
+    trained = _connector(method)
+    for _ in range(3):
+        trained(rl_module=None, batch={}, episodes=[_episode("x", obs, rew, done=True)])
+    save_file(trained.state_tensors(), str(tmp_path / "s.safetensors"))
+    other = _connector(method, seed=1)  # different init: loading must overwrite all of it
+    assert not torch.equal(other.bonus.predictor[0].weight, trained.bonus.predictor[0].weight)
+    other.load_state_tensors(load_file(str(tmp_path / "s.safetensors")))
+    for key, value in trained.state_tensors().items():
+        assert torch.equal(other.state_tensors()[key], value), key
+    # Adam's moments and the subset RNG came along: the next update is identical too.
+    obs2, rew2 = _trajectory(3, 64)
+    for conn in (trained, other):
+        conn(rl_module=None, batch={}, episodes=[_episode("y", obs2, rew2, done=True)])
+    assert trained.last_stats == other.last_stats
+    assert torch.equal(trained.bonus.predictor[-1].weight, other.bonus.predictor[-1].weight)
+
+
+def test_add_exploration_refuses_several_learners(tmp_path):
+    cfg = load_config(None, _overrides(tmp_path, "teach.exploration.method=rnd"))
+    config = build_config(cfg)
+    assert config.learner_class.__name__ == "IntrinsicPPOTorchLearner"
+    config.learners(num_learners=2)
+    with pytest.raises(ValueError, match="num_learners"):
+        add_exploration(config, cfg.teach.exploration, seed=0)
+    plain = load_config(None, _overrides(tmp_path))
+    assert build_config(plain).learner_class.__name__ == "PPOTorchLearner"
+
+
+# -- RLlib PPO with the connector --------------------------------------------------------------
+def _overrides(tmp_path, *extra: str) -> list[str]:
+    return [
+        f"runs_dir={tmp_path / 'runs'}", "env.id=Pendulum-v1", "env.num_envs=2",
+        "env.max_episode_steps=50", "teach.backend=rllib", "teach.algo=ppo",
+        "teach.total_timesteps=512", "teach.n_steps=128", "teach.batch_size=64",
+        "teach.n_epochs=2", "teach.eval_every=256", "teach.eval_episodes=2",
+        "teach.checkpoint_every=256", "teach.net_arch=[32, 32]", *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("method", ["rnd", "rdd"])
+def test_predictor_learns_visited_states(ray_session, tmp_path, method):
+    cfg = load_config(None, _overrides(
+        tmp_path, "teach.num_env_runners=0", "teach.normalize_obs=false",
+        f"teach.exploration.method={method}", "teach.exploration.learning_rate=3e-3",
+        "teach.exploration.update_proportion=1.0", "teach.n_steps=512", "teach.n_epochs=1",
+        "teach.batch_size=256",
+    ))  # fmt: skip
+    # Pendulum's states (cos, sin, angular velocity) are revisited every iteration.
+    env = create_env({"id": "Pendulum-v1"})
+    env.action_space.seed(0)
+    probe, (o, _) = [], env.reset(seed=0)
+    for _ in range(200):
+        o, *_ = env.step(env.action_space.sample())
+        probe.append(o)
+    probe = np.asarray(probe, np.float32)
+    algo = build_config(cfg).build_algo()
+    try:
+        order = [
+            type(c).__name__ for c in algo.learner_group._learner._learner_connector.connectors
+        ]
+        assert order.index("IntrinsicRewardConnector") < order.index(
+            "AddOneTsToEpisodesAndTruncate") < order.index("GeneralAdvantageEstimation")  # fmt: skip
+        assert exploration_stats(algo) == {}
+        losses, probe_bonus = [], []
+        for _ in range(4):  # 4 predictor steps each (1024 samples, minibatch 256)
+            result = algo.train()
+            stats = result["learners"]["default_policy"]
+            assert (
+                np.isfinite(stats["exploration_r_int_mean"]) and stats["exploration_r_int_mean"] > 0
+            )
+            assert ("exploration_pseudo_count_mean" in stats) == (method == "rdd")
+            losses.append(stats["exploration_predictor_loss"])
+            probe_bonus.append(float(_on_learner(algo, lambda c: c.bonus.bonus(probe).mean())))
+        print(
+            f"{method}: predictor loss {np.round(losses, 4)}, probe bonus {np.round(probe_bonus, 4)}"
+        )
+        assert exploration_stats(algo)["predictor_loss"] == pytest.approx(losses[-1])
+        assert losses[-1] < losses[0]
+        assert probe_bonus[-1] < 0.7 * probe_bonus[0]
+    finally:
+        algo.stop()
+
+
+def test_teach_rllib_rnd_checkpoint_resume(ray_session, tmp_path):
+    cfg = load_config(None, _overrides(tmp_path, "teach.exploration.method=rnd"))
+    with pytest.raises(KeyboardInterrupt), StageRun(cfg, "teach") as stage:
+        metrics = run_teach_rllib(cfg, stage)
+        raise KeyboardInterrupt  # interrupted before finish(): the next run resumes
+    assert metrics["timesteps"] >= 512 and metrics["train_episodes"] > 0
+    teach_dir = tmp_path / "runs" / cfg.name / "teach"
+    rows = [json.loads(line) for line in (teach_dir / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in rows if "exploration_predictor_loss" in r]
+    assert len(logged) >= 2 and all(r["exploration_r_int_mean"] > 0 for r in logged)
+    ckpt = teach_dir / "checkpoint"
+    assert json.loads((ckpt / "robodistill_state.json").read_text())["exploration"] == "rnd"
+    assert json.loads((ckpt / CONFIG_NAME).read_text())["method"] == "rnd"
+    saved = load_file(str(ckpt / TENSORS_NAME))
+    fresh = IntrinsicRewardConnector(
+        exploration=cfg.teach.exploration.model_dump(), obs_dim=OBS_DIM, seed=cfg.seed
+    ).state_tensors()
+    key = "bonus.predictor.0.weight"
+    assert not torch.equal(saved[key], fresh[key])  # trained away from the seeded init
+    assert torch.equal(saved["bonus.target.0.weight"], fresh["bonus.target.0.weight"])
+    policy = load_policy(teach_dir / "policy")
+    assert isinstance(policy, RLlibPolicy)
+    obs = np.random.default_rng(0).normal(size=(8, OBS_DIM)).astype(np.float32)
+    assert policy.act(obs).shape == (8, 1)
+
+    # Re-run: resumes at 512 steps with nothing left to train and saves the checkpoint
+    # again from the restored learner; an unrestored predictor would be the fresh one.
+    with StageRun(cfg, "teach") as stage:
+        again = run_teach_rllib(cfg, stage)
+        stage.finish(again)
+    assert again["resumed_from_timesteps"] == metrics["timesteps"] == again["timesteps"]
+    resaved = load_file(str(ckpt / TENSORS_NAME))
+    assert resaved.keys() == saved.keys()
+    for k in saved:
+        assert torch.equal(resaved[k], saved[k]), k
