@@ -92,6 +92,40 @@ def run_one(
         "steps_per_s": metrics["steps_per_s"],
         "wall_s": round(time.monotonic() - t0, 1),
         "curve": curve,  # [step, successes, episodes] per PPO rollout
+        **closest_approach(stage_dir / "policy", rows, seed),
+    }
+
+
+def closest_approach(policy_dir: Path, rows: int, seed: int, episodes: int = 5) -> dict[str, Any]:
+    """How close the trained policy drives to the goal (a signal even when no run succeeds).
+
+    Rolls the final policy out on ``episodes`` held-out layouts and records, per episode, the
+    closest distance to the goal and the fraction of the start-goal distance covered
+    (``1 - closest / start``; 1.0 is the goal, 0.0 never got closer than the start).
+    """
+    import numpy as np
+
+    from robodistill.envs import make_env
+    from robodistill.policies.base import load_policy
+
+    policy = load_policy(policy_dir)
+    env = make_env("robodistill/AGVMaze-v0", rows=rows)
+    closest, covered = [], []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed * 1_000_000 + 700_000 + i)
+        policy.reset()
+        start = best = float(env.unwrapped._goal_distance())
+        done = False
+        while not done:
+            obs, _, terminated, truncated, info = env.step(policy.act(obs[None])[0])
+            best = min(best, info["distance"])
+            done = terminated or truncated
+        closest.append(best)
+        covered.append(1.0 - best / start)
+    env.close()
+    return {
+        "closest_goal_distance_m": round(float(np.mean(closest)), 3),
+        "start_goal_distance_covered": round(float(np.mean(covered)), 3),
     }
 
 
@@ -136,6 +170,12 @@ def summarize(runs: list[dict[str, Any]], steps: int, n_bins: int) -> dict[str, 
             "train_episodes": episodes,
             "train_successes": successes,
             "first_success_step_per_seed": [r["first_success_step"] for r in mine],
+            "distance_covered_mean": statistics.fmean(
+                r.get("start_goal_distance_covered", math.nan) for r in mine
+            ),
+            "closest_goal_distance_m_mean": statistics.fmean(
+                r.get("closest_goal_distance_m", math.nan) for r in mine
+            ),
             "steps_per_s_per_seed": [r["steps_per_s"] for r in mine],
             "curve_bin_edges": [round(steps * i / n_bins) for i in range(n_bins + 1)],
             "curve_mean": mean_curve,
@@ -155,7 +195,7 @@ def print_table(summary: dict[str, Any], steps: int) -> str:
     lines = [
         f"AGVMaze-v0, {steps} env steps per run, 1000-step episodes",
         f"{'method':<9} {'eval success (mean±std)':<24} {'train-episode success':<26} "
-        "steps to first success (per seed)",
+        f"{'distance covered':<17} steps to first success (per seed)",
     ]
     for method, s in summary.items():
         first = ", ".join(
@@ -164,7 +204,7 @@ def print_table(summary: dict[str, Any], steps: int) -> str:
         train = f"{s['train_success_fraction']:.3f} ({s['train_successes']}/{s['train_episodes']})"
         lines.append(
             f"{method:<9} {s['eval_success_mean']:.2f} ± {s['eval_success_std']:.2f}"
-            f"{'':<13} {train:<26} {first}"
+            f"{'':<13} {train:<26} {s['distance_covered_mean']:<17.2f} {first}"
         )
     for method in ("ppo+rnd", "ppo+rdd"):
         ratio = summary.get(method, {}).get("train_success_fraction_vs_ppo", "n/a")
