@@ -5,6 +5,7 @@
     robodistill pipeline                                 # default config, every stage
     robodistill collect --env Hopper-v5 --episodes 100   # shortcuts for --set collect.episodes=100
     robodistill eval --config configs/pipelines/default.yaml --set eval.episodes=50
+    robodistill collect --workers 2                      # episodes in 2 Ray actors
     robodistill config --show                            # the resolved configuration
     robodistill envs                                     # registered environments
 
@@ -31,6 +32,7 @@ SHORTCUTS: dict[str, list[tuple[str, str, type, str]]] = {
         ("--policy", "collect.policy", str, "'random' or a policy directory"),
         ("--episodes", "collect.episodes", int, "episodes to store"),
         ("--num-envs", "env.num_envs", int, "environments stepped together"),
+        ("--workers", "collect.workers", int, "Ray actors collecting in parallel"),
         ("--seed", "seed", int, "master seed"),
     ],
     "eval": [
@@ -39,6 +41,7 @@ SHORTCUTS: dict[str, list[tuple[str, str, type, str]]] = {
         ("--episodes", "eval.episodes", int, "evaluation episodes"),
         ("--video", "eval.video_episodes", int, "render the first N episodes to MP4"),
         ("--num-envs", "env.num_envs", int, "environments stepped together"),
+        ("--workers", "eval.workers", int, "Ray actors evaluating in parallel"),
         ("--seed", "seed", int, "master seed"),
     ],
     "teach": [
@@ -97,9 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     for command in CONFIG_COMMANDS:
         p = sub.add_parser(command, help=helps[command])
         _add_config_args(p, command)
-        if command == "teach":
-            p.add_argument("--ray-address", help="join this Ray cluster (RLlib backend); "
-                           "default: $RAY_ADDRESS, else a local Ray")  # fmt: skip
+        if command in ("teach", "collect", "eval"):
+            p.add_argument("--ray-address", help="join this Ray cluster (teach: RLlib backend; "
+                           "collect/eval: --workers > 1); default: $RAY_ADDRESS, else a local "
+                           "Ray")  # fmt: skip
         if command == "config":
             p.add_argument("--keys", action="store_true",
                            help="list every key with its default and documentation")  # fmt: skip
@@ -198,7 +202,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
     cfg = resolve_config(args)
     if getattr(args, "ray_address", None):
-        os.environ["RAY_ADDRESS"] = args.ray_address  # read by ray.init in the RLlib backend
+        os.environ["RAY_ADDRESS"] = args.ray_address  # read by init_ray (RLlib, Ray workers)
     if args.command not in STAGES:
         run_not_built(cfg, args.command)
     metrics = STAGES[args.command](cfg, overwrite=args.overwrite)

@@ -48,6 +48,10 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
 }
 """The config sections each stage's result depends on; only they decide skip vs. refuse."""
 
+SPEED_ONLY_KEYS: tuple[tuple[str, str], ...] = (("collect", "workers"), ("eval", "workers"))
+"""Settings that change how fast a stage runs, not what it produces: an interrupted stage
+resumes with another value (every seed's episode is the same whatever the worker count)."""
+
 
 class StageConfigMismatch(RuntimeError):
     """A stage directory exists for a different configuration."""
@@ -162,6 +166,8 @@ class StageRun:
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> StageRun:
         sections = self.cfg.section_dump(STAGE_SECTIONS[self.stage])
+        for section, key in SPEED_ONLY_KEYS:
+            sections.get(section, {}).pop(key, None)
         if self.inputs:
             sections["inputs"] = self.inputs
         previous = read_manifest(self.dir)

@@ -60,8 +60,10 @@ def resolve_policy(spec: str, env_id: str, action_space, seed: int):
 
 def run_collect(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
     """Roll out ``collect.policy`` into ``<run>/collect/demos.zarr`` until it holds
-    ``collect.episodes`` episodes. Resumes by running only the seeds not yet stored."""
-    from robodistill.rollout import Throughput, env_spaces, rollout
+    ``collect.episodes`` episodes. Resumes by running only the seeds not yet stored.
+    With ``collect.workers > 1`` episodes run in Ray actors; this process stays the store's
+    only writer."""
+    from robodistill.rollout import Throughput, env_spaces
     from robodistill.store import TrajectoryStore
 
     inputs = policy_inputs(cfg.collect.policy)
@@ -98,11 +100,9 @@ def run_collect(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
                 bar.set_postfix(speed.rates() | {"stored": step}, refresh=False)
 
             try:
-                rollout(
-                    cfg.env.id, policy, todo, num_envs=cfg.env.num_envs,
-                    max_episode_steps=cfg.env.max_episode_steps, env_kwargs=cfg.env.kwargs,
-                    source_policy=cfg.collect.policy, on_episode=record,
-                )  # fmt: skip
+                _run_episodes(cfg, policy, cfg.collect.policy, todo, on_episode=record,
+                              workers=cfg.collect.workers, field="collect.workers",
+                              policy_seed=cfg.seed, env_kwargs=cfg.env.kwargs)  # fmt: skip
             finally:
                 bar.close()
             store.flush()
@@ -121,8 +121,9 @@ def run_collect(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
 
 def run_eval(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
     """Evaluate ``eval.policy`` on ``eval.episodes`` fixed seeds; per-episode results go to
-    ``<run>/eval/episodes.jsonl`` (resume skips the seeds already there)."""
-    from robodistill.rollout import env_spaces, rollout
+    ``<run>/eval/episodes.jsonl`` (resume skips the seeds already there). With
+    ``eval.workers > 1`` the unfilmed episodes run in Ray actors; filmed ones run here."""
+    from robodistill.rollout import env_spaces
 
     inputs = policy_inputs(cfg.eval.policy)
     with StageRun(cfg, "eval", overwrite=overwrite, inputs=inputs) as stage:
@@ -160,11 +161,10 @@ def run_eval(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
                        ([s for s in todo if s not in film], None, cfg.env.kwargs)]  # fmt: skip
             try:
                 for seeds, on_frames, env_kwargs in batches:
-                    rollout(
-                        cfg.env.id, policy, seeds, num_envs=cfg.env.num_envs,
-                        max_episode_steps=cfg.env.max_episode_steps, env_kwargs=env_kwargs,
-                        source_policy=cfg.eval.policy, on_episode=record, on_frames=on_frames,
-                    )  # fmt: skip
+                    _run_episodes(cfg, policy, cfg.eval.policy, seeds, on_episode=record,
+                                  workers=1 if on_frames else cfg.eval.workers,
+                                  field="eval.workers", policy_seed=cfg.seed + 1,
+                                  env_kwargs=env_kwargs, on_frames=on_frames)  # fmt: skip
             finally:
                 bar.close()
         metrics = summarize_episodes(
@@ -173,6 +173,26 @@ def run_eval(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
         log.info("eval: %s", json.dumps(metrics))
         stage.finish(metrics)
         return metrics
+
+
+def _run_episodes(
+    cfg: RunConfig, policy, spec: str, seeds: list[int], *, on_episode, workers: int,
+    field: str, policy_seed: int, env_kwargs: dict, on_frames=None,
+) -> None:  # fmt: skip
+    """One episode per seed into ``on_episode``: here with ``policy`` when ``workers == 1``,
+    else in ``workers`` Ray actors that rebuild the policy from ``spec`` (``policy_seed``
+    is the seed ``policy`` was resolved with)."""
+    from robodistill.rollout import rollout
+
+    kwargs = {"num_envs": cfg.env.num_envs, "max_episode_steps": cfg.env.max_episode_steps,
+              "env_kwargs": env_kwargs, "source_policy": spec}  # fmt: skip
+    if workers > 1 and seeds:
+        from robodistill.parallel import parallel_rollout
+
+        parallel_rollout(cfg.env.id, spec, seeds, workers=workers, policy_seed=policy_seed,
+                         on_episode=on_episode, field=field, **kwargs)  # fmt: skip
+    else:
+        rollout(cfg.env.id, policy, seeds, on_episode=on_episode, on_frames=on_frames, **kwargs)
 
 
 def summarize_episodes(returns, lengths, successes) -> dict[str, Any]:
@@ -206,17 +226,19 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 def run_teach(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
     """Train the configured teacher into ``<run>/teach/policy`` (resumable)."""
+    inputs: dict[str, Any] = {}
     if cfg.teach.algo == "rl100":
-        raise StageNotBuilt(
-            "the RL-100 diffusion teacher (teach.algo: rl100) is not built yet: it arrives with "
-            "issue #5. Nothing was run. RL teachers work now: --set teach.algo=ppo (or sac)"
-        )
-    if cfg.teach.backend == "rllib":
+        from robodistill.teach_rl100 import demos_inputs
+        from robodistill.teach_rl100 import run_teach_rl100 as train
+
+        # Checked before the stage directory exists: no demos -> a clear error, nothing made.
+        inputs = demos_inputs(cfg)
+    elif cfg.teach.backend == "rllib":
         from robodistill.teach_rllib import run_teach_rllib as train
     else:
         from robodistill.teach_sb3 import run_teach_sb3 as train
 
-    with StageRun(cfg, "teach", overwrite=overwrite) as stage:
+    with StageRun(cfg, "teach", overwrite=overwrite, inputs=inputs) as stage:
         if stage.skipped:
             return stage.manifest["metrics"]
         metrics = train(cfg, stage)

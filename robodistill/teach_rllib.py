@@ -152,7 +152,8 @@ def init_ray() -> bool:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # At least 2 logical CPUs so a driver-side learner and one env runner fit on small hosts.
+        ray.init(num_cpus=max(2, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
     return True
 
 

@@ -54,6 +54,9 @@ def test_other_config_is_refused_unless_overwrite(tmp_path):
     # eval settings do not concern the collect stage
     with StageRun(_cfg(tmp_path, "collect.episodes=5", "eval.episodes=9"), "collect") as stage:
         assert stage.skipped
+    # nor does the worker count: it changes the speed, not the episodes
+    with StageRun(_cfg(tmp_path, "collect.episodes=5", "collect.workers=3"), "collect") as stage:
+        assert stage.skipped
     with pytest.raises(StageConfigMismatch, match=r"collect.episodes: 5 -> 6.*--overwrite"):
         StageRun(_cfg(tmp_path, "collect.episodes=6"), "collect").__enter__()
     with StageRun(_cfg(tmp_path, "collect.episodes=6"), "collect", overwrite=True) as stage:
