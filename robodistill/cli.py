@@ -52,6 +52,19 @@ SHORTCUTS: dict[str, list[tuple[str, str, type, str]]] = {
         ("--num-envs", "env.num_envs", int, "environments stepped together"),
         ("--seed", "seed", int, "master seed"),
     ],
+    "export": [
+        ("--policy", "export.policy", str, "policy directory (default: the run's student/teacher)"),
+        ("--exporter", "export.exporter", str, "dynamo or torchscript"),
+        ("--opset", "export.opset", int, "ONNX opset (>= 17)"),
+    ],
+    "control": [
+        ("--env", "env.id", str, "environment id"),
+        ("--hz", "control.hz", float, "control rate in Hz (default: the env's)"),
+        ("--episodes", "control.episodes", int, "episodes to run"),
+        ("--on-fault", "control.on_fault", str, "continue or stop"),
+        ("--realtime", "control.realtime_priority", int, "SCHED_FIFO priority (1-99)"),
+        ("--seed", "seed", int, "master seed"),
+    ],
     "pipeline": [("--seed", "seed", int, "master seed")],
 }
 CONFIG_COMMANDS = ("collect", "teach", "distill", "eval", "export", "control", "pipeline", "config")
@@ -104,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--ray-address", help="join this Ray cluster (teach: RLlib backend; "
                            "collect/eval: --workers > 1); default: $RAY_ADDRESS, else a local "
                            "Ray")  # fmt: skip
+        if command == "control":
+            p.add_argument("model", nargs="?", help="ONNX file (sets control.model; default: "
+                           "the run's export)")  # fmt: skip
         if command == "config":
             p.add_argument("--keys", action="store_true",
                            help="list every key with its default and documentation")  # fmt: skip
@@ -118,6 +134,8 @@ def resolve_config(args: argparse.Namespace):
         overrides.append(f"name={args.name}")
     if args.runs_dir:
         overrides.append(f"runs_dir={args.runs_dir}")
+    if getattr(args, "model", None):
+        overrides.append(f"control.model={json.dumps(args.model)}")
     for dest, value in vars(args).items():
         if dest.startswith("short:") and value is not None:
             overrides.append(f"{dest[len('short:') :]}={json.dumps(value)}")

@@ -88,16 +88,21 @@ def run_export(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
     from robodistill.deploy.runtime import OnnxPolicy, time_act
     from robodistill.policies import load_policy
     from robodistill.rollout import env_spaces
+    from robodistill.stages import StageNotBuilt
 
     policy_dir = export_policy_dir(cfg)
     digest = directory_digest(policy_dir)
     inputs = {"policy_digest": digest, "env_id": cfg.env.id, "env_kwargs": cfg.env.kwargs}
+    policy = load_policy(policy_dir)
+    try:
+        spec = policy.onnx_spec()
+    except NotImplementedError as e:
+        # Checked before the stage directory exists: nothing half-done is left behind.
+        raise StageNotBuilt(f"{e} (policy {policy_dir}). Nothing was exported.") from e
     with StageRun(cfg, "export", overwrite=overwrite, inputs=inputs) as stage:
         if stage.skipped:
             return stage.manifest["metrics"]
-        policy = load_policy(policy_dir)
         _, _, env_doc = env_spaces(cfg.env.id, cfg.env.kwargs)
-        spec = policy.onnx_spec()
         observation = spec["metadata"]["observation"]
         if int(np.prod(observation["shape"])) != int(
             np.prod(env_doc["observation_space"]["shape"])

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from robodistill.config import RunConfig
+from robodistill.deploy_stages import MissingInput
 from robodistill.report import write_report
 from robodistill.run import read_manifest, write_json_atomic
 from robodistill.stages import NOT_BUILT, STAGES, StageNotBuilt
@@ -34,9 +35,14 @@ def run_pipeline(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
         try:
             metrics = STAGES[stage](cfg, overwrite=overwrite)
         except StageNotBuilt as e:
-            # A built stage whose configured variant is not built (e.g. teach.algo: rl100).
+            # A built stage whose configured variant is not built yet.
             log.warning("%s; skipped", e)
             results[stage] = {"status": "not built", "note": str(e)}
+            continue
+        except MissingInput as e:
+            # Nothing upstream produced what this stage consumes (e.g. no policy to export).
+            log.warning("stage '%s' skipped: %s", stage, e)
+            results[stage] = {"status": "skipped", "note": str(e)}
             continue
         manifest = read_manifest(run_dir / stage) or {}
         results[stage] = {

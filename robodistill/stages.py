@@ -26,8 +26,6 @@ so the numbers ``robodistill eval`` reports are not the ones the checkpoint was 
 
 NOT_BUILT = {
     "distill": "student distillation arrives with issues #6 (fast students) and #7 (generalist)",
-    "export": "ONNX export arrives with issue #8 (deploy)",
-    "control": "the fixed-rate ONNX controller arrives with issue #8 (deploy)",
 }
 
 
@@ -250,9 +248,25 @@ def run_not_built(cfg: RunConfig, stage: str) -> dict[str, Any]:
     raise StageNotBuilt(f"stage '{stage}' is not built yet: {NOT_BUILT[stage]}. Nothing was run.")
 
 
+def run_export(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
+    """Export the run's policy to ONNX (see :mod:`robodistill.deploy_stages`)."""
+    from robodistill.deploy_stages import run_export as export
+
+    return export(cfg, overwrite=overwrite)
+
+
+def run_control(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
+    """Run the exported policy in the fixed-rate controller (see :mod:`robodistill.deploy_stages`)."""
+    from robodistill.deploy_stages import run_control as control
+
+    return control(cfg, overwrite=overwrite)
+
+
 STAGES = {
     "collect": run_collect,
     "teach": run_teach,
     "eval": run_eval,
+    "export": run_export,
+    "control": run_control,
 }
 """Stage name -> function(cfg, overwrite) for the stages this version implements."""
