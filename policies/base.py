@@ -23,6 +23,10 @@ import numpy as np
 
 POLICY_KINDS: dict[str, type[Policy]] = {}
 
+LAZY_KINDS: dict[str, str] = {"diffusion": "robodistill.policies.diffusion"}
+"""Kinds whose module is imported only when a checkpoint of that kind is loaded (diffusers
+alone takes seconds to import, which every ``robodistill`` command would otherwise pay)."""
+
 
 def register_policy(cls: type[Policy]) -> type[Policy]:
     """Class decorator: make ``cls`` loadable by :func:`load_policy` under ``cls.kind``."""
@@ -112,6 +116,10 @@ def load_policy(directory: str | os.PathLike) -> Policy:
         kind = json.loads((directory / CONFIG_NAME).read_text()).get("kind")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
         raise CheckpointError(f"{directory / CONFIG_NAME} is corrupt: {e}") from e
+    if kind not in POLICY_KINDS and kind in LAZY_KINDS:
+        import importlib
+
+        importlib.import_module(LAZY_KINDS[kind])
     if kind not in POLICY_KINDS:
         raise CheckpointError(
             f"checkpoint {directory} holds policy kind {kind!r}, which this version does not "

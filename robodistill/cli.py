@@ -52,6 +52,11 @@ SHORTCUTS: dict[str, list[tuple[str, str, type, str]]] = {
         ("--num-envs", "env.num_envs", int, "environments stepped together"),
         ("--seed", "seed", int, "master seed"),
     ],
+    "distill": [
+        ("--teacher", "distill.teacher", str, "teacher policy directory (default: the run's)"),
+        ("--env", "env.id", str, "environment id"),
+        ("--seed", "seed", int, "master seed"),
+    ],
     "export": [
         ("--policy", "export.policy", str, "policy directory (default: the run's student/teacher)"),
         ("--exporter", "export.exporter", str, "dynamo or torchscript"),

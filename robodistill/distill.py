@@ -1,0 +1,93 @@
+"""The ``distill`` stage: turn the teacher into each configured student.
+
+::
+
+    metrics = run_distill(cfg)    # {"dagger": {...}, ...}; one StageRun for all students
+
+Each student works in its own directory ``<run>/distill/<student>/`` and resumes there;
+its best policy is ``<run>/distill/<student>/policy`` (what ``eval``, ``collect`` and
+``export`` take). The teacher is ``distill.teacher`` or ``<run>/teach/policy``; its digest
+is part of the stage's inputs, so a retrained teacher is never skipped over.
+
+Students that are not built yet make the whole stage raise
+:class:`robodistill.stages.StageNotBuilt` before anything runs (the pipeline reports the
+stage as "not built"); drop them from ``distill.students`` to run the others.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from robodistill.config import ConfigError, RunConfig
+from robodistill.run import StageRun
+
+log = logging.getLogger(__name__)
+
+NOT_BUILT_STUDENTS = {
+    "consistency": "the consistency student (one-step distillation of the diffusion teacher)",
+    "streaming": "the streaming diffusion student",
+    "rti": "the RTI (warm-started real-time iteration) student",
+}
+"""Students of issue #6 that this version does not implement yet."""
+
+
+def _dagger(cfg: RunConfig, stage: StageRun, teacher: Path) -> dict[str, Any]:
+    from robodistill.distill_dagger import run_distill_dagger
+
+    return run_distill_dagger(cfg, stage, teacher)
+
+
+STUDENTS: dict[str, Callable[[RunConfig, StageRun, Path], dict[str, Any]]] = {
+    "dagger": _dagger,
+}
+"""Student name -> function(cfg, stage, teacher_dir) -> metrics, for the built students."""
+
+
+def teacher_path(cfg: RunConfig) -> Path:
+    """``distill.teacher``, or the run's own teacher ``<runs_dir>/<name>/teach/policy``."""
+    if cfg.distill.teacher:
+        return Path(cfg.distill.teacher)
+    return Path(cfg.runs_dir) / cfg.name / "teach" / "policy"
+
+
+def run_distill(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
+    """Distill the teacher into every student of ``distill.students``; returns
+    ``{student: metrics}``. Resumable: finished students return their stored metrics."""
+    from robodistill.stages import StageNotBuilt, policy_inputs
+
+    students = list(cfg.distill.students)
+    repeated = sorted({s for s in students if students.count(s) > 1})
+    if repeated:
+        raise ConfigError(f"distill.students lists {repeated} more than once; name each once")
+    missing = [s for s in students if s not in STUDENTS]
+    if missing:
+        what = "; ".join(NOT_BUILT_STUDENTS[s] for s in missing)
+        built = sorted(STUDENTS)
+        raise StageNotBuilt(
+            f"distill.students {missing} are not built yet: {what} arrive with issue #6. "
+            f"Nothing was run. Built students: {built} (e.g. --set 'distill.students=[dagger]' "
+            "with an RL teacher)"
+        )
+    teacher = teacher_path(cfg)
+    if not (teacher / "config.json").is_file():
+        raise ConfigError(
+            f"distill.teacher: there is no teacher policy at {teacher} (no config.json). Train "
+            f"one first (robodistill teach --name {cfg.name} --set teach.algo=ppo) or set "
+            "distill.teacher to a policy directory"
+        )
+
+    with StageRun(cfg, "distill", overwrite=overwrite, inputs=policy_inputs(str(teacher))) as stage:
+        if stage.skipped:
+            return stage.manifest["metrics"]
+        metrics: dict[str, Any] = {}
+        for name in students:
+            log.info("distill: student %s from teacher %s", name, teacher)
+            metrics[name] = STUDENTS[name](cfg, stage, teacher)
+            stage.checkpoint(metrics)
+        log.info("distill: %s", json.dumps(metrics))
+        stage.finish(metrics)
+        return metrics
