@@ -171,8 +171,12 @@ class RL100Config(Section):
     """RL-100 training schedule. Sub-stages run in order inside ``teach``: ``il`` imitates
     the demonstrations; offline and online RL on the denoising chain come next."""
 
-    stages: list[Literal["il"]] = Field(default_factory=lambda: ["il"], min_length=1)
-    """Sub-stages to run, in order (``il``: imitation learning on the demonstrations)."""
+    stages: list[Literal["il", "offline", "online"]] = Field(
+        default_factory=lambda: ["il"], min_length=1
+    )
+    """Sub-stages to run, in order (``il``: imitation learning on the demonstrations;
+    ``offline``: OPE-gated offline RL on the denoising chain, ``teach.offline``; ``online``:
+    DPPO in simulation, ``teach.online``)."""
     demos: str | None = None
     """Trajectory store to imitate; ``null``: this run's ``<runs_dir>/<name>/collect/demos.zarr``."""
     il_steps: int = Field(4000, ge=1, le=10**8)
@@ -204,6 +208,108 @@ class RL100Config(Section):
     """CPU threads torch uses while training (0: torch's default, one per core). 1 is the
     default because on a small shared machine two threads contending with other processes
     were measured 10-40x slower than one (OpenMP threads spin waiting for each other)."""
+
+
+class OfflineRLConfig(Section):
+    """RL-100 stage 2: PPO-style clipped updates over the denoising chain, advantages from
+    IQL critics on the store, each round of updates gated by off-policy evaluation."""
+
+    rounds: int = Field(20, ge=1, le=100_000)
+    """Gate rounds: each runs ``updates_per_round`` updates, then OPE accepts or rejects."""
+    updates_per_round: int = Field(50, ge=1, le=100_000)
+    """K: gradient steps between two OPE evaluations (RL-100's code: 50)."""
+    batch_size: int = Field(64, ge=1, le=65_536)
+    """Decision states per update; each gets one chain sampled by the reference policy."""
+    learning_rate: float = Field(1e-5, gt=0.0, le=1.0)
+    """Adam learning rate of the diffusion network (small: the update must stay near the
+    reference policy)."""
+    clip: float = Field(0.2, gt=0.0, le=10.0)
+    """PPO clip range of each denoising step's probability ratio."""
+    max_grad_norm: float = Field(1.0, gt=0.0, le=1e6)
+    """Gradient norm clip of each update."""
+    gamma: float = Field(0.99, gt=0.0, le=1.0)
+    """Per env-step discount of the decision transitions (a chunk of Ta steps: gamma**Ta)."""
+    iql_steps: int = Field(5000, ge=1, le=10**8)
+    """Gradient steps of the IQL critics."""
+    iql_expectile: float = Field(0.7, gt=0.0, lt=1.0)
+    """IQL expectile for V (RL-100: 0.7)."""
+    critic_hidden: list[int] = Field(default_factory=lambda: [256, 256], min_length=1)
+    """Hidden widths of the IQL Q and V networks."""
+    dynamics_steps: int = Field(3000, ge=1, le=10**8)
+    """Gradient steps of the dynamics ensemble."""
+    dynamics_members: int = Field(7, ge=1, le=64)
+    """Dynamics ensemble members (RL-100: 7)."""
+    dynamics_elites: int = Field(5, ge=1, le=64)
+    """Members used in OPE rollouts (RL-100: 5); at most ``dynamics_members``."""
+    dynamics_hidden: list[int] = Field(default_factory=lambda: [256, 256, 256], min_length=1)
+    """Hidden widths of each dynamics member."""
+    angle_dims: list[int] = Field(default_factory=list)
+    """Indices of angles within one observation (e.g. [4] for Push-T's block angle): the
+    dynamics model wraps them instead of clipping."""
+    ope_horizon: int = Field(2, ge=0, le=100)
+    """Imagined decisions per OPE rollout before bootstrapping with Q (see robodistill.ope)."""
+    ope_starts: int = Field(256, ge=1, le=1_000_000)
+    """Start states of the OPE rollouts (fixed for the whole stage)."""
+    ope_policy: Literal["deterministic", "stochastic"] = "deterministic"
+    """Chunk OPE scores: ``deterministic`` DDIM (what ``act`` executes) or the stochastic
+    chain (eta, min_std), both with noise fixed across evaluations."""
+    gate_margin: float = Field(0.0, ge=0.0, le=1e6)
+    """The candidate is accepted only when its estimate beats the best by more than this."""
+    flywheel_every: int = Field(0, ge=0, le=100_000)
+    """Data flywheel: every N gate rounds roll the current policy out in the env and fold
+    the episodes into the decisions (critics and model are refit); 0 = off."""
+    flywheel_episodes: int = Field(10, ge=1, le=100_000)
+    """Episodes per flywheel collection."""
+    seed: int = Field(0, ge=0)
+    """Seeds critics, model, OPE start states and the chains' noise."""
+
+
+class OnlineRLConfig(Section):
+    """RL-100 stage 3: DPPO (PPO on the denoising chain) in simulation, starting from the
+    offline stage's policy; only the last denoising steps are fine-tuned."""
+
+    iterations: int = Field(50, ge=1, le=10**7)
+    """PPO iterations (collect, then update)."""
+    num_envs: int = Field(4, ge=1, le=1024)
+    """Environments stepped in turn while collecting."""
+    decisions_per_env: int = Field(32, ge=1, le=100_000)
+    """Decisions (chunks of Ta actions) each env contributes per iteration."""
+    ft_denoising_steps: int = Field(2, ge=1, le=10_000)
+    """k: fine-tune only the last k denoising steps (DPPO); at most the chain's K."""
+    min_std: float | None = Field(None, gt=0.0, le=1.0)
+    """Std floor of every denoising step; ``null``: the policy's own (``teach.diffusion.
+    min_std``, as in the offline stage). DPPO explores with 0.1. Sampler and log-probs use
+    the same floor, so the ratios are exact."""
+    clip: float = Field(0.01, gt=0.0, le=10.0)
+    """PPO clip of each denoising step's ratio (DPPO ~0.01; RL-100 0.2)."""
+    actor_lr: float = Field(3e-6, gt=0.0, le=1.0)
+    """Adam learning rate of the diffusion network (RL-100: 3e-6)."""
+    critic_lr: float = Field(3e-4, gt=0.0, le=1.0)
+    """Adam learning rate of the value network (RL-100: 3e-4)."""
+    epochs: int = Field(10, ge=1, le=1000)
+    """PPO epochs over each iteration's batch."""
+    minibatch_size: int = Field(64, ge=1, le=65_536)
+    """Decisions per PPO minibatch."""
+    gamma: float = Field(0.99, gt=0.0, le=1.0)
+    """Per env-step discount; a decision of n steps discounts by gamma**n."""
+    gae_lambda: float = Field(0.95, ge=0.0, le=1.0)
+    """GAE lambda over decisions."""
+    target_kl: float | None = Field(0.02, gt=0.0, le=10.0)
+    """Stop an iteration's epochs once the approximate KL (per denoising step) exceeds it."""
+    max_grad_norm: float = Field(1.0, gt=0.0, le=1e6)
+    """Gradient norm clip for actor and critic."""
+    value_hidden: list[int] = Field(default_factory=lambda: [256, 256], min_length=1)
+    """Hidden widths of the value MLP on the flattened observation history."""
+    eval_every: int = Field(5, ge=1, le=10**7)
+    """Evaluate on the validation seeds (``teach.eval_episodes``) every N iterations."""
+    collapse_fraction: float = Field(0.5, ge=0.0, le=1.0)
+    """Collapse: the score falls below best - (1 - fraction) * |best| ..."""
+    collapse_patience: int = Field(3, ge=1, le=1000)
+    """... in this many consecutive evaluations: stop and keep the best checkpoint."""
+    max_episode_steps: int | None = Field(None, ge=1)
+    """Episode limit while collecting; ``null`` uses ``env.max_episode_steps``."""
+    seed: int = Field(0, ge=0)
+    """Seeds the chains' noise, the value network and the training episodes' seeds."""
 
 
 class TeachConfig(Section):
@@ -254,6 +360,10 @@ class TeachConfig(Section):
     """RL-100: the diffusion policy's network, horizons and sampler."""
     rl100: RL100Config = Field(default_factory=RL100Config)
     """RL-100: sub-stages, demonstrations and training budget."""
+    offline: OfflineRLConfig = Field(default_factory=OfflineRLConfig)
+    """RL-100 stage 2: OPE-gated offline RL on the denoising chain."""
+    online: OnlineRLConfig = Field(default_factory=OnlineRLConfig)
+    """RL-100 stage 3: DPPO on the denoising chain in simulation."""
 
 
 class DAggerConfig(Section):
