@@ -7,10 +7,34 @@ import pytest
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 
+TINY_RL100 = [
+    "teach.diffusion.down_dims=[16, 32]",
+    "teach.diffusion.n_groups=4",
+    "teach.diffusion.step_embed_dim=16",
+    "teach.diffusion.pred_horizon=4",
+    "teach.diffusion.action_horizon=2",
+    "teach.diffusion.num_inference_steps=2",
+    "teach.rl100.il_steps=4",
+    "teach.rl100.batch_size=8",
+    "teach.rl100.warmup_steps=1",
+    "teach.rl100.eval_every=2",
+    "teach.rl100.checkpoint_every=2",
+    "teach.rl100.log_every=2",
+    "teach.eval_episodes=2",
+]
+
+
+@pytest.fixture
+def tiny_rl100():
+    """A ~10k-parameter diffusion teacher trained for 4 steps (the default teach stage)."""
+    return list(TINY_RL100)
+
+
 @pytest.fixture
 def tiny_overrides(tmp_path):
     """Overrides that make any stage finish in well under a second."""
     return [
+        *TINY_RL100,
         f"runs_dir={tmp_path / 'runs'}",
         "env.id=Pendulum-v1",
         "env.num_envs=2",

@@ -91,9 +91,11 @@ def test_eval_of_a_saved_policy(tiny_overrides, tmp_path, capsys):
 def test_pipeline_runs_built_stages_and_reports_the_rest(tiny_overrides, tmp_path, capsys):
     assert main(["pipeline", *_sets(tiny_overrides)]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"^teach\s+not built", out, re.M)
+    # The default teacher (RL-100, imitation stage) trains on the collected demonstrations.
+    assert re.search(r"^teach\s+done", out, re.M)
     report = (tmp_path / "runs/default/report.md").read_text()
     assert "| collect | done |" in report and "| eval | done |" in report
+    assert "| teach | done |" in report and (tmp_path / "runs/default/teach/policy").is_dir()
     assert "| export | not built |" in report and "issue #8" in report
     assert (
         json.loads((tmp_path / "runs/default/config.json").read_text())["env"]["id"]
@@ -101,7 +103,7 @@ def test_pipeline_runs_built_stages_and_reports_the_rest(tiny_overrides, tmp_pat
     )
 
 
-@pytest.mark.parametrize("command", ["teach", "distill", "export", "control"])
+@pytest.mark.parametrize("command", ["distill", "export", "control"])
 def test_unbuilt_stages_say_so(command, capsys):
     assert main([command]) == EXIT_NOT_BUILT
     assert "is not built yet" in capsys.readouterr().err
@@ -152,12 +154,15 @@ def test_expert_for_an_env_without_one(tiny_overrides, capsys):
     assert "no expert for env id 'Pendulum-v1'" in capsys.readouterr().err
 
 
-def test_default_pipeline_collects_pusht_expert_demos_with_a_video(tmp_path, capsys):
-    budget = ["collect.episodes=2", "eval.episodes=1", "eval.video_episodes=1", "env.num_envs=2"]
+def test_default_pipeline_collects_pusht_expert_demos_with_a_video(tmp_path, tiny_rl100, capsys):
+    budget = ["collect.episodes=2", "eval.episodes=1", "eval.video_episodes=1", "env.num_envs=2",
+              *tiny_rl100, "teach.eval_episodes=1"]  # fmt: skip
     assert main(["pipeline", "--runs-dir", str(tmp_path), *_sets(budget)]) == 0
     run = tmp_path / "default"
     collect = json.loads((run / "collect/manifest.json").read_text())["metrics"]
     assert collect["episodes"] == 2 and collect["success_rate"] == 1.0
+    teach = json.loads((run / "teach/manifest.json").read_text())["metrics"]
+    assert teach["algo"] == "rl100" and teach["il"]["demo_episodes"] == 2
     with TrajectoryStore.open(run / "collect/demos.zarr") as store:
         assert store.attrs["env_id"] == "robodistill/PushT-v0"
         assert set(store.episode_meta()["source_policy"]) == {"expert"}
@@ -179,9 +184,20 @@ def test_teach_ppo_then_eval_the_teacher(tiny_overrides, tmp_path, capsys):
     assert metrics["episodes"] == 3 and metrics["policy"] == str(teacher)
 
 
-def test_rl100_teacher_not_built_yet(capsys):
-    assert main(["teach", "--algo", "rl100"]) == EXIT_NOT_BUILT
-    assert "issue #5" in capsys.readouterr().err
+def test_rl100_teacher_needs_demos_then_trains_and_is_evaluated(tiny_overrides, tmp_path, capsys):
+    assert main(["teach", "--algo", "rl100", *_sets(tiny_overrides)]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "collect/demos.zarr does not exist" in err and "robodistill collect" in err
+    assert not (tmp_path / "runs/default/teach").exists()  # refused before any work
+    assert main(["collect", *_sets(tiny_overrides)]) == 0
+    capsys.readouterr()
+    assert main(["teach", "--algo", "rl100", *_sets(tiny_overrides)]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["algo"] == "rl100" and metrics["il"]["steps"] == 4
+    teacher = tmp_path / "runs/default/teach/policy"
+    assert json.loads((teacher / "config.json").read_text())["kind"] == "diffusion"
+    assert main(["eval", *_sets(tiny_overrides), "--policy", str(teacher)]) == 0
+    assert json.loads(capsys.readouterr().out)["episodes"] == 3
 
 
 def test_teach_shortcuts_map_to_config_keys(tmp_path, capsys):

@@ -1,0 +1,538 @@
+"""Diffusion policy (Chi et al.): DDPM training, DDIM sampling, receding-horizon execution.
+
+Horizons, with defaults To = 2 observations, H = 16 predicted actions, Ta = 8 executed::
+
+    step:        t-1   t    t+1  ...  t+7  t+8  ...           t+14
+    obs:        |<- To ->|                                           history (B, To, D)
+    predicted:  |<----------------------- H --------------------->|  chunk   (B, H, A)
+    executed:         |<-------- Ta -------->|                        queue   (B, Ta, A)
+
+The chunk starts at the oldest observed step (as in training windows, see
+:mod:`robodistill.sampler`), so the action for the current step ``t`` is index
+``To - 1``; ``act`` executes Ta actions from there, then plans again (receding horizon).
+With ``temporal_ensemble=k`` it plans at every step instead and averages the overlapping
+plans for each step with weights ``exp(k * j)`` (``j``: how far into its chunk the step
+lies; ``k > 0`` favours older plans, as in ACT).
+
+Denoising: the network predicts the noise (epsilon); training noises normalized action
+chunks with diffusers' ``DDPMScheduler`` (100 steps, ``squaredcos_cap_v2``); sampling runs
+K DDIM steps (``DDIMScheduler``'s timesteps and alphas) from ``x_K ~ N(0, I)`` to ``x_0``.
+Each step is a Gaussian, which is what RL on the denoising chain (RL-100, DPPO) needs::
+
+    x0_hat = clip((x_k - sqrt(1 - a_t) eps_hat) / sqrt(a_t), -1, 1)
+    sigma  = eta * sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))      (DDIM)
+    mean   = sqrt(a_prev) x0_hat + sqrt(1 - a_prev - sigma^2) eps_hat
+    x_{k-1} ~ N(mean, std^2),   std = max(sigma, min_std)
+
+``eta = 0, std = 0`` is deterministic DDIM (``predict_action_chunk``; it equals
+``DDIMScheduler.step``). :meth:`sample_chain` draws the stochastic chain and returns every
+latent (B, K+1, H, A) with per-step log-probabilities (B, K); :meth:`chain_log_prob`
+recomputes them, differentiably, under the current weights (PPO ratios).
+
+Two copies of the network: ``net`` (trained) and ``ema_net`` (exponential moving average
+of ``net``, written by the trainer through :meth:`make_ema` / :meth:`load_ema`). Evaluation
+(``act``, ``predict_action_chunk``) uses ``ema_net`` by default; training-side methods
+(``compute_loss``, ``sample_chain``, ``chain_log_prob``) use ``net`` by default.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers.training_utils import EMAModel
+
+from robodistill.policies.base import Policy, register_policy
+from robodistill.policies.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_state_dict_strict,
+    save_checkpoint,
+)
+from robodistill.policies.diffusion_nets import (
+    ConditionalUnet1D,
+    DenoisingSchedule,
+    UnetConfig,
+    count_parameters,
+    gaussian_log_prob,
+)
+from robodistill.policies.normalizer import Normalizer
+
+
+@dataclass
+class DiffusionPolicyConfig:
+    """Everything that defines a :class:`DiffusionPolicy` (stored in ``config.json``)."""
+
+    obs_dim: int
+    action_dim: int
+    obs_horizon: int = 2
+    pred_horizon: int = 16
+    action_horizon: int = 8
+    down_dims: tuple[int, ...] = (64, 128, 256)
+    kernel_size: int = 5
+    n_groups: int = 8
+    step_embed_dim: int = 64
+    num_train_timesteps: int = 100
+    beta_schedule: str = "squaredcos_cap_v2"
+    num_inference_steps: int = 10
+    timestep_spacing: str = "trailing"
+    clip_sample: bool = True
+    chain_eta: float = 1.0
+    min_std: float = 0.0067
+    temporal_ensemble: float | None = None
+    mask_padded_actions: bool = False
+    action_low: list[float] | None = None
+    action_high: list[float] | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.down_dims = tuple(int(d) for d in self.down_dims)
+        problems = []
+        if not 1 <= self.obs_horizon <= self.pred_horizon:
+            problems.append(
+                f"need 1 <= obs_horizon <= pred_horizon, got {self.obs_horizon} / "
+                f"{self.pred_horizon}"
+            )
+        last_exec = self.obs_horizon - 1 + self.action_horizon
+        if self.action_horizon < 1 or last_exec > self.pred_horizon:
+            problems.append(
+                f"action_horizon must be in [1, pred_horizon - obs_horizon + 1] = "
+                f"[1, {self.pred_horizon - self.obs_horizon + 1}] (executed actions start at "
+                f"index obs_horizon - 1 of the chunk), got {self.action_horizon}"
+            )
+        multiple = 2 ** (len(self.down_dims) - 1)
+        if self.pred_horizon % multiple:
+            problems.append(
+                f"pred_horizon {self.pred_horizon} must be a multiple of {multiple} for "
+                f"{len(self.down_dims)} UNet levels (down_dims); use e.g. "
+                f"{math.ceil(self.pred_horizon / multiple) * multiple}"
+            )
+        if not 1 <= self.num_inference_steps <= self.num_train_timesteps:
+            problems.append(
+                f"num_inference_steps must be in [1, num_train_timesteps="
+                f"{self.num_train_timesteps}], got {self.num_inference_steps}"
+            )
+        if self.min_std < 0 or self.chain_eta < 0:
+            problems.append(f"min_std and chain_eta must be >= 0, got {self.min_std}, "
+                            f"{self.chain_eta}")  # fmt: skip
+        if (self.action_low is None) != (self.action_high is None):
+            problems.append("give both action_low and action_high, or neither")
+        elif self.action_low is not None and not (
+            len(self.action_low) == len(self.action_high) == self.action_dim
+        ):
+            problems.append(f"action_low/high need {self.action_dim} entries each")
+        if problems:
+            raise ValueError("invalid diffusion policy config: " + "; ".join(problems))
+
+    def unet(self) -> UnetConfig:
+        return UnetConfig(
+            action_dim=self.action_dim,
+            global_cond_dim=self.obs_dim * self.obs_horizon,
+            down_dims=self.down_dims,
+            kernel_size=self.kernel_size,
+            n_groups=self.n_groups,
+            step_embed_dim=self.step_embed_dim,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["down_dims"] = list(self.down_dims)
+        return d
+
+
+@dataclass
+class DiffusionChain:
+    """One stochastic denoising chain per batch row (see :meth:`DiffusionPolicy.sample_chain`).
+
+    ``latents`` (B, K+1, H, A): ``x_K`` (pure noise) ... ``x_0``, normalized action space.
+    ``log_probs`` (B, K): ``log N(x_{k-1}; mean_k(x_k), std_k^2)`` summed over (H, A).
+    ``actions`` (B, H, A): ``x_0`` clipped to [-1, 1] and unnormalized (env units).
+    ``timesteps`` (K,): the DDIM training timesteps of the K steps, noisiest first.
+    """
+
+    latents: torch.Tensor
+    log_probs: torch.Tensor
+    actions: torch.Tensor
+    timesteps: torch.Tensor
+
+
+@register_policy
+class DiffusionPolicy(Policy):
+    """Observation history -> action chunk by DDIM denoising; see the module docstring.
+
+    Args:
+        config: the :class:`DiffusionPolicyConfig`.
+        normalizer: per-key :class:`Normalizer` with keys ``"obs"`` (D,) and ``"action"``
+            (A,); ``None`` is the identity until the trainer sets statistics.
+    """
+
+    kind = "diffusion"
+
+    def __init__(self, config: DiffusionPolicyConfig, normalizer: Normalizer | None = None):
+        self.config = c = config
+        self.net = ConditionalUnet1D(c.unet())
+        # The EMA copy never trains: no grads, eval mode (GroupNorm has no running stats, so
+        # train/eval mode only matters for clarity).
+        self.ema_net = copy.deepcopy(self.net).requires_grad_(False).eval()
+        if normalizer is None:
+            normalizer = Normalizer({"obs": (c.obs_dim,), "action": (c.action_dim,)})
+        missing = {"obs", "action"} - set(normalizer.keys)
+        if missing:
+            raise ValueError(f"the normalizer needs statistics for {sorted(missing)}")
+        self.normalizer = normalizer
+        self.schedules = DenoisingSchedule(c.num_train_timesteps, c.beta_schedule,
+                                           c.clip_sample, c.timestep_spacing)  # fmt: skip
+        self.device = torch.device("cpu")
+        self._generator = torch.Generator().manual_seed(c.seed)
+        self._state: dict[str, torch.Tensor] | None = None
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+    @property
+    def num_parameters(self) -> int:
+        return count_parameters(self.net)
+
+    def to(self, device: str | torch.device) -> DiffusionPolicy:
+        self.device = torch.device(device)
+        for module in (self.net, self.ema_net, self.normalizer):
+            module.to(self.device)
+        self._state = None
+        return self
+
+    def make_ema(self, decay: float = 0.9999, power: float = 0.75, min_decay: float = 0.0,
+                 update_after_step: int = 0) -> EMAModel:  # fmt: skip
+        """diffusers' EMAModel over ``net`` with diffusion-policy's warm-up:
+        ``decay_n = min(decay, 1 - (1 + n) ** -power)`` after ``n`` updates."""
+        return EMAModel(
+            self.net.parameters(), decay=decay, min_decay=min_decay, use_ema_warmup=True,
+            inv_gamma=1.0, power=power, update_after_step=update_after_step,
+        )  # fmt: skip
+
+    def load_ema(self, ema: EMAModel) -> None:
+        """Copy the EMA's shadow weights into ``ema_net`` (before evaluating or saving)."""
+        ema.copy_to(self.ema_net.parameters())
+
+    def _gen(self, generator: torch.Generator | None) -> torch.Generator:
+        return self._generator if generator is None else generator
+
+    def _network(self, use_ema: bool) -> ConditionalUnet1D:
+        return self.ema_net if use_ema else self.net
+
+    # -- input checks and conditioning ---------------------------------------------------------
+    def _as_tensor(self, x: Any, name: str) -> torch.Tensor:
+        t = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x)
+        if not t.is_floating_point():
+            t = t.float()
+        t = t.to(self.device, torch.float32)
+        if not torch.isfinite(t).all():
+            hint = "" if name == "noise" else " (check the environment or the demonstrations)"
+            raise ValueError(f"{name} contains NaN or inf{hint}")
+        return t
+
+    def _obs_hist(self, obs_hist: Any) -> torch.Tensor:
+        c = self.config
+        t = self._as_tensor(obs_hist, "obs_hist")
+        if t.ndim != 3 or tuple(t.shape[1:]) != (c.obs_horizon, c.obs_dim):
+            raise ValueError(
+                f"obs_hist must have shape (B, obs_horizon={c.obs_horizon}, obs_dim={c.obs_dim}), "
+                f"got {tuple(t.shape)}; this policy was trained on {c.obs_dim}-dimensional "
+                f"observations with a history of {c.obs_horizon} steps"
+            )
+        return t
+
+    def condition(self, obs_hist: Any) -> torch.Tensor:
+        """(B, To, D) raw observations -> (B, To * D) normalized global conditioning."""
+        obs = self.normalizer.normalize("obs", self._obs_hist(obs_hist))
+        return obs.flatten(1)
+
+    # -- training ------------------------------------------------------------------------------
+    def compute_loss(
+        self, batch: Mapping[str, Any], generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Denoising loss on a batch of windows (LeRobot's ``forward``).
+
+        ``batch``: ``obs`` (B, To, D) and ``action`` (B, H, A) in env units, optionally
+        ``action_is_pad`` (B, H) bool (used when ``mask_padded_actions``). Noise and
+        timesteps come from ``generator`` (CPU; for reproducible, resumable training).
+        Returns the mean squared error between predicted and true noise and a log dict.
+        """
+        c = self.config
+        for key in ("obs", "action"):
+            if key not in batch:
+                raise KeyError(f"compute_loss: batch has no {key!r}; it has {sorted(batch)}")
+        cond = self.condition(batch["obs"])
+        action = self._as_tensor(batch["action"], "batch['action']")
+        if action.ndim != 3 or tuple(action.shape[1:]) != (c.pred_horizon, c.action_dim):
+            raise ValueError(
+                f"batch['action'] must be (B, pred_horizon={c.pred_horizon}, "
+                f"action_dim={c.action_dim}), got {tuple(action.shape)}"
+            )
+        x0 = self.normalizer.normalize("action", action)
+        b = x0.shape[0]
+        noise = torch.randn(x0.shape, generator=generator).to(self.device)
+        t = torch.randint(0, c.num_train_timesteps, (b,), generator=generator).to(self.device)
+        noisy = self.schedules.ddpm.add_noise(x0, noise, t)
+        err = (self.net(noisy, t, cond) - noise).pow(2)  # (B, H, A)
+        if c.mask_padded_actions and "action_is_pad" in batch:
+            keep = ~torch.as_tensor(np.asarray(batch["action_is_pad"]), device=self.device)
+            keep = keep[..., None].expand_as(err).float()
+            loss = (err * keep).sum() / keep.sum().clamp(min=1.0)
+        else:
+            loss = err.mean()
+        return loss, {"loss": float(loss.detach())}
+
+    # -- the DDIM chain ------------------------------------------------------------------------
+    def schedule(
+        self, num_inference_steps: int | None = None, eta: float = 0.0, min_std: float = 0.0
+    ) -> dict[str, torch.Tensor]:
+        """Per-step constants (K,) of the K-step chain (:meth:`DenoisingSchedule.steps`)."""
+        k = int(num_inference_steps or self.config.num_inference_steps)
+        return self.schedules.steps(k, eta, min_std, self.device)
+
+    def _step_mean(self, net, x, t, cond, alpha, alpha_prev, sigma) -> torch.Tensor:
+        return self.schedules.step_mean(net(x, t, cond), x, alpha, alpha_prev, sigma)
+
+    def _initial_noise(self, batch: int, noise: Any, generator: torch.Generator | None):
+        c = self.config
+        shape = (batch, c.pred_horizon, c.action_dim)
+        if noise is None:
+            return torch.randn(shape, generator=self._gen(generator)).to(self.device)
+        x = self._as_tensor(noise, "noise")
+        if tuple(x.shape) != shape:
+            raise ValueError(f"noise must have shape {shape} (B, H, A), got {tuple(x.shape)}")
+        return x
+
+    def _unnormalize_actions(self, x0: torch.Tensor) -> torch.Tensor:
+        return self.normalizer.unnormalize("action", x0.clamp(-1.0, 1.0))
+
+    @torch.no_grad()
+    def predict_action_chunk(
+        self,
+        obs_hist: Any,
+        noise: Any = None,
+        num_inference_steps: int | None = None,
+        generator: torch.Generator | None = None,
+        use_ema: bool = True,
+    ) -> torch.Tensor:
+        """Deterministic DDIM: (B, To, D) observations -> (B, H, A) actions in env units.
+
+        ``noise`` (B, H, A) is ``x_K`` in normalized space (drawn from ``generator``, else
+        the policy's own generator, when ``None``); with the same noise the output is a
+        pure function of the observations, which is what export and parity checks need.
+        """
+        net = self._network(use_ema)
+        cond = self.condition(obs_hist)
+        x = self._initial_noise(cond.shape[0], noise, generator)
+        sched = self.schedule(num_inference_steps)
+        for k, t in enumerate(sched["timesteps"].tolist()):
+            x = self._step_mean(net, x, t, cond, sched["alpha"][k], sched["alpha_prev"][k],
+                                sched["sigma"][k])  # fmt: skip
+        return self._unnormalize_actions(x)
+
+    @torch.no_grad()
+    def sample_chain(
+        self,
+        obs_hist: Any,
+        noise: Any = None,
+        num_inference_steps: int | None = None,
+        eta: float | None = None,
+        min_std: float | None = None,
+        generator: torch.Generator | None = None,
+        use_ema: bool = False,
+    ) -> DiffusionChain:
+        """Stochastic DDIM chain with Gaussian steps; see :class:`DiffusionChain` for shapes.
+
+        ``eta`` (default ``config.chain_eta``) scales DDIM's posterior std; the std used is
+        ``max(sigma, min_std)`` (default ``config.min_std``), so every step, including the
+        last (where DDIM's sigma is 0), has a proper density.
+        """
+        c = self.config
+        eta = c.chain_eta if eta is None else eta
+        min_std = c.min_std if min_std is None else min_std
+        if min_std <= 0:
+            raise ValueError("sample_chain needs min_std > 0 so that every step has a density")
+        net = self._network(use_ema)
+        cond = self.condition(obs_hist)
+        x = self._initial_noise(cond.shape[0], noise, generator)
+        sched = self.schedule(num_inference_steps, eta, min_std)
+        latents, log_probs = [x], []
+        for k, t in enumerate(sched["timesteps"].tolist()):
+            mean = self._step_mean(net, x, t, cond, sched["alpha"][k], sched["alpha_prev"][k],
+                                   sched["sigma"][k])  # fmt: skip
+            std = sched["std"][k]
+            z = torch.randn(mean.shape, generator=self._gen(generator)).to(self.device)
+            x = mean + std * z
+            log_probs.append(gaussian_log_prob(x, mean, std))
+            latents.append(x)
+        return DiffusionChain(
+            latents=torch.stack(latents, dim=1),
+            log_probs=torch.stack(log_probs, dim=1),
+            actions=self._unnormalize_actions(x),
+            timesteps=sched["timesteps"],
+        )
+
+    def chain_log_prob(
+        self,
+        obs_hist: Any,
+        latents: torch.Tensor,
+        num_inference_steps: int | None = None,
+        eta: float | None = None,
+        min_std: float | None = None,
+        steps: Sequence[int] | None = None,
+        use_ema: bool = False,
+    ) -> torch.Tensor:
+        """Per-step log-probabilities (B, len(steps)) of a chain under the current weights.
+
+        ``latents`` (B, K+1, H, A) as returned by :meth:`sample_chain` with the same K,
+        eta and min_std. ``steps`` picks denoising steps (0 = the noisiest; DPPO fine-tunes
+        only the last few: ``steps=range(K - k, K)``); default all K. Differentiable with
+        respect to ``net`` (all steps go through the network in one batched call).
+        """
+        c = self.config
+        eta = c.chain_eta if eta is None else eta
+        min_std = c.min_std if min_std is None else min_std
+        if min_std <= 0:
+            raise ValueError("chain_log_prob needs min_std > 0 so that every step has a density")
+        sched = self.schedule(num_inference_steps, eta, min_std)
+        k_total = len(sched["timesteps"])
+        latents = torch.as_tensor(latents, device=self.device, dtype=torch.float32)
+        expected = (k_total + 1, c.pred_horizon, c.action_dim)
+        if latents.ndim != 4 or tuple(latents.shape[1:]) != expected:
+            raise ValueError(
+                f"latents must be (B, K+1, H, A) = (B, {', '.join(map(str, expected))}) for "
+                f"K={k_total} steps, got {tuple(latents.shape)}"
+            )
+        idx = torch.arange(k_total) if steps is None else torch.as_tensor(list(steps)).long()
+        if idx.numel() == 0 or idx.min() < 0 or idx.max() >= k_total:
+            raise ValueError(f"steps must be non-empty indices in [0, {k_total}), got {steps}")
+        cond = self.condition(obs_hist)
+        b, n = latents.shape[0], idx.numel()
+        if cond.shape[0] != b:
+            raise ValueError(f"obs_hist has {cond.shape[0]} rows but latents have {b}")
+        idx = idx.to(self.device)
+        x = latents[:, idx].reshape(b * n, *expected[1:])  # x_k for the chosen steps
+        target = latents[:, idx + 1].reshape(b * n, *expected[1:])  # x_{k-1}
+
+        def per_row(v: torch.Tensor) -> torch.Tensor:  # (K,) -> (B*n, 1, 1), row-major (b, step)
+            return v[idx].repeat(b)[:, None, None]
+
+        mean = self._step_mean(
+            self._network(use_ema), x, sched["timesteps"][idx].repeat(b),
+            cond.repeat_interleave(n, dim=0), per_row(sched["alpha"]),
+            per_row(sched["alpha_prev"]), per_row(sched["sigma"]),
+        )  # fmt: skip
+        return gaussian_log_prob(target, mean, per_row(sched["std"])).reshape(b, n)
+
+    # -- acting --------------------------------------------------------------------------------
+    def reset(self, env_ids: np.ndarray | list[int] | None = None) -> None:
+        """Forget history, queued actions and ensemble sums for ``env_ids`` (all: ``None``,
+        which also reseeds the sampling generator so evaluations are repeatable)."""
+        if env_ids is None or self._state is None:
+            self._state = None
+            if env_ids is None:
+                self._generator.manual_seed(self.config.seed)
+            return
+        ids = torch.as_tensor(np.asarray(env_ids, dtype=np.int64).reshape(-1))
+        s = self._state
+        s["hist_len"][ids] = 0
+        s["queue_pos"][ids] = self.config.action_horizon
+        s["ens_sum"][ids] = 0.0
+        s["ens_w"][ids] = 0.0
+
+    def _init_state(self, batch: int) -> dict[str, torch.Tensor]:
+        c = self.config
+        return {
+            "hist": torch.zeros(batch, c.obs_horizon, c.obs_dim),
+            "hist_len": torch.zeros(batch, dtype=torch.long),
+            "queue": torch.zeros(batch, c.action_horizon, c.action_dim),
+            "queue_pos": torch.full((batch,), c.action_horizon, dtype=torch.long),
+            "ens_sum": torch.zeros(batch, c.action_horizon, c.action_dim),
+            "ens_w": torch.zeros(batch, c.action_horizon),
+        }
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """``obs`` (B, D) -> (B, A) float32 for the current step of each row's episode.
+
+        Keeps per-row state: the last To observations (a new episode's history is its
+        first observation repeated, as in padded training windows) and the queue of
+        planned actions. A row plans when its queue is empty; only those rows go through
+        the network (EMA weights).
+        """
+        c = self.config
+        o = self._as_tensor(obs, "obs").cpu()
+        if o.ndim != 2 or o.shape[1] != c.obs_dim:
+            raise ValueError(
+                f"act: obs must have shape (B, {c.obs_dim}), got {tuple(o.shape)}; the policy "
+                f"was trained on {c.obs_dim}-dimensional observations (check env.id / obs_type)"
+            )
+        if self._state is None:
+            self._state = self._init_state(o.shape[0])
+        s = self._state
+        if s["hist"].shape[0] != o.shape[0]:
+            raise ValueError(
+                f"act: got {o.shape[0]} rows but the policy holds state for "
+                f"{s['hist'].shape[0]}; call reset() before changing the batch size"
+            )
+        fresh = s["hist_len"] == 0
+        s["hist"][~fresh] = torch.roll(s["hist"][~fresh], -1, dims=1)
+        s["hist"][~fresh, -1] = o[~fresh]
+        s["hist"][fresh] = o[fresh, None].expand(-1, c.obs_horizon, -1)
+        s["hist_len"] += 1
+        start, end = c.obs_horizon - 1, c.obs_horizon - 1 + c.action_horizon
+        if c.temporal_ensemble is not None:
+            chunk = self.predict_action_chunk(s["hist"]).cpu()[:, start:end]
+            weights = torch.exp(c.temporal_ensemble * torch.arange(c.action_horizon).float())
+            s["ens_sum"] += weights[None, :, None] * chunk
+            s["ens_w"] += weights[None]
+            action = s["ens_sum"][:, 0] / s["ens_w"][:, :1]
+            # Shift: tomorrow's slot 0 is today's slot 1; the new last slot starts empty.
+            s["ens_sum"] = torch.roll(s["ens_sum"], -1, dims=1)
+            s["ens_w"] = torch.roll(s["ens_w"], -1, dims=1)
+            s["ens_sum"][:, -1], s["ens_w"][:, -1] = 0.0, 0.0
+        else:
+            need = s["queue_pos"] >= c.action_horizon
+            if need.any():
+                chunk = self.predict_action_chunk(s["hist"][need]).cpu()
+                s["queue"][need] = chunk[:, start:end]
+                s["queue_pos"][need] = 0
+            action = s["queue"][torch.arange(o.shape[0]), s["queue_pos"]]
+            s["queue_pos"] += 1
+        action = action.numpy().astype(np.float32)
+        if c.action_low is not None:
+            action = np.clip(action, np.float32(c.action_low), np.float32(c.action_high))
+        return action
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def save(self, directory: str | os.PathLike) -> Path:
+        """``config.json`` (policy + normalizer config) and ``model.safetensors`` holding
+        ``net.*``, ``ema_net.*`` and ``normalizer.*`` tensors."""
+        config = {"kind": self.kind, "policy": self.config.to_dict(),
+                  "normalizer": self.normalizer.config(), "num_parameters": self.num_parameters}  # fmt: skip
+        tensors = {}
+        for prefix, module in (("net", self.net), ("ema_net", self.ema_net),
+                               ("normalizer", self.normalizer)):  # fmt: skip
+            tensors |= {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
+        return save_checkpoint(directory, config, tensors)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> DiffusionPolicy:
+        config, tensors = load_checkpoint(directory, kind=cls.kind)
+        try:
+            policy_cfg = DiffusionPolicyConfig(**config["policy"])
+            normalizer = Normalizer.from_config(config["normalizer"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{directory}/config.json does not describe a diffusion "
+                                  f"policy this version can build: {e}") from e  # fmt: skip
+        policy = cls(policy_cfg, normalizer)
+        for prefix, module in (("net", policy.net), ("ema_net", policy.ema_net),
+                               ("normalizer", policy.normalizer)):  # fmt: skip
+            part = {k[len(prefix) + 1 :]: v for k, v in tensors.items()
+                    if k.startswith(prefix + ".")}  # fmt: skip
+            load_state_dict_strict(module, part, f"{directory} ({prefix})")
+        return policy
