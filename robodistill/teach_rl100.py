@@ -1,7 +1,8 @@
 """The RL-100 teacher: a diffusion policy trained by imitation, then by RL on its denoising
 chain. ``teach.rl100.stages`` lists the sub-stages run in order inside the ``teach`` stage;
-this version builds ``il`` (offline and online RL are the next ones; each is a function in
-:data:`SUBSTAGES`)::
+``il`` (imitation), ``offline`` (OPE-gated RL on the denoising chain,
+:mod:`robodistill.rl100_offline`) and ``online`` (DPPO, :mod:`robodistill.rl100_online`);
+each is a function in :data:`SUBSTAGES`::
 
     with StageRun(cfg, "teach", inputs=demos_inputs(cfg)) as stage:
         metrics = run_teach_rl100(cfg, stage)
@@ -323,7 +324,60 @@ def _train_il(cfg: RunConfig, stage: StageRun, sub: Path, device: torch.device,
     return result
 
 
-SUBSTAGES: dict[str, Callable[[RunConfig, StageRun], dict[str, Any]]] = {"il": run_il}
+def _with_threads(cfg: RunConfig, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    threads = torch.get_num_threads()
+    if cfg.teach.rl100.torch_threads:
+        torch.set_num_threads(cfg.teach.rl100.torch_threads)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run_offline(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
+    """Offline RL on the denoising chain, gated by OPE (:mod:`robodistill.rl100_offline`).
+
+    It starts from the imitation policy; its accepted policy is then rolled out on the
+    validation seeds, so ``teach/policy`` advances only if it also wins in simulation.
+    """
+    from robodistill.policies.diffusion import DiffusionPolicy
+    from robodistill.rl100_offline import run_offline_rl
+
+    sub = stage.dir / "offline"
+    done = (sub / "result.json").is_file()
+    result = _with_threads(
+        cfg, lambda: run_offline_rl(cfg, stage, stage.dir / "il" / "policy", demos_path(cfg), sub)
+    )
+    if not done and (sub / "policy").is_dir():
+        keeper = BestPolicyKeeper(cfg, stage)
+        evaluated, row = keeper.evaluate(DiffusionPolicy.load(sub / "policy"), 0)
+        if keeper.best is evaluated:
+            evaluated["stage"] = "offline"
+            write_json_atomic(keeper.best_path, evaluated)
+        row["stage"] = "offline"
+        stage.log_metrics(int(result.get("updates", 0) or 0), row)
+        result["validation"] = {k: evaluated[k] for k in ("success_rate", "return_mean")}
+        write_json_atomic(sub / "result.json", result)
+    return result
+
+
+def run_online(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
+    """Online DPPO on the denoising chain (:mod:`robodistill.rl100_online`), from the offline
+    policy when that sub-stage ran, else from the imitation policy."""
+    from robodistill.rl100_online import run_online_rl
+
+    prior = "offline" if "offline" in cfg.teach.rl100.stages else "il"
+    start = stage.dir / prior / "policy"
+    if not start.is_dir():  # offline RL accepted no update: it wrote no policy of its own
+        start = stage.dir / "il" / "policy"
+    return _with_threads(cfg, lambda: run_online_rl(cfg, stage, start, stage.dir / "online"))
+
+
+SUBSTAGES: dict[str, Callable[[RunConfig, StageRun], dict[str, Any]]] = {
+    "il": run_il,
+    "offline": run_offline,
+    "online": run_online,
+}
 """Sub-stage name (``teach.rl100.stages`` entries) -> function(cfg, stage) -> metrics."""
 
 
