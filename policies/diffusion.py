@@ -75,7 +75,7 @@ class DiffusionPolicyConfig:
     obs_horizon: int = 2
     pred_horizon: int = 16
     action_horizon: int = 8
-    down_dims: tuple[int, ...] = (64, 128, 256)
+    down_dims: tuple[int, ...] = (32, 64, 128)
     kernel_size: int = 5
     n_groups: int = 8
     step_embed_dim: int = 64
@@ -508,6 +508,84 @@ class DiffusionPolicy(Policy):
             action = np.clip(action, np.float32(c.action_low), np.float32(c.action_high))
         return action
 
+    # -- export ------------------------------------------------------------------------------
+    def onnx_spec(self) -> dict[str, Any]:
+        """``denoise``-mode export (contract: :meth:`Policy.onnx_spec`): the graph is one
+        deterministic DDIM step of the EMA network (:class:`DenoiserStep`), raw history
+        (B, To, D) normalized inside, chunk (B, H, A) clipped to [-1, 1] and un-scaled (and
+        clipped to ``action_low/high`` as :meth:`act` does); the runtime runs the K steps
+        with this policy's own per-step constants (``schedule(K)``, eta 0) and executes
+        actions ``[To - 1, To - 1 + Ta)`` of each chunk, like :meth:`act`."""
+        from robodistill.deploy.export import DenoiserStep
+
+        c = self.config
+        sched = {k: v.cpu() for k, v in self.schedule().items()}
+        a, a_prev, sigma = sched["alpha"], sched["alpha_prev"], sched["sigma"]
+        coefs = torch.stack([a.sqrt(), (1 - a).sqrt(), a_prev.sqrt(),
+                             (1 - a_prev - sigma**2).clamp(min=0).sqrt(),
+                             torch.zeros_like(a), sigma], dim=1)  # fmt: skip
+        steps = [{"timestep": int(t), "coef": [float(v) for v in coef]}
+                 for t, coef in zip(sched["timesteps"].tolist(), coefs, strict=True)]  # fmt: skip
+        norm = self.normalizer
+        low = None if c.action_low is None else torch.tensor(c.action_low, dtype=torch.float32)
+        high = None if c.action_high is None else torch.tensor(c.action_high, dtype=torch.float32)
+        step = DenoiserStep(
+            copy.deepcopy(self.ema_net).cpu().eval(), prediction_type="epsilon",
+            clip_sample=1.0 if c.clip_sample else None,
+            obs_normalize=_Affine(norm.obs_offset, norm.obs_scale, flatten=True),
+            action_unnormalize=_Affine(norm.action_offset, norm.action_scale, clip=True),
+            action_low=low, action_high=high,
+        )  # fmt: skip
+        h, t_o, a_dim = c.pred_horizon, c.obs_horizon, c.action_dim
+        ensemble = c.temporal_ensemble is not None
+        return {
+            "module": step.eval(),
+            "inputs": [
+                {"name": "obs", "role": "observation", "example": torch.zeros(2, t_o, c.obs_dim)},
+                {"name": "sample", "role": "sample", "example": torch.zeros(2, h, a_dim)},
+                {
+                    "name": "timestep",
+                    "role": "timestep",
+                    "example": torch.zeros(2, dtype=torch.int64),
+                },
+                {"name": "step_coef", "role": "step_coef", "example": torch.zeros(6)},
+                {"name": "noise", "role": "noise", "example": torch.zeros(2, h, a_dim)},
+            ],
+            "outputs": [
+                {"name": "next_sample", "role": "sample"},
+                {"name": "chunk", "role": "chunk"},
+            ],
+            "metadata": {
+                "policy_kind": self.kind,
+                "policy": c.to_dict(),
+                "mode": "denoise",
+                "deterministic": False,
+                "observation": {"shape": [c.obs_dim], "layout": None},
+                "action": {"shape": [a_dim], "low": c.action_low, "high": c.action_high},
+                "horizons": {
+                    "observation": t_o,
+                    "prediction": h,
+                    "execute": c.action_horizon,
+                    "start": t_o - 1,
+                },
+                "chunk_execution": "ensemble" if ensemble else "receding",
+                **({"ensemble_decay": float(c.temporal_ensemble)} if ensemble else {}),
+                "denoise": {
+                    "steps": steps,
+                    "scheduler": "DDIM",
+                    "eta": 0.0,
+                    "prediction_type": "epsilon",
+                    "init_std": 1.0,
+                },
+                "normalization": {
+                    "observation": f"{norm.mode}: (obs - offset) / scale per step of the "
+                    "history, flattened to (B, To * D) as the network's conditioning",
+                    "action": "clip(x0, -1, 1) * scale + offset"
+                    + (", clipped to [low, high]" if low is not None else ""),
+                },
+            },
+        }
+
     # -- checkpoints ---------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike) -> Path:
         """``config.json`` (policy + normalizer config) and ``model.safetensors`` holding
@@ -536,3 +614,21 @@ class DiffusionPolicy(Policy):
                     if k.startswith(prefix + ".")}  # fmt: skip
             load_state_dict_strict(module, part, f"{directory} ({prefix})")
         return policy
+
+
+class _Affine(torch.nn.Module):
+    """Export helper: ``(x - offset) / scale`` (flattened from dim 1 when ``flatten``), or
+    with ``clip`` the inverse ``clip(x, -1, 1) * scale + offset``; copies of the buffers."""
+
+    def __init__(self, offset: torch.Tensor, scale: torch.Tensor, flatten: bool = False,
+                 clip: bool = False):  # fmt: skip
+        super().__init__()
+        self.register_buffer("offset", offset.detach().float().cpu().clone())
+        self.register_buffer("scale", scale.detach().float().cpu().clone())
+        self.flatten, self.clip = flatten, clip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.clip:
+            return x.clamp(-1.0, 1.0) * self.scale + self.offset
+        x = (x - self.offset) / self.scale
+        return x.flatten(1) if self.flatten else x

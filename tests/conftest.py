@@ -45,4 +45,9 @@ def tiny_overrides(tmp_path):
         "eval.policy=random",
         "eval.episodes=3",
         "eval.video_episodes=0",
+        "export.exporter=torchscript",
+        "export.parity_random=8",
+        "export.parity_real_steps=8",
+        "export.latency_calls=10",
+        "control.episodes=1",
     ]

@@ -96,9 +96,9 @@ def test_pipeline_runs_built_stages_and_reports_the_rest(tiny_overrides, tmp_pat
     report = (tmp_path / "runs/default/report.md").read_text()
     assert "| collect | done |" in report and "| eval | done |" in report
     assert "| teach | done |" in report and (tmp_path / "runs/default/teach/policy").is_dir()
-    # The diffusion teacher has no ONNX graph yet, so export says so and control has no model.
-    assert "| export | not built |" in report and "cannot be exported to ONNX yet" in report
-    assert "| control | skipped |" in report
+    # The diffusion teacher exports (denoiser step + DDIM coefficients) and drives the controller.
+    assert "| export | done |" in report and "| control | done |" in report
+    assert (tmp_path / "runs/default/export/policy.onnx").is_file()
     assert "| distill | not built |" in report and "issue #6" in report
     assert (
         json.loads((tmp_path / "runs/default/config.json").read_text())["env"]["id"]
