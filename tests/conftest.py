@@ -50,4 +50,5 @@ def tiny_overrides(tmp_path):
         "export.parity_real_steps=8",
         "export.latency_calls=10",
         "control.episodes=1",
+        "control.max_ticks=20",
     ]

@@ -166,7 +166,9 @@ def test_expert_for_an_env_without_one(tiny_overrides, capsys):
 
 def test_default_pipeline_collects_pusht_expert_demos_with_a_video(tmp_path, tiny_rl100, capsys):
     budget = ["collect.episodes=2", "eval.episodes=1", "eval.video_episodes=1", "env.num_envs=2",
-              *tiny_rl100, "teach.eval_episodes=1"]  # fmt: skip
+              *tiny_rl100, "teach.eval_episodes=1", "export.parity_random=8",
+              "export.parity_real_steps=8", "export.latency_calls=10", "control.episodes=1",
+              "control.max_ticks=20"]  # fmt: skip
     assert main(["pipeline", "--runs-dir", str(tmp_path), *_sets(budget)]) == 0
     run = tmp_path / "default"
     collect = json.loads((run / "collect/manifest.json").read_text())["metrics"]
@@ -179,6 +181,7 @@ def test_default_pipeline_collects_pusht_expert_demos_with_a_video(tmp_path, tin
         assert store.load()["action"].shape[1] == 2
     report = (run / "report.md").read_text()
     assert "| collect | done |" in report and "[seed-900000](eval/videos/seed-900000.mp4)" in report
+    assert "| export | done |" in report and "| control | done |" in report
     assert (run / "returns.png").stat().st_size > 1000
 
 
