@@ -64,9 +64,9 @@ def test_unet_shapes_and_default_size():
         net(torch.randn(2, 10, ACT), 0, torch.randn(2, 10))
     with pytest.raises(ValueError, match="global_cond must be"):
         net(x, 0, torch.randn(5, 9))
-    # The default network is sized for a 2-core CPU: 2-5 M parameters for PushT's dims.
+    # The default network is sized for a 2-core CPU (~1.1 M parameters for PushT's dims).
     default = ConditionalUnet1D(UnetConfig(action_dim=2, global_cond_dim=2 * 5))
-    assert 2_000_000 <= count_parameters(default) <= 5_000_000
+    assert 500_000 <= count_parameters(default) <= 5_000_000
 
 
 def test_policy_shapes():
