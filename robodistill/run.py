@@ -52,6 +52,10 @@ SPEED_ONLY_KEYS: tuple[tuple[str, str], ...] = (("collect", "workers"), ("eval",
 """Settings that change how fast a stage runs, not what it produces: an interrupted stage
 resumes with another value (every seed's episode is the same whatever the worker count)."""
 
+RL100_ONLY_TEACH_KEYS = ("diffusion", "rl100", "offline", "online")
+"""``teach`` sections only the RL-100 teacher reads: an RL teacher's stage ignores them, so
+changing them (or a version adding them) never invalidates a finished PPO/SAC run."""
+
 
 class StageConfigMismatch(RuntimeError):
     """A stage directory exists for a different configuration."""
@@ -168,6 +172,10 @@ class StageRun:
         sections = self.cfg.section_dump(STAGE_SECTIONS[self.stage])
         for section, key in SPEED_ONLY_KEYS:
             sections.get(section, {}).pop(key, None)
+        teach = sections.get("teach")
+        if teach and teach.get("algo") != "rl100":
+            for key in RL100_ONLY_TEACH_KEYS:
+                teach.pop(key, None)
         if self.inputs:
             sections["inputs"] = self.inputs
         previous = read_manifest(self.dir)

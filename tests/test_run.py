@@ -64,3 +64,18 @@ def test_other_config_is_refused_unless_overwrite(tmp_path):
         stage.finish({})
     (aside,) = tmp_path.glob("default/collect.old-*")
     assert (aside / "artifact").read_text() == "keep me"
+
+
+def test_rl_teachers_ignore_the_diffusion_teachers_settings(tmp_path):
+    ppo = ("teach.algo=ppo",)
+    with StageRun(_cfg(tmp_path, *ppo), "teach") as stage:
+        stage.finish({})
+    with StageRun(_cfg(tmp_path, *ppo, "teach.rl100.il_steps=7"), "teach") as stage:
+        assert stage.skipped
+    with pytest.raises(StageConfigMismatch, match="teach.learning_rate"):
+        StageRun(_cfg(tmp_path, *ppo, "teach.learning_rate=0.1"), "teach").__enter__()
+    # The diffusion teacher does read them.
+    with StageRun(_cfg(tmp_path, "name=rl100"), "teach") as stage:
+        stage.finish({})
+    with pytest.raises(StageConfigMismatch, match="teach.rl100.il_steps"):
+        StageRun(_cfg(tmp_path, "name=rl100", "teach.rl100.il_steps=7"), "teach").__enter__()
