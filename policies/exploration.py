@@ -300,6 +300,27 @@ class RDDBonus(RNDBonus):
         return {**super().config(), "sigma": self.sigma}
 
 
+GAMMA_INT = 0.99
+"""Discount of the non-episodic intrinsic return used only to normalise the bonus (RND's)."""
+
+
+def bonus_from_config(cfg: Any, obs_dim: int, seed: int) -> RNDBonus:
+    """The bonus module ``cfg`` (an ``ExplorationConfig``) describes, its weights seeded by
+    ``seed`` without touching torch's global RNG (both teacher backends build it this way)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return make_bonus(
+            cfg.method,
+            int(obs_dim),
+            embedding_dim=cfg.embedding_dim,
+            hidden=cfg.hidden,
+            learning_rate=cfg.learning_rate,
+            update_proportion=cfg.update_proportion,
+            obs_clip=cfg.obs_clip,
+            sigma=cfg.rdd_sigma,
+        )
+
+
 def make_bonus(method: str, obs_dim: int, **kwargs: Any) -> RNDBonus:
     """``"rnd"`` -> :class:`RNDBonus`, ``"rdd"`` -> :class:`RDDBonus` (``sigma=`` allowed)."""
     if method == "rnd":

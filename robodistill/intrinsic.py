@@ -54,10 +54,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
 from robodistill.config import ExplorationConfig
-from robodistill.policies.exploration import RNDBonus, RunningMeanStd, make_bonus
-
-GAMMA_INT = 0.99
-"""Discount of the non-episodic intrinsic return used only for reward normalisation."""
+from robodistill.policies.exploration import GAMMA_INT, RNDBonus, RunningMeanStd, bonus_from_config
 
 
 class IntrinsicRewardVecEnv(VecEnvWrapper):
@@ -275,18 +272,7 @@ def wrap_exploration(
     if not 0.0 < gamma <= 1.0:
         raise ValueError(f"gamma must be in (0, 1], got {gamma}")
     obs_dim = int(np.prod(venv.observation_space.shape))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        bonus = make_bonus(
-            cfg.method,
-            obs_dim,
-            embedding_dim=cfg.embedding_dim,
-            hidden=cfg.hidden,
-            learning_rate=cfg.learning_rate,
-            update_proportion=cfg.update_proportion,
-            obs_clip=cfg.obs_clip,
-            sigma=cfg.rdd_sigma,
-        )
+    bonus = bonus_from_config(cfg, obs_dim, seed)
     wrapped = IntrinsicRewardVecEnv(
         venv,
         bonus,

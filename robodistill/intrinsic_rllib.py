@@ -85,12 +85,7 @@ from ray.rllib.core import DEFAULT_MODULE_ID
 from safetensors.torch import load_file, save_file
 
 from robodistill.config import ExplorationConfig
-from robodistill.policies.exploration import RNDBonus, RunningMeanStd, make_bonus
-
-GAMMA_INT = 0.99
-"""Discount of the intrinsic return used only for reward normalisation (RND's 0.99, the
-same as ``robodistill.intrinsic.GAMMA_INT``; not imported from there because that module
-pulls stable-baselines3 into every learner process)."""
+from robodistill.policies.exploration import GAMMA_INT, RNDBonus, RunningMeanStd, bonus_from_config
 
 LEARNER_CONFIG_KEY = "robodistill_exploration"
 """Key of the exploration settings in ``config.learner_config_dict``."""
@@ -133,18 +128,7 @@ class IntrinsicRewardConnector(ConnectorV2):
         self.intrinsic_coef = float(cfg.intrinsic_coef)
         self.extrinsic_coef = float(cfg.extrinsic_coef)
         self.gamma_int = float(gamma_int)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self.bonus: RNDBonus = make_bonus(
-                cfg.method,
-                int(obs_dim),
-                embedding_dim=cfg.embedding_dim,
-                hidden=cfg.hidden,
-                learning_rate=cfg.learning_rate,
-                update_proportion=cfg.update_proportion,
-                obs_clip=cfg.obs_clip,
-                sigma=cfg.rdd_sigma,
-            )
+        self.bonus: RNDBonus = bonus_from_config(cfg, obs_dim, seed)
         self.return_rms = RunningMeanStd(())
         self._carry: dict[str, float] = {}  # episode id -> R at the end of its last chunk
         self.last_stats: dict[str, float] = {}
