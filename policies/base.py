@@ -23,7 +23,11 @@ import numpy as np
 
 POLICY_KINDS: dict[str, type[Policy]] = {}
 
-LAZY_KINDS: dict[str, str] = {"diffusion": "robodistill.policies.diffusion"}
+LAZY_KINDS: dict[str, str] = {
+    "diffusion": "robodistill.policies.diffusion",
+    "consistency": "robodistill.policies.consistency",
+    "streaming": "robodistill.policies.streaming",
+}
 """Kinds whose module is imported only when a checkpoint of that kind is loaded (diffusers
 alone takes seconds to import, which every ``robodistill`` command would otherwise pay)."""
 

@@ -1,18 +1,8 @@
 """Diffusion policy (Chi et al.): DDPM training, DDIM sampling, receding-horizon execution.
 
-Horizons, with defaults To = 2 observations, H = 16 predicted actions, Ta = 8 executed::
-
-    step:        t-1   t    t+1  ...  t+7  t+8  ...           t+14
-    obs:        |<- To ->|                                           history (B, To, D)
-    predicted:  |<----------------------- H --------------------->|  chunk   (B, H, A)
-    executed:         |<-------- Ta -------->|                        queue   (B, Ta, A)
-
-The chunk starts at the oldest observed step (as in training windows, see
-:mod:`robodistill.sampler`), so the action for the current step ``t`` is index
-``To - 1``; ``act`` executes Ta actions from there, then plans again (receding horizon).
-With ``temporal_ensemble=k`` it plans at every step instead and averages the overlapping
-plans for each step with weights ``exp(k * j)`` (``j``: how far into its chunk the step
-lies; ``k > 0`` favours older plans, as in ACT).
+Observation history To, predicted chunk H and executed actions Ta (defaults 2 / 16 / 8),
+receding-horizon execution and temporal ensembling are :mod:`robodistill.policies.chunking`'s
+(diagram there); this module supplies the chunks.
 
 Denoising: the network predicts the noise (epsilon); training noises normalized action
 chunks with diffusers' ``DDPMScheduler`` (100 steps, ``squaredcos_cap_v2``); sampling runs
@@ -49,13 +39,14 @@ import numpy as np
 import torch
 from diffusers.training_utils import EMAModel
 
-from robodistill.policies.base import Policy, register_policy
+from robodistill.policies.base import register_policy
 from robodistill.policies.checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_state_dict_strict,
     save_checkpoint,
 )
+from robodistill.policies.chunking import Affine, ChunkedPolicy
 from robodistill.policies.diffusion_nets import (
     ConditionalUnet1D,
     DenoisingSchedule,
@@ -164,7 +155,7 @@ class DiffusionChain:
 
 
 @register_policy
-class DiffusionPolicy(Policy):
+class DiffusionPolicy(ChunkedPolicy):
     """Observation history -> action chunk by DDIM denoising; see the module docstring.
 
     Args:
@@ -429,84 +420,10 @@ class DiffusionPolicy(Policy):
         )  # fmt: skip
         return gaussian_log_prob(target, mean, per_row(sched["std"])).reshape(b, n)
 
-    # -- acting --------------------------------------------------------------------------------
-    def reset(self, env_ids: np.ndarray | list[int] | None = None) -> None:
-        """Forget history, queued actions and ensemble sums for ``env_ids`` (all: ``None``,
-        which also reseeds the sampling generator so evaluations are repeatable)."""
-        if env_ids is None or self._state is None:
-            self._state = None
-            if env_ids is None:
-                self._generator.manual_seed(self.config.seed)
-            return
-        ids = torch.as_tensor(np.asarray(env_ids, dtype=np.int64).reshape(-1))
-        s = self._state
-        s["hist_len"][ids] = 0
-        s["queue_pos"][ids] = self.config.action_horizon
-        s["ens_sum"][ids] = 0.0
-        s["ens_w"][ids] = 0.0
-
-    def _init_state(self, batch: int) -> dict[str, torch.Tensor]:
-        c = self.config
-        return {
-            "hist": torch.zeros(batch, c.obs_horizon, c.obs_dim),
-            "hist_len": torch.zeros(batch, dtype=torch.long),
-            "queue": torch.zeros(batch, c.action_horizon, c.action_dim),
-            "queue_pos": torch.full((batch,), c.action_horizon, dtype=torch.long),
-            "ens_sum": torch.zeros(batch, c.action_horizon, c.action_dim),
-            "ens_w": torch.zeros(batch, c.action_horizon),
-        }
-
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        """``obs`` (B, D) -> (B, A) float32 for the current step of each row's episode.
-
-        Keeps per-row state: the last To observations (a new episode's history is its
-        first observation repeated, as in padded training windows) and the queue of
-        planned actions. A row plans when its queue is empty; only those rows go through
-        the network (EMA weights).
-        """
-        c = self.config
-        o = self._as_tensor(obs, "obs").cpu()
-        if o.ndim != 2 or o.shape[1] != c.obs_dim:
-            raise ValueError(
-                f"act: obs must have shape (B, {c.obs_dim}), got {tuple(o.shape)}; the policy "
-                f"was trained on {c.obs_dim}-dimensional observations (check env.id / obs_type)"
-            )
-        if self._state is None:
-            self._state = self._init_state(o.shape[0])
-        s = self._state
-        if s["hist"].shape[0] != o.shape[0]:
-            raise ValueError(
-                f"act: got {o.shape[0]} rows but the policy holds state for "
-                f"{s['hist'].shape[0]}; call reset() before changing the batch size"
-            )
-        fresh = s["hist_len"] == 0
-        s["hist"][~fresh] = torch.roll(s["hist"][~fresh], -1, dims=1)
-        s["hist"][~fresh, -1] = o[~fresh]
-        s["hist"][fresh] = o[fresh, None].expand(-1, c.obs_horizon, -1)
-        s["hist_len"] += 1
-        start, end = c.obs_horizon - 1, c.obs_horizon - 1 + c.action_horizon
-        if c.temporal_ensemble is not None:
-            chunk = self.predict_action_chunk(s["hist"]).cpu()[:, start:end]
-            weights = torch.exp(c.temporal_ensemble * torch.arange(c.action_horizon).float())
-            s["ens_sum"] += weights[None, :, None] * chunk
-            s["ens_w"] += weights[None]
-            action = s["ens_sum"][:, 0] / s["ens_w"][:, :1]
-            # Shift: tomorrow's slot 0 is today's slot 1; the new last slot starts empty.
-            s["ens_sum"] = torch.roll(s["ens_sum"], -1, dims=1)
-            s["ens_w"] = torch.roll(s["ens_w"], -1, dims=1)
-            s["ens_sum"][:, -1], s["ens_w"][:, -1] = 0.0, 0.0
-        else:
-            need = s["queue_pos"] >= c.action_horizon
-            if need.any():
-                chunk = self.predict_action_chunk(s["hist"][need]).cpu()
-                s["queue"][need] = chunk[:, start:end]
-                s["queue_pos"][need] = 0
-            action = s["queue"][torch.arange(o.shape[0]), s["queue_pos"]]
-            s["queue_pos"] += 1
-        action = action.numpy().astype(np.float32)
-        if c.action_low is not None:
-            action = np.clip(action, np.float32(c.action_low), np.float32(c.action_high))
-        return action
+    # -- acting (history, queue and ensembling: ChunkedPolicy.act) ---------------------------
+    def plan(self, obs_hist: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """(n, To, D) histories -> (n, H, A) chunks by deterministic DDIM with EMA weights."""
+        return self.predict_action_chunk(obs_hist)
 
     # -- export ------------------------------------------------------------------------------
     def onnx_spec(self) -> dict[str, Any]:
@@ -532,8 +449,8 @@ class DiffusionPolicy(Policy):
         step = DenoiserStep(
             copy.deepcopy(self.ema_net).cpu().eval(), prediction_type="epsilon",
             clip_sample=1.0 if c.clip_sample else None,
-            obs_normalize=_Affine(norm.obs_offset, norm.obs_scale, flatten=True),
-            action_unnormalize=_Affine(norm.action_offset, norm.action_scale, clip=True),
+            obs_normalize=Affine(norm.obs_offset, norm.obs_scale, flatten=True),
+            action_unnormalize=Affine(norm.action_offset, norm.action_scale, clip=True),
             action_low=low, action_high=high,
         )  # fmt: skip
         h, t_o, a_dim = c.pred_horizon, c.obs_horizon, c.action_dim
@@ -614,21 +531,3 @@ class DiffusionPolicy(Policy):
                     if k.startswith(prefix + ".")}  # fmt: skip
             load_state_dict_strict(module, part, f"{directory} ({prefix})")
         return policy
-
-
-class _Affine(torch.nn.Module):
-    """Export helper: ``(x - offset) / scale`` (flattened from dim 1 when ``flatten``), or
-    with ``clip`` the inverse ``clip(x, -1, 1) * scale + offset``; copies of the buffers."""
-
-    def __init__(self, offset: torch.Tensor, scale: torch.Tensor, flatten: bool = False,
-                 clip: bool = False):  # fmt: skip
-        super().__init__()
-        self.register_buffer("offset", offset.detach().float().cpu().clone())
-        self.register_buffer("scale", scale.detach().float().cpu().clone())
-        self.flatten, self.clip = flatten, clip
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.clip:
-            return x.clamp(-1.0, 1.0) * self.scale + self.offset
-        x = (x - self.offset) / self.scale
-        return x.flatten(1) if self.flatten else x

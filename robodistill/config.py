@@ -401,6 +401,97 @@ class DAggerConfig(Section):
     """Normalized observations are clipped to ±obs_clip inside the student."""
 
 
+class ConsistencyConfig(Section):
+    """Consistency distillation of the diffusion teacher into a one-step student (Consistency
+    Policy / RL-100's consistency head): ``f(x_t, t) = c_skip(t) x_t + c_out(t) F(x_t, t)``
+    trained to agree with an EMA target at the teacher's next ODE (DDIM) step."""
+
+    steps: int = Field(1000, ge=1, le=10**8)
+    """Gradient steps."""
+    batch_size: int = Field(64, ge=1, le=65_536)
+    """Demonstration windows per gradient step."""
+    learning_rate: float = Field(1e-4, gt=0.0, le=1.0)
+    """AdamW learning rate (the student starts from the teacher's EMA weights)."""
+    warmup_steps: int = Field(100, ge=0, le=10**7)
+    """Linear learning-rate warm-up, then cosine decay."""
+    init_from_teacher: bool = True
+    """Start the student's network from the teacher's EMA weights (same architecture)."""
+    ode_steps: int = Field(50, ge=2, le=10_000)
+    """N: the teacher's training timesteps are split into N intervals; each loss term
+    compares the student at t_{n+1} with the EMA target at the teacher's DDIM step t_n."""
+    target_ema: float = Field(0.95, ge=0.0, lt=1.0)
+    """mu: decay of the target network theta^- (consistency distillation's EMA)."""
+    ema_decay: float = Field(0.999, ge=0.0, le=1.0)
+    """Decay of the evaluation EMA of the student's weights (what ``act`` uses)."""
+    loss: Literal["mse", "pseudo_huber"] = "pseudo_huber"
+    """Distance between student and target outputs (pseudo-Huber: iCT's choice)."""
+    dsm_weight: float = Field(0.0, ge=0.0, le=100.0)
+    """Weight of the auxiliary denoising loss ``|f(x_t, t) - x_0|^2`` (0: off)."""
+    sigma_data: float = Field(0.5, gt=0.0, le=100.0)
+    """sigma_data of the c_skip / c_out boundary parametrization (normalized action units)."""
+    inference_steps: int = Field(1, ge=1, le=8)
+    """Network calls per chunk at inference: 1, or 2-3 chained (denoise, re-noise to an
+    intermediate timestep, denoise again)."""
+    eval_every: int = Field(500, ge=1, le=10**8)
+    """Validate on the validation seeds every N steps and at the end; the best is kept."""
+    eval_episodes: int = Field(10, ge=1, le=100_000)
+    """Validation episodes per evaluation."""
+    checkpoint_every: int = Field(250, ge=1, le=10**8)
+    """Save a resumable training checkpoint every N steps."""
+    log_every: int = Field(50, ge=1, le=10**8)
+    """Log mean losses every N steps."""
+    torch_threads: int = Field(1, ge=0, le=1024)
+    """CPU threads torch uses while training (0: torch's default)."""
+
+
+class StreamingConfig(Section):
+    """Streaming Diffusion Policy student: an action buffer whose noise level rises along
+    the horizon; every control step executes the clean first action, shifts, appends fresh
+    noise and denoises the whole buffer by one slot with per-element timesteps."""
+
+    buffer_horizon: int = Field(16, ge=4, le=512)
+    """Actions in the buffer, from the current step on (a multiple of 2 ** (levels - 1))."""
+    calls_per_step: int = Field(1, ge=1, le=8)
+    """Network calls per control step (each lowers every element's noise by a share of one
+    slot)."""
+    targets: Literal["demos", "teacher"] = "demos"
+    """Training chunks: the demonstrations' actions, or the teacher's DDIM chunks on the
+    demonstrations' observations (a pure distillation)."""
+    steps: int = Field(2000, ge=1, le=10**8)
+    """Gradient steps."""
+    batch_size: int = Field(64, ge=1, le=65_536)
+    """Windows per gradient step."""
+    learning_rate: float = Field(1e-3, gt=0.0, le=1.0)
+    """AdamW peak learning rate (warm-up, then cosine)."""
+    warmup_steps: int = Field(100, ge=0, le=10**7)
+    """Linear learning-rate warm-up steps."""
+    init_from_teacher: bool = True
+    """Copy every teacher weight whose name and shape match (all but the input layers)."""
+    ema_decay: float = Field(0.999, ge=0.0, le=1.0)
+    """Upper bound of the evaluation EMA's decay."""
+    eval_every: int = Field(500, ge=1, le=10**8)
+    """Validate every N steps and at the end; the best is kept."""
+    eval_episodes: int = Field(10, ge=1, le=100_000)
+    """Validation episodes per evaluation."""
+    checkpoint_every: int = Field(250, ge=1, le=10**8)
+    """Save a resumable training checkpoint every N steps."""
+    log_every: int = Field(50, ge=1, le=10**8)
+    """Log mean losses every N steps."""
+    torch_threads: int = Field(1, ge=0, le=1024)
+    """CPU threads torch uses while training (0: torch's default)."""
+
+
+class RTIConfig(Section):
+    """RTI warm start (training-free): each new chunk starts from the previous plan shifted
+    by the executed actions, re-noised to an intermediate timestep, and denoised a few steps."""
+
+    steps: int = Field(3, ge=1, le=1000)
+    """DDIM steps per warm-started chunk (the teacher's last ``steps`` of its K-step chain)."""
+    discrete_dims: list[int] = Field(default_factory=list)
+    """Action dimensions that are discrete (e.g. a gripper): their shifted values are scaled
+    to the action range's extreme they are closest to before re-noising (RTI's rule)."""
+
+
 class DistillConfig(Section):
     """Student distillation (issue #6: fast students; the generalist arrives with issue #7)."""
 
@@ -414,6 +505,12 @@ class DistillConfig(Section):
     teacher)."""
     dagger: DAggerConfig = Field(default_factory=DAggerConfig)
     """The DAgger student."""
+    consistency: ConsistencyConfig = Field(default_factory=ConsistencyConfig)
+    """The consistency-distilled one-step student."""
+    streaming: StreamingConfig = Field(default_factory=StreamingConfig)
+    """The Streaming Diffusion Policy student."""
+    rti: RTIConfig = Field(default_factory=RTIConfig)
+    """RTI warm-start inference of the teacher (no training)."""
 
 
 class ExportConfig(Section):

@@ -95,7 +95,7 @@ def demos_inputs(cfg: RunConfig) -> dict[str, Any]:
                 "demos_digest": digest.hexdigest()[:16]}  # fmt: skip
 
 
-def _load_demos(cfg: RunConfig) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
+def load_demos(cfg: RunConfig) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
     """``(data, stats, attrs)``: obs (N, D) and action (N, A) in RAM, their statistics."""
     from robodistill.rollout import env_spaces
 
@@ -217,7 +217,7 @@ def run_il(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
 def _train_il(cfg: RunConfig, stage: StageRun, sub: Path, device: torch.device,
               t0: float) -> dict[str, Any]:  # fmt: skip
     rl = cfg.teach.rl100
-    data, stats, attrs = _load_demos(cfg)
+    data, stats, attrs = load_demos(cfg)
     d = cfg.teach.diffusion
     sampler = SequenceSampler(data, data["episode_ends"], obs_horizon=d.obs_horizon,
                               pred_horizon=d.pred_horizon)  # fmt: skip
