@@ -37,6 +37,11 @@ noise), ``state`` (a tensor the graph also returns, e.g. a streaming buffer), ``
 ``[sqrt(a_t), sqrt(1-a_t), c_x0, c_eps, c_xt, sigma]`` with ``a_t`` the cumulative alpha,
 ``next = c_x0 * x0 + c_eps * eps + c_xt * x_t + sigma * noise`` (DDIM and DDPM both have this
 form). Observation normalization and action un-scaling always happen inside the graph.
+An optional ``denoise.warm_start`` ``{"steps": r, "shift": s, "discrete_dims": [...]}`` is
+RTI: a row's next chunk starts from its previous final sample shifted by ``s`` actions (the
+last one repeated), its ``discrete_dims`` pushed to ±1, re-noised to the timestep of step
+``K - r`` (``x = sqrt(a) * warm + sqrt(1 - a) * noise``), and runs only the last ``r``
+steps; a row's first chunk after a reset runs all of them.
 
 This module imports nothing but the standard library and numpy.
 """
@@ -194,6 +199,14 @@ def _check_io(doc: dict) -> None:
                     f"metadata.denoise.steps[{i}].coef must be {STEP_COEF_SIZE} finite numbers"
                 )
         denoise.setdefault("init_std", 1.0)
+        warm = denoise.get("warm_start")
+        if warm is not None:
+            r = _require(warm, "steps", "denoise.warm_start.")
+            if not (isinstance(r, int) and 1 <= r <= len(steps)):
+                raise MetadataError(f"metadata.denoise.warm_start.steps must be an integer in "
+                                    f"[1, {len(steps)}], got {r!r}")  # fmt: skip
+            _require(warm, "shift", "denoise.warm_start.")
+            warm.setdefault("discrete_dims", [])
 
 
 def dumps(doc: dict[str, Any]) -> str:

@@ -148,6 +148,7 @@ class OnnxPolicy:
             steps = meta["denoise"]["steps"]
             self._steps = [(int(s["timestep"]), np.asarray(s["coef"], np.float32)) for s in steps]
             self._init_std = float(meta["denoise"]["init_std"])
+            self._warm = meta["denoise"].get("warm_start")
         self.inferences = 0
         """Graph evaluations so far (a denoising loop counts once)."""
         self._batch = 0
@@ -186,6 +187,10 @@ class OnnxPolicy:
         self._ens = np.zeros((batch, te, te, self.action_dim), np.float32)
         self._ens_n = np.zeros(batch, np.int64)
         self._states = {s["input"]: self._state_init(s, batch) for s in self._state}
+        if self.mode == "denoise":  # RTI warm start: each row's last final sample
+            shape = (batch, *self._inputs["sample"][0]["shape"][1:])
+            self._plans = np.zeros(shape, np.float32)
+            self._planned = np.zeros(batch, bool)
 
     def _state_init(self, spec: dict[str, Any], rows: int) -> np.ndarray:
         shape = (rows, *self._entry(spec["input"])["shape"][1:])
@@ -207,6 +212,8 @@ class OnnxPolicy:
         self._fresh[rows] = True
         self._qpos[rows] = self.execute
         self._ens_n[rows] = 0
+        if self.mode == "denoise":
+            self._planned[rows] = False
         for s in self._state:
             self._states[s["input"]][rows] = self._state_init(s, len(rows))
 
@@ -298,7 +305,7 @@ class OnnxPolicy:
             feed[s["input"]] = self._states[s["input"]][rows]
         self.inferences += 1
         if self.mode == "denoise":
-            return self._denoise(feed, b)
+            return self._denoise(feed, rows, keep_state)
         for e in self._inputs.get("noise", []):
             draw = self.rng.standard_normal((b, *e["shape"][1:])) * self.metadata["noise_std"]
             feed[e["name"]] = draw.astype(self._dtypes[e["name"]])
@@ -308,27 +315,69 @@ class OnnxPolicy:
                 self._states[s["input"]][rows] = value
         return outs[0]
 
-    def _denoise(self, feed: dict[str, np.ndarray], b: int) -> np.ndarray:
+    def _denoise(
+        self, feed: dict[str, np.ndarray], rows: np.ndarray, keep_state: bool
+    ) -> np.ndarray:
         (sample,) = self._inputs["sample"]
+        shape = (len(rows), *sample["shape"][1:])
+        x = (self.rng.standard_normal(shape) * self._init_std).astype(np.float32)
+        warm = self._planned[rows] if (self._warm and keep_state) else np.zeros(len(rows), bool)
+        if not warm.any():
+            final, out = self._run_steps(feed, x, 0)
+        else:
+            first = len(self._steps) - int(self._warm["steps"])
+            final = np.empty_like(x)
+            out = None
+            for group, start in ((~warm, 0), (warm, first)):
+                if not group.any():
+                    continue
+                sub = {k: v[group] if v.ndim and v.shape[0] == len(rows) else v
+                       for k, v in feed.items()}  # fmt: skip
+                xg = x[group]
+                if start:
+                    a = float(self._steps[first][1][0]) ** 2  # coef[0] = sqrt(a_t)
+                    prev = _shift_plan(self._plans[rows[group]], int(self._warm["shift"]))
+                    dims = list(self._warm.get("discrete_dims") or [])
+                    if dims:
+                        prev[..., dims] = np.where(prev[..., dims] >= 0, 1.0, -1.0)
+                    xg = (np.sqrt(a) * prev + np.sqrt(1 - a) * xg).astype(np.float32)
+                fg, og = self._run_steps(sub, xg, start)
+                final[group] = fg
+                out = np.empty((len(rows), *og.shape[1:]), og.dtype) if out is None else out
+                out[group] = og
+        if self._warm and keep_state:
+            self._plans[rows] = final
+            self._planned[rows] = True
+        return out
+
+    def _run_steps(self, feed: dict[str, np.ndarray], x: np.ndarray, first: int):
+        """Denoising steps ``first..K-1`` from ``x``; returns (final sample, chunk)."""
         (t_in,) = self._inputs["timestep"]
         (coef_in,) = self._inputs["step_coef"]
         noise_in = self._inputs.get("noise", [])
-        shape = (b, *sample["shape"][1:])
-        x = (self.rng.standard_normal(shape) * self._init_std).astype(np.float32)
-        zeros = np.zeros(shape, np.float32)
+        b = x.shape[0]
+        zeros = np.zeros(x.shape, np.float32)
         names = [self._sample_out["name"], self._action_out["name"]]
         out = None
-        for timestep, coef in self._steps:
-            feed[sample["name"]] = x
+        for timestep, coef in self._steps[first:]:
+            feed[self._inputs["sample"][0]["name"]] = x
             feed[t_in["name"]] = np.full((b, *t_in["shape"][1:]), timestep,
                                          dtype=self._dtypes[t_in["name"]])  # fmt: skip
             feed[coef_in["name"]] = coef
             for e in noise_in:
                 sigma = coef[-1]
-                feed[e["name"]] = (self.rng.standard_normal(shape).astype(np.float32)
+                feed[e["name"]] = (self.rng.standard_normal(x.shape).astype(np.float32)
                                    if sigma != 0 else zeros)  # fmt: skip
             x, out = self.session.run(names, feed)
-        return out
+        return x, out
+
+
+def _shift_plan(plan: np.ndarray, shift: int) -> np.ndarray:
+    """(n, H, A): drop the first ``shift`` actions, repeat the last (RTI's warm start)."""
+    shift = min(max(int(shift), 0), plan.shape[1] - 1)
+    if shift == 0:
+        return plan.copy()
+    return np.concatenate([plan[:, shift:], np.repeat(plan[:, -1:], shift, axis=1)], axis=1)
 
 
 def time_act(policy: OnnxPolicy, obs: np.ndarray, calls: int = 1000, warmup: int = 50) -> dict:

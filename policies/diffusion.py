@@ -79,6 +79,9 @@ class DiffusionPolicyConfig:
     min_std: float = 0.0067
     temporal_ensemble: float | None = None
     mask_padded_actions: bool = False
+    inference_eta: float = 0.0
+    rti_steps: int = 0
+    rti_discrete_dims: list[int] | None = None
     action_low: list[float] | None = None
     action_high: list[float] | None = None
     seed: int = 0
@@ -113,6 +116,18 @@ class DiffusionPolicyConfig:
         if self.min_std < 0 or self.chain_eta < 0:
             problems.append(f"min_std and chain_eta must be >= 0, got {self.min_std}, "
                             f"{self.chain_eta}")  # fmt: skip
+        if self.inference_eta < 0:
+            problems.append(f"inference_eta must be >= 0, got {self.inference_eta}")
+        if not 0 <= self.rti_steps <= self.num_inference_steps:
+            problems.append(
+                f"rti_steps must be in [0, num_inference_steps={self.num_inference_steps}] (0: "
+                f"no warm start), got {self.rti_steps}"
+            )
+        bad_dims = [d for d in self.rti_discrete_dims or [] if not 0 <= d < self.action_dim]
+        if bad_dims:
+            problems.append(
+                f"rti_discrete_dims {bad_dims} are not action dims [0, {self.action_dim})"
+            )
         if (self.action_low is None) != (self.action_high is None):
             problems.append("give both action_low and action_high, or neither")
         elif self.action_low is not None and not (
@@ -183,6 +198,7 @@ class DiffusionPolicy(ChunkedPolicy):
         self.device = torch.device("cpu")
         self._generator = torch.Generator().manual_seed(c.seed)
         self._state: dict[str, torch.Tensor] | None = None
+        self._rti: dict[str, torch.Tensor] | None = None  # RTI: previous plan per row
 
     # -- bookkeeping ---------------------------------------------------------------------------
     @property
@@ -422,8 +438,60 @@ class DiffusionPolicy(ChunkedPolicy):
 
     # -- acting (history, queue and ensembling: ChunkedPolicy.act) ---------------------------
     def plan(self, obs_hist: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """(n, To, D) histories -> (n, H, A) chunks by deterministic DDIM with EMA weights."""
-        return self.predict_action_chunk(obs_hist)
+        """(n, To, D) histories of batch rows ``rows`` -> (n, H, A) chunks with EMA weights:
+        deterministic DDIM (``inference_eta`` 0), stochastic DDIM/DDPM (``inference_eta`` >
+        0; 1 with K = T steps is DDPM's ancestral sampler), and with ``rti_steps`` > 0 the
+        RTI warm start (:mod:`robodistill.policies.rti`) for rows that planned before."""
+        c = self.config
+        if not c.rti_steps and not c.inference_eta:
+            return self.predict_action_chunk(obs_hist)
+        with torch.no_grad():
+            cond = self.condition(obs_hist)
+            n = cond.shape[0]
+            sched = self.schedule(eta=c.inference_eta)
+            x = self._initial_noise(n, None, None)
+            out = torch.empty_like(x)
+            warm = torch.zeros(n, dtype=torch.bool)
+            if c.rti_steps:
+                batch = self._state["hist"].shape[0] if self._state is not None else n
+                if self._rti is None or self._rti["plan"].shape[0] != batch:
+                    self._rti = {"plan": torch.zeros(batch, *x.shape[1:]),
+                                 "valid": torch.zeros(batch, dtype=torch.bool)}  # fmt: skip
+                warm = self._rti["valid"][rows]
+            if (~warm).any():
+                out[~warm] = self._denoise(x[~warm], cond[~warm], sched, 0)
+            if warm.any():
+                from robodistill.policies.rti import warm_start
+
+                first = len(sched["timesteps"]) - c.rti_steps
+                shift = 1 if c.temporal_ensemble is not None else c.action_horizon
+                x_tau = warm_start(self._rti["plan"][rows[warm]].to(self.device), shift,
+                                   sched["alpha"][first], x[warm], c.rti_discrete_dims or ())  # fmt: skip
+                out[warm] = self._denoise(x_tau, cond[warm], sched, first)
+            if c.rti_steps:
+                self._rti["plan"][rows] = out.cpu()
+                self._rti["valid"][rows] = True
+        return self._unnormalize_actions(out)
+
+    def _denoise(self, x: torch.Tensor, cond: torch.Tensor, sched: dict[str, torch.Tensor],
+                 first: int) -> torch.Tensor:  # fmt: skip
+        """Run steps ``first..K-1`` of ``sched`` from ``x`` (n, H, A) with the EMA network,
+        adding ``std * z`` where the step is stochastic; returns normalized x_0 (n, H, A)."""
+        for k in range(first, len(sched["timesteps"])):
+            t = int(sched["timesteps"][k])
+            x = self._step_mean(self.ema_net, x, t, cond, sched["alpha"][k],
+                                sched["alpha_prev"][k], sched["sigma"][k])  # fmt: skip
+            if float(sched["std"][k]) > 0:
+                z = torch.randn(x.shape, generator=self._generator).to(self.device)
+                x = x + sched["std"][k] * z
+        return x
+
+    def reset_rows(self, rows: torch.Tensor | None) -> None:
+        """RTI: a row's next plan after a reset has no previous plan to warm-start from."""
+        if rows is None or self._rti is None:
+            self._rti = None
+        else:
+            self._rti["valid"][rows] = False
 
     # -- export ------------------------------------------------------------------------------
     def onnx_spec(self) -> dict[str, Any]:
@@ -436,7 +504,7 @@ class DiffusionPolicy(ChunkedPolicy):
         from robodistill.deploy.export import DenoiserStep
 
         c = self.config
-        sched = {k: v.cpu() for k, v in self.schedule().items()}
+        sched = {k: v.cpu() for k, v in self.schedule(eta=c.inference_eta).items()}
         a, a_prev, sigma = sched["alpha"], sched["alpha_prev"], sched["sigma"]
         coefs = torch.stack([a.sqrt(), (1 - a).sqrt(), a_prev.sqrt(),
                              (1 - a_prev - sigma**2).clamp(min=0).sqrt(),
@@ -490,9 +558,14 @@ class DiffusionPolicy(ChunkedPolicy):
                 "denoise": {
                     "steps": steps,
                     "scheduler": "DDIM",
-                    "eta": 0.0,
+                    "eta": float(c.inference_eta),
                     "prediction_type": "epsilon",
                     "init_std": 1.0,
+                    **({"warm_start": {
+                        "steps": c.rti_steps,
+                        "shift": 1 if ensemble else c.action_horizon,
+                        "discrete_dims": list(c.rti_discrete_dims or []),
+                    }} if c.rti_steps else {}),  # fmt: skip
                 },
                 "normalization": {
                     "observation": f"{norm.mode}: (obs - offset) / scale per step of the "

@@ -59,8 +59,10 @@ class CollectConfig(Section):
 
 
 class EvalConfig(Section):
-    policy: str = "expert"
-    """``random``, ``expert`` (the env's privileged expert) or a saved policy directory."""
+    policy: str = "auto"
+    """``random``, ``expert`` (the env's privileged expert), a saved policy directory, or
+    ``auto``: the run's teacher and every student it distilled, side by side (the expert
+    when the run has no teacher)."""
     episodes: int = Field(20, ge=1, le=1_000_000)
     """Evaluation episodes, on fixed seeds disjoint from collection's."""
     video_episodes: int = Field(2, ge=0, le=100)
@@ -69,6 +71,9 @@ class EvalConfig(Section):
     """Extra ``gymnasium.make`` arguments for the rendered episodes only (e.g. a frame size)."""
     workers: int = Field(1, ge=1, le=1024)
     """Ray actors running evaluation episodes in parallel; 1 runs them in this process."""
+    latency_decisions: int = Field(50, ge=0, le=1_000_000)
+    """Decisions timed per saved policy (batch 1, one torch thread; median and p99 in the
+    table); 0: no latency measurement."""
 
 
 class ExplorationConfig(Section):
@@ -490,6 +495,8 @@ class RTIConfig(Section):
     discrete_dims: list[int] = Field(default_factory=list)
     """Action dimensions that are discrete (e.g. a gripper): their shifted values are scaled
     to the action range's extreme they are closest to before re-noising (RTI's rule)."""
+    eval_episodes: int = Field(10, ge=1, le=100_000)
+    """Validation episodes reported for the warm-started policy."""
 
 
 class DistillConfig(Section):
@@ -518,8 +525,8 @@ class ExportConfig(Section):
     inside the graph, a JSON metadata document in ``metadata_props``), checked for parity."""
 
     policy: str = "auto"
-    """Policy directory to export; ``auto``: ``<run>/distill/policy`` if it exists, else
-    ``<run>/teach/policy``."""
+    """Policy directory to export; ``auto``: the first student of ``distill.students`` that
+    this run distilled (``<run>/distill/<student>/policy``), else ``<run>/teach/policy``."""
     exporter: Literal["dynamo", "torchscript"] = "torchscript"
     """``torchscript``: the tracing exporter (the default: 0.3 s per export here against
     12–21 s for ``dynamo``, with the same parity); ``dynamo``: torch.export-based, for

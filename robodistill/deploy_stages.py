@@ -36,14 +36,17 @@ def _run_dir(cfg: RunConfig) -> Path:
 
 
 def export_policy_dir(cfg: RunConfig) -> Path:
-    """The policy directory ``export.policy`` names (``auto``: distill's, else teach's)."""
+    """The policy directory ``export.policy`` names (``auto``: the first student of
+    ``distill.students`` this run distilled, else the run's teacher)."""
     if cfg.export.policy != "auto":
         path = Path(cfg.export.policy)
         if not (path / "config.json").is_file():
             raise ConfigError(f"export.policy: {path} is not a saved policy directory (no "
                               "config.json); give a directory written by teach or distill")  # fmt: skip
         return path
-    candidates = [_run_dir(cfg) / "distill" / "policy", _run_dir(cfg) / "teach" / "policy"]
+    distilled = _run_dir(cfg) / "distill"
+    candidates = [distilled / s / "policy" for s in cfg.distill.students]
+    candidates.append(_run_dir(cfg) / "teach" / "policy")
     for path in candidates:
         if (path / "config.json").is_file():
             return path

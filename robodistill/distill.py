@@ -9,9 +9,9 @@ its best policy is ``<run>/distill/<student>/policy`` (what ``eval``, ``collect`
 ``export`` take). The teacher is ``distill.teacher`` or ``<run>/teach/policy``; its digest
 is part of the stage's inputs, so a retrained teacher is never skipped over.
 
-Students that are not built yet make the whole stage raise
-:class:`robodistill.stages.StageNotBuilt` before anything runs (the pipeline reports the
-stage as "not built"); drop them from ``distill.students`` to run the others.
+Students: ``consistency`` (:mod:`robodistill.distill_consistency`), ``streaming``
+(:mod:`robodistill.distill_streaming`) and ``rti`` (:mod:`robodistill.distill_rti`) from a
+diffusion teacher; ``dagger`` (:mod:`robodistill.distill_dagger`) from an RL teacher.
 """
 
 from __future__ import annotations
@@ -27,13 +27,6 @@ from robodistill.run import StageRun
 
 log = logging.getLogger(__name__)
 
-NOT_BUILT_STUDENTS = {
-    "consistency": "the consistency student (one-step distillation of the diffusion teacher)",
-    "streaming": "the streaming diffusion student",
-    "rti": "the RTI (warm-started real-time iteration) student",
-}
-"""Students of issue #6 that this version does not implement yet."""
-
 
 def _dagger(cfg: RunConfig, stage: StageRun, teacher: Path) -> dict[str, Any]:
     from robodistill.distill_dagger import run_distill_dagger
@@ -41,8 +34,29 @@ def _dagger(cfg: RunConfig, stage: StageRun, teacher: Path) -> dict[str, Any]:
     return run_distill_dagger(cfg, stage, teacher)
 
 
+def _consistency(cfg: RunConfig, stage: StageRun, teacher: Path) -> dict[str, Any]:
+    from robodistill.distill_consistency import run_distill_consistency
+
+    return run_distill_consistency(cfg, stage, teacher)
+
+
+def _streaming(cfg: RunConfig, stage: StageRun, teacher: Path) -> dict[str, Any]:
+    from robodistill.distill_streaming import run_distill_streaming
+
+    return run_distill_streaming(cfg, stage, teacher)
+
+
+def _rti(cfg: RunConfig, stage: StageRun, teacher: Path) -> dict[str, Any]:
+    from robodistill.distill_rti import run_distill_rti
+
+    return run_distill_rti(cfg, stage, teacher)
+
+
 STUDENTS: dict[str, Callable[[RunConfig, StageRun, Path], dict[str, Any]]] = {
     "dagger": _dagger,
+    "consistency": _consistency,
+    "streaming": _streaming,
+    "rti": _rti,
 }
 """Student name -> function(cfg, stage, teacher_dir) -> metrics, for the built students."""
 
@@ -57,21 +71,12 @@ def teacher_path(cfg: RunConfig) -> Path:
 def run_distill(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
     """Distill the teacher into every student of ``distill.students``; returns
     ``{student: metrics}``. Resumable: finished students return their stored metrics."""
-    from robodistill.stages import StageNotBuilt, policy_inputs
+    from robodistill.stages import policy_inputs
 
     students = list(cfg.distill.students)
     repeated = sorted({s for s in students if students.count(s) > 1})
     if repeated:
         raise ConfigError(f"distill.students lists {repeated} more than once; name each once")
-    missing = [s for s in students if s not in STUDENTS]
-    if missing:
-        what = "; ".join(NOT_BUILT_STUDENTS[s] for s in missing)
-        built = sorted(STUDENTS)
-        raise StageNotBuilt(
-            f"distill.students {missing} are not built yet: {what} arrive with issue #6. "
-            f"Nothing was run. Built students: {built} (e.g. --set 'distill.students=[dagger]' "
-            "with an RL teacher)"
-        )
     teacher = teacher_path(cfg)
     if not (teacher / "config.json").is_file():
         raise ConfigError(

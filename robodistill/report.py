@@ -48,10 +48,18 @@ def write_report(cfg: RunConfig, results: dict[str, Any]) -> Path:
     if not_built:
         lines += ["", "Not built in this version (nothing was run for them):", ""]
         lines += [f"- **{s}**: {results[s]['note']}" for s in not_built]
+    table = ((results.get("eval") or {}).get("metrics") or {}).get("policies")
+    if table:
+        lines += ["", "## Teacher vs students", "", *policy_table(table)]
+        if (run_dir / "eval" / "success_latency.png").is_file():
+            lines += ["", "![success rate against decision latency](eval/success_latency.png)"]
     plot = plot_returns(run_dir, [s for s, r in results.items() if r.get("metrics")])
     if plot is not None:
         lines += ["", f"![per-episode returns]({plot.name})"]
-    videos = sorted((run_dir / "eval" / "videos").glob("seed-*.*"))
+    curves = plot_learning_curves(run_dir)
+    if curves is not None:
+        lines += ["", f"![training losses]({curves.name})"]
+    videos = sorted((run_dir / "eval").glob("**/videos/seed-*.*"))
     if videos:
         lines += ["", "Evaluation videos: " + ", ".join(
             f"[{v.stem}]({v.relative_to(run_dir).as_posix()})" for v in videos)]  # fmt: skip
@@ -64,16 +72,80 @@ def write_report(cfg: RunConfig, results: dict[str, Any]) -> Path:
     return path
 
 
+def policy_table(table: dict[str, dict[str, Any]]) -> list[str]:
+    """Markdown rows of the eval stage's per-policy table (first row: the reference)."""
+    lines = [
+        "| policy | episodes | success rate | return (mean ± std) | length | decision ms "
+        "(median / p99) | speed-up | success vs teacher |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for label, row in table.items():
+        lat = row.get("latency") or {}
+        ms = f"{lat['median_ms']:.3g} / {lat['p99_ms']:.3g}" if lat else "—"
+        ret = (f"{row['return_mean']:.3g} ± {row['return_std']:.3g}"
+               if row.get("return_mean") is not None else "—")  # fmt: skip
+        speedup = f"{row['speedup']:.1f}×" if row.get("speedup") else "—"
+        ratio = f"{row['success_ratio']:.2f}" if row.get("success_ratio") is not None else "—"
+        lines.append(
+            f"| {label} | {_fmt(row.get('episodes'))} | {_percent(row.get('success_rate'))} | "
+            f"{ret} | {_fmt(row.get('length_mean'))} | {ms} | {speedup} | {ratio} |"
+        )
+    return lines
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash
+    return rows
+
+
+def plot_learning_curves(run_dir: Path) -> Path | None:
+    """Training loss against step for the teacher and each student (``teach`` and
+    ``distill`` ``metrics.jsonl`` rows with a ``loss``; one line per sub-stage/student)."""
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    for stage in ("teach", "distill"):
+        for r in _rows(run_dir / stage / "metrics.jsonl"):
+            if isinstance(r.get("loss"), (int, float)) and isinstance(r.get("step"), int):
+                label = f"{stage}: {r['stage']}" if r.get("stage") else stage
+                xs, ys = series.setdefault(label, ([], []))
+                xs.append(r["step"])
+                ys.append(float(r["loss"]))
+    if not series:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    for label, (xs, ys) in series.items():
+        ax.plot(xs, ys, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("gradient step")
+    ax.set_ylabel("training loss")
+    ax.legend()
+    fig.tight_layout()
+    path = run_dir / "learning_curves.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_returns(run_dir: Path, stages: list[str]) -> Path | None:
-    """Histogram of per-episode returns of each stage (from its ``metrics.jsonl``)."""
-    series = {}
+    """Histogram of per-episode returns of each stage (from its ``metrics.jsonl``); the eval
+    stage's rows are split by the policy they belong to."""
+    series: dict[str, list[float]] = {}
     for stage in stages:
-        path = run_dir / stage / "metrics.jsonl"
-        if path.is_file():
-            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            returns = [r["return"] for r in rows if isinstance(r.get("return"), (int, float))]
-            if returns:
-                series[stage] = returns
+        for r in _rows(run_dir / stage / "metrics.jsonl"):
+            if isinstance(r.get("return"), (int, float)):
+                label = f"{stage}: {r['policy']}" if r.get("policy") else stage
+                series.setdefault(label, []).append(float(r["return"]))
     if not series:
         return None
     import matplotlib

@@ -14,7 +14,6 @@ from typing import Any
 
 from robodistill.config import RunConfig
 from robodistill.run import StageRun, directory_digest, progress
-from robodistill.video import write_video
 
 log = logging.getLogger(__name__)
 
@@ -117,59 +116,11 @@ def run_collect(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
 
 
 def run_eval(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
-    """Evaluate ``eval.policy`` on ``eval.episodes`` fixed seeds; per-episode results go to
-    ``<run>/eval/episodes.jsonl`` (resume skips the seeds already there). With
-    ``eval.workers > 1`` the unfilmed episodes run in Ray actors; filmed ones run here."""
-    from robodistill.rollout import env_spaces
+    """Evaluate ``eval.policy`` (``auto``: the teacher and its students side by side) on
+    ``eval.episodes`` fixed seeds (see :mod:`robodistill.evaluate`)."""
+    from robodistill.evaluate import run_eval as evaluate
 
-    inputs = policy_inputs(cfg.eval.policy)
-    with StageRun(cfg, "eval", overwrite=overwrite, inputs=inputs) as stage:
-        if stage.skipped:
-            return stage.manifest["metrics"]
-        _, action_space, env_doc = env_spaces(cfg.env.id, cfg.env.kwargs)
-        results_path = stage.dir / "episodes.jsonl"
-        done = _read_jsonl(results_path)
-        done_seeds = {r["seed"] for r in done}
-        seeds = episode_seeds(cfg, cfg.eval.episodes, EVAL_SEED_OFFSET)
-        todo = [s for s in seeds if s not in done_seeds]
-        film = set(seeds[: cfg.eval.video_episodes])
-        policy = resolve_policy(cfg.eval.policy, cfg.env.id, action_space, cfg.seed + 1)
-        bar = progress(cfg.eval.episodes, f"eval {cfg.env.id}", initial=len(done))
-        video_dir = stage.dir / "videos"
-
-        def save_video(seed, frames):
-            path = write_video(video_dir / f"seed-{seed}.mp4", frames, env_doc["control_rate_hz"])
-            log.info("eval: video %s", path)
-
-        with open(results_path, "a") as out:
-
-            def record(episode):
-                row = {"seed": episode.seed, "return": float(episode.data["reward"].sum()),
-                       "length": len(episode.data["reward"]), "success": episode.success}  # fmt: skip
-                out.write(json.dumps(row) + "\n")
-                out.flush()
-                done.append(row)
-                stage.log_metrics(len(done), {k: v for k, v in row.items() if k != "seed"})
-                bar.update(1)
-
-            # Episodes to film run first, in their own rendering envs; the rest run unrendered.
-            video_kwargs = {**cfg.env.kwargs, **cfg.eval.video_env_kwargs}
-            batches = [([s for s in todo if s in film], save_video, video_kwargs),
-                       ([s for s in todo if s not in film], None, cfg.env.kwargs)]  # fmt: skip
-            try:
-                for seeds, on_frames, env_kwargs in batches:
-                    _run_episodes(cfg, policy, cfg.eval.policy, seeds, on_episode=record,
-                                  workers=1 if on_frames else cfg.eval.workers,
-                                  field="eval.workers", policy_seed=cfg.seed + 1,
-                                  env_kwargs=env_kwargs, on_frames=on_frames)  # fmt: skip
-            finally:
-                bar.close()
-        metrics = summarize_episodes(
-            [r["return"] for r in done], [r["length"] for r in done], [r["success"] for r in done]
-        ) | {"policy": cfg.eval.policy}
-        log.info("eval: %s", json.dumps(metrics))
-        stage.finish(metrics)
-        return metrics
+    return evaluate(cfg, overwrite=overwrite)
 
 
 def _run_episodes(

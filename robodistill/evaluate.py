@@ -1,0 +1,188 @@
+"""The ``eval`` stage: roll policies out on fixed held-out seeds, side by side.
+
+``eval.policy`` names one policy (``random``, ``expert`` or a directory) or ``auto``: the
+run's teacher and every student it distilled, which is the teacher-vs-students table of
+the report::
+
+    <run>/eval/episodes.jsonl, videos/          one policy
+    <run>/eval/<label>/episodes.jsonl, videos/  several (labels: teacher, consistency, ...)
+    <run>/eval/table.json                       summary + decision latency per policy
+    <run>/eval/success_latency.png              success rate against decision latency
+
+Every policy runs on the same seeds. Per-episode rows are appended as they finish, so a
+resumed evaluation runs only the seeds missing from each policy's ``episodes.jsonl``.
+Latency is :func:`robodistill.latency.decision_latency` (batch 1, one torch thread).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from robodistill.config import RunConfig
+from robodistill.run import StageRun, progress, write_json_atomic
+from robodistill.stages import (
+    EVAL_SEED_OFFSET,
+    _read_jsonl,
+    _run_episodes,
+    episode_seeds,
+    policy_inputs,
+    resolve_policy,
+    summarize_episodes,
+)
+from robodistill.video import write_video
+
+log = logging.getLogger(__name__)
+
+
+def eval_targets(cfg: RunConfig) -> dict[str, str]:
+    """``{label: policy spec}`` that ``eval.policy`` stands for, teacher first."""
+    from robodistill.distill import teacher_path
+
+    spec = cfg.eval.policy
+    if spec != "auto":
+        return {Path(spec).name if Path(spec).is_dir() else spec: spec}
+    teacher = teacher_path(cfg)
+    if not (teacher / "config.json").is_file():
+        log.info("eval: eval.policy is auto and %s holds no teacher; evaluating the expert",
+                 teacher)  # fmt: skip
+        return {"expert": "expert"}
+    targets = {"teacher": str(teacher)}
+    distilled = Path(cfg.runs_dir) / cfg.name / "distill"
+    for student in cfg.distill.students:
+        path = distilled / student / "policy"
+        if (path / "config.json").is_file():
+            targets[student] = str(path)
+    return targets
+
+
+def run_eval(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
+    """Evaluate :func:`eval_targets` on ``eval.episodes`` fixed seeds (module docstring)."""
+    targets = eval_targets(cfg)
+    inputs: dict[str, Any] = {}
+    for label, spec in targets.items():
+        digest = policy_inputs(spec).get("policy_digest")
+        if digest:
+            inputs["policy_digest" if len(targets) == 1 else f"{label}_digest"] = digest
+    with StageRun(cfg, "eval", overwrite=overwrite, inputs=inputs) as stage:
+        if stage.skipped:
+            return stage.manifest["metrics"]
+        if len(targets) == 1:
+            ((label, spec),) = targets.items()
+            metrics = _evaluate(cfg, stage, label, spec, stage.dir) | {"policy": spec}
+            log.info("eval: %s", json.dumps(metrics))
+            stage.finish(metrics)
+            return metrics
+        table = {label: _evaluate(cfg, stage, label, spec, stage.dir / label) | {"policy": spec}
+                 for label, spec in targets.items()}  # fmt: skip
+        add_ratios(table, reference=next(iter(table)))
+        write_json_atomic(stage.dir / "table.json", table)
+        plot = plot_success_latency(table, stage.dir / "success_latency.png")
+        metrics = {"policies": table, "reference": next(iter(table)),
+                   "plot": str(plot) if plot else None}  # fmt: skip
+        log.info("eval: %s", json.dumps(metrics))
+        stage.finish(metrics)
+        return metrics
+
+
+def _evaluate(cfg: RunConfig, stage: StageRun, label: str, spec: str, out_dir: Path) -> dict:
+    from robodistill.rollout import env_spaces
+
+    _, action_space, env_doc = env_spaces(cfg.env.id, cfg.env.kwargs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results_path = out_dir / "episodes.jsonl"
+    done = _read_jsonl(results_path)
+    done_seeds = {r["seed"] for r in done}
+    seeds = episode_seeds(cfg, cfg.eval.episodes, EVAL_SEED_OFFSET)
+    todo = [s for s in seeds if s not in done_seeds]
+    film = set(seeds[: cfg.eval.video_episodes])
+    policy = resolve_policy(spec, cfg.env.id, action_space, cfg.seed + 1)
+    bar = progress(cfg.eval.episodes, f"eval {label} {cfg.env.id}", initial=len(done))
+
+    def save_video(seed, frames):
+        path = write_video(out_dir / "videos" / f"seed-{seed}.mp4", frames,
+                           env_doc["control_rate_hz"])  # fmt: skip
+        log.info("eval: video %s", path)
+
+    with open(results_path, "a") as out:
+
+        def record(episode):
+            row = {"seed": episode.seed, "return": float(episode.data["reward"].sum()),
+                   "length": len(episode.data["reward"]), "success": episode.success}  # fmt: skip
+            out.write(json.dumps(row) + "\n")
+            out.flush()
+            done.append(row)
+            logged = {k: v for k, v in row.items() if k != "seed"} | {"policy": label}
+            stage.log_metrics(len(done), logged)
+            bar.update(1)
+
+        # Episodes to film run first, in their own rendering envs; the rest run unrendered.
+        video_kwargs = {**cfg.env.kwargs, **cfg.eval.video_env_kwargs}
+        batches = [([s for s in todo if s in film], save_video, video_kwargs),
+                   ([s for s in todo if s not in film], None, cfg.env.kwargs)]  # fmt: skip
+        try:
+            for batch_seeds, on_frames, env_kwargs in batches:
+                _run_episodes(cfg, policy, spec, batch_seeds, on_episode=record,
+                              workers=1 if on_frames else cfg.eval.workers,
+                              field="eval.workers", policy_seed=cfg.seed + 1,
+                              env_kwargs=env_kwargs, on_frames=on_frames)  # fmt: skip
+        finally:
+            bar.close()
+    summary = summarize_episodes(
+        [r["return"] for r in done], [r["length"] for r in done], [r["success"] for r in done]
+    )
+    if cfg.eval.latency_decisions and spec not in ("random", "expert"):
+        summary["latency"] = _latency(cfg, policy)
+    return summary
+
+
+def _latency(cfg: RunConfig, policy) -> dict[str, Any]:
+    from robodistill.envs import make_env
+    from robodistill.latency import decision_latency
+
+    env = make_env(cfg.env.id, **cfg.env.kwargs)
+    try:
+        obs, _ = env.reset(seed=episode_seeds(cfg, 1, EVAL_SEED_OFFSET)[0])
+    finally:
+        env.close()
+    return decision_latency(policy, obs, decisions=cfg.eval.latency_decisions)
+
+
+def add_ratios(table: dict[str, dict[str, Any]], reference: str) -> None:
+    """Each row gets ``success_ratio`` (its success / the reference's) and ``speedup`` (the
+    reference's median decision latency / its own), where both are known."""
+    ref = table[reference]
+    ref_ms = (ref.get("latency") or {}).get("median_ms")
+    for row in table.values():
+        s, s_ref = row.get("success_rate"), ref.get("success_rate")
+        row["success_ratio"] = (s / s_ref) if (s is not None and s_ref) else None
+        ms = (row.get("latency") or {}).get("median_ms")
+        row["speedup"] = (ref_ms / ms) if (ref_ms and ms) else None
+
+
+def plot_success_latency(table: dict[str, dict[str, Any]], path: Path) -> Path | None:
+    """Success rate (y) against median decision latency (x, log scale), one point each."""
+    points = {k: (r["latency"]["median_ms"], r["success_rate"]) for k, r in table.items()
+              if r.get("latency") and r.get("success_rate") is not None}  # fmt: skip
+    if not points:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.5), dpi=100)
+    for label, (ms, success) in points.items():
+        ax.scatter([ms], [100 * success], s=40)
+        ax.annotate(label, (ms, 100 * success), textcoords="offset points", xytext=(5, 4))
+    ax.set_xscale("log")
+    ax.set_xlabel("decision latency, median ms (batch 1, 1 thread, log scale)")
+    ax.set_ylabel("success rate, %")
+    ax.set_ylim(-5, 105)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
