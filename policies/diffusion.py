@@ -561,11 +561,17 @@ class DiffusionPolicy(ChunkedPolicy):
                     "eta": float(c.inference_eta),
                     "prediction_type": "epsilon",
                     "init_std": 1.0,
-                    **({"warm_start": {
-                        "steps": c.rti_steps,
-                        "shift": 1 if ensemble else c.action_horizon,
-                        "discrete_dims": list(c.rti_discrete_dims or []),
-                    }} if c.rti_steps else {}),  # fmt: skip
+                    **(
+                        {
+                            "warm_start": {
+                                "steps": c.rti_steps,
+                                "shift": 1 if ensemble else c.action_horizon,
+                                "discrete_dims": list(c.rti_discrete_dims or []),
+                            }
+                        }
+                        if c.rti_steps
+                        else {}
+                    ),  # fmt: skip
                 },
                 "normalization": {
                     "observation": f"{norm.mode}: (obs - offset) / scale per step of the "

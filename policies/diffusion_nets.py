@@ -11,7 +11,10 @@ timestep and a global conditioning vector (the flattened, normalized observation
 
 The UNet convolves over the time axis of the chunk (length H) with the action dimensions
 as channels: the temporal-convolution design of Chi et al.'s diffusion policy. Each level
-halves the time axis, so ``H`` must be divisible by ``2 ** (len(down_dims) - 1)``.
+halves the time axis, so ``H`` must be divisible by ``2 ** (len(down_dims) - 1)``. An
+optional per-position input ``local_cond`` (B, H, L) joins the sample's channels at the
+input (``UnetConfig.local_cond_dim``; the streaming student tells each action its own noise
+level this way); with ``local_cond_dim = 0`` (the default) the network is unchanged.
 
 Sizes (``count_parameters``, obs 5 x To 2, action 2) and the cost of one training step
 (batch 64, H 16, one torch thread) measured on this project's 2-core CPU:
@@ -53,6 +56,9 @@ class UnetConfig:
     kernel_size: int = 5
     n_groups: int = 8
     step_embed_dim: int = 64
+    local_cond_dim: int = 0
+    """Per-position features (B, H, L) concatenated to the sample's channels at the input
+    (e.g. each action's own noise level in a streaming buffer); 0: none."""
 
     def __post_init__(self) -> None:
         self.down_dims = tuple(int(d) for d in self.down_dims)
@@ -73,6 +79,8 @@ class UnetConfig:
             problems.append(f"kernel_size must be odd (same-length conv), got {self.kernel_size}")
         if self.step_embed_dim < 4 or self.step_embed_dim % 2:
             problems.append(f"step_embed_dim must be even and >= 4, got {self.step_embed_dim}")
+        if self.local_cond_dim < 0:
+            problems.append(f"local_cond_dim must be >= 0, got {self.local_cond_dim}")
         if problems:
             raise ValueError("invalid UNet config: " + "; ".join(problems))
 
@@ -84,6 +92,8 @@ class UnetConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["down_dims"] = list(self.down_dims)
+        if not self.local_cond_dim:  # configs written before the field existed stay identical
+            del d["local_cond_dim"]
         return d
 
 
@@ -143,18 +153,20 @@ class FiLMResidualBlock1D(nn.Module):
 
 
 class ConditionalUnet1D(nn.Module):
-    """Noise predictor ``eps_hat = net(sample, timestep, global_cond)``.
+    """Noise predictor ``eps_hat = net(sample, timestep, global_cond, local_cond)``.
 
     Shapes: ``sample`` (B, H, A) noisy normalized actions; ``timestep`` (B,) or scalar int
     diffusion step in ``[0, num_train_timesteps)``; ``global_cond`` (B, G) the flattened
-    normalized observation history. Returns (B, H, A).
+    normalized observation history; ``local_cond`` (B, H, L) per-position features, only
+    when ``config.local_cond_dim = L > 0`` (joined to the sample's channels, so the input
+    layer sees A + L channels). Returns (B, H, A).
     """
 
     def __init__(self, config: UnetConfig):
         super().__init__()
         self.config = config
         c = config
-        dims = (c.action_dim, *c.down_dims)
+        dims = (c.action_dim + c.local_cond_dim, *c.down_dims)
         cond_dim = c.step_embed_dim + c.global_cond_dim
         self.step_encoder = nn.Sequential(
             SinusoidalStepEmbedding(c.step_embed_dim),
@@ -192,6 +204,7 @@ class ConditionalUnet1D(nn.Module):
         sample: torch.Tensor,
         timestep: torch.Tensor | int,
         global_cond: torch.Tensor | None = None,
+        local_cond: torch.Tensor | None = None,
     ) -> torch.Tensor:
         c = self.config
         if sample.ndim != 3 or sample.shape[-1] != c.action_dim:
@@ -217,6 +230,14 @@ class ConditionalUnet1D(nn.Module):
                     f"got {got}"
                 )
             cond = torch.cat([cond, global_cond], dim=-1)
+        if local_cond is not None and not c.local_cond_dim:
+            raise ValueError("ConditionalUnet1D: local_cond given but local_cond_dim is 0")
+        if c.local_cond_dim:
+            want = (batch, horizon, c.local_cond_dim)
+            if local_cond is None or tuple(local_cond.shape) != want:
+                got = None if local_cond is None else tuple(local_cond.shape)
+                raise ValueError(f"ConditionalUnet1D: local_cond must be {want}, got {got}")
+            sample = torch.cat([sample, local_cond.to(sample.dtype)], dim=-1)
 
         x = sample.transpose(1, 2)  # (B, A, H): actions are channels, time is the conv axis
         skips = []
