@@ -81,11 +81,28 @@ def run_distill(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
     if not (teacher / "config.json").is_file():
         raise ConfigError(
             f"distill.teacher: there is no teacher policy at {teacher} (no config.json). Train "
-            f"one first (robodistill teach --name {cfg.name} --set teach.algo=ppo) or set "
+            f"one first (robodistill teach --name {cfg.name}; teach.algo rl100 for the diffusion "
+            "students, ppo/sac for dagger) or set "
             "distill.teacher to a policy directory"
         )
 
-    with StageRun(cfg, "distill", overwrite=overwrite, inputs=policy_inputs(str(teacher))) as stage:
+    diffusion_students = sorted({"consistency", "streaming", "rti"} & set(students))
+    kind = json.loads((teacher / "config.json").read_text()).get("kind")
+    if diffusion_students and kind != "diffusion":
+        # Checked before the stage directory exists, so a wrong teacher leaves nothing behind.
+        raise ConfigError(
+            f"distill.teacher: {diffusion_students} distill a diffusion teacher (teach.algo: "
+            f"rl100), but {teacher} holds a {kind!r} policy; point distill.teacher at a "
+            f"diffusion policy, or use distill.students=[dagger] for RL teachers"
+        )
+    inputs = policy_inputs(str(teacher))
+    if {"consistency", "streaming"} & set(students):
+        from robodistill.teach_rl100 import demos_inputs
+
+        # These students train on the demonstrations too: re-collected demos must not be
+        # skipped over by a finished stage.
+        inputs |= demos_inputs(cfg)
+    with StageRun(cfg, "distill", overwrite=overwrite, inputs=inputs) as stage:
         if stage.skipped:
             return stage.manifest["metrics"]
         metrics: dict[str, Any] = {}

@@ -21,12 +21,32 @@ TINY_RL100 = [
     "teach.rl100.checkpoint_every=2",
     "teach.rl100.log_every=2",
     "teach.eval_episodes=2",
+    # The default students of that teacher, a few steps each.
+    "distill.consistency.steps=2",
+    "distill.consistency.batch_size=8",
+    "distill.consistency.warmup_steps=1",
+    "distill.consistency.ode_steps=10",
+    "distill.consistency.eval_every=2",
+    "distill.consistency.checkpoint_every=2",
+    "distill.consistency.log_every=1",
+    "distill.consistency.eval_episodes=1",
+    "distill.streaming.buffer_horizon=4",
+    "distill.streaming.steps=2",
+    "distill.streaming.batch_size=8",
+    "distill.streaming.warmup_steps=1",
+    "distill.streaming.eval_every=2",
+    "distill.streaming.checkpoint_every=2",
+    "distill.streaming.log_every=1",
+    "distill.streaming.eval_episodes=1",
+    "distill.rti.eval_episodes=1",
+    "eval.latency_decisions=3",
 ]
 
 
 @pytest.fixture
 def tiny_rl100():
-    """A ~10k-parameter diffusion teacher trained for 4 steps (the default teach stage)."""
+    """A ~10k-parameter diffusion teacher trained for 4 steps (the default teach stage) and
+    its students trained for 2 steps each."""
     return list(TINY_RL100)
 
 

@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from robodistill.cli import EXIT_NOT_BUILT, EXIT_USAGE, main
+from robodistill.cli import EXIT_USAGE, main
 from robodistill.store import TrajectoryStore
 
 
@@ -99,16 +99,22 @@ def test_pipeline_runs_built_stages_and_reports_the_rest(tiny_overrides, tmp_pat
     # The diffusion teacher exports (denoiser step + DDIM coefficients) and drives the controller.
     assert "| export | done |" in report and "| control | done |" in report
     assert (tmp_path / "runs/default/export/policy.onnx").is_file()
-    assert "| distill | not built |" in report and "issue #6" in report
+    # The default students of that teacher, then the exported consistency student.
+    assert "| distill | done |" in report
+    distill = json.loads((tmp_path / "runs/default/distill/manifest.json").read_text())["metrics"]
+    assert set(distill) == {"consistency", "streaming"}
+    export = json.loads((tmp_path / "runs/default/export/manifest.json").read_text())["metrics"]
+    assert export["policy_kind"] == "consistency"
     assert (
         json.loads((tmp_path / "runs/default/config.json").read_text())["env"]["id"]
         == "Pendulum-v1"
     )
 
 
-def test_unbuilt_students_say_so(capsys):
-    assert main(["distill"]) == EXIT_NOT_BUILT
-    assert "issue #6" in capsys.readouterr().err
+def test_distill_without_a_teacher_says_what_to_do(tmp_path, capsys):
+    assert main(["distill", "--runs-dir", str(tmp_path)]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "distill.teacher: there is no teacher policy" in err and "robodistill teach" in err
 
 
 @pytest.mark.parametrize("command", ["export", "control"])
@@ -164,25 +170,32 @@ def test_expert_for_an_env_without_one(tiny_overrides, capsys):
     assert "no expert for env id 'Pendulum-v1'" in capsys.readouterr().err
 
 
-def test_default_pipeline_collects_pusht_expert_demos_with_a_video(tmp_path, tiny_rl100, capsys):
+def test_default_pipeline_teacher_students_export_control(tmp_path, tiny_rl100, capsys):
     budget = ["collect.episodes=2", "eval.episodes=1", "eval.video_episodes=1", "env.num_envs=2",
-              *tiny_rl100, "teach.eval_episodes=1", "export.parity_random=8",
-              "export.parity_real_steps=8", "export.latency_calls=10", "control.episodes=1",
-              "control.max_ticks=20"]  # fmt: skip
+              "env.max_episode_steps=30", *tiny_rl100, "teach.eval_episodes=1",
+              "export.parity_random=8", "export.parity_real_steps=8", "export.latency_calls=10",
+              "control.episodes=1", "control.max_ticks=20"]  # fmt: skip
     assert main(["pipeline", "--runs-dir", str(tmp_path), *_sets(budget)]) == 0
     run = tmp_path / "default"
     collect = json.loads((run / "collect/manifest.json").read_text())["metrics"]
-    assert collect["episodes"] == 2 and collect["success_rate"] == 1.0
+    assert collect["episodes"] == 2
     teach = json.loads((run / "teach/manifest.json").read_text())["metrics"]
     assert teach["algo"] == "rl100" and teach["il"]["demo_episodes"] == 2
     with TrajectoryStore.open(run / "collect/demos.zarr") as store:
-        assert store.attrs["env_id"] == "robodistill/PushT-v0"
+        assert store.attrs["env_id"] == "robodistill/Nav-v0"
         assert set(store.episode_meta()["source_policy"]) == {"expert"}
-        assert store.load()["action"].shape[1] == 2
+    # The evaluation table: teacher and both students on the same seed, with latencies.
+    table = json.loads((run / "eval/table.json").read_text())
+    assert list(table) == ["teacher", "consistency", "streaming"]
+    assert all(row["episodes"] == 1 and row["latency"]["median_ms"] > 0 for row in table.values())
     report = (run / "report.md").read_text()
-    assert "| collect | done |" in report and "[seed-900000](eval/videos/seed-900000.mp4)" in report
+    assert "## Teacher vs students" in report and "| consistency | 1 |" in report
+    assert "[seed-900000](eval/teacher/videos/seed-900000.mp4)" in report
     assert "| export | done |" in report and "| control | done |" in report
-    assert (run / "returns.png").stat().st_size > 1000
+    export = json.loads((run / "export/manifest.json").read_text())["metrics"]
+    assert export["policy_kind"] == "consistency"
+    for image in ("returns.png", "learning_curves.png", "eval/success_latency.png"):
+        assert (run / image).stat().st_size > 1000, image
 
 
 def test_teach_ppo_then_eval_the_teacher(tiny_overrides, tmp_path, capsys):

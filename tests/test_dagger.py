@@ -24,7 +24,7 @@ from robodistill.policies import RandomPolicy, load_policy
 from robodistill.policies.mlp_student import MLPStudent, array_stats, gaussian_kl
 from robodistill.policies.sb3_policy import SB3Policy
 from robodistill.rollout import rollout
-from robodistill.stages import StageNotBuilt, run_eval
+from robodistill.stages import run_eval
 
 ENV = "Pendulum-v1"
 STEPS = 20  # episode length: every episode is exactly 20 steps (Pendulum never terminates)
@@ -237,10 +237,11 @@ def test_mse_student_of_a_deterministic_teacher(tmp_path):
 
 
 def test_distill_errors_name_the_field(tmp_path, teacher_dir):
-    with pytest.raises(StageNotBuilt, match="issue #6"):
-        run_distill(load_config(None, [f"runs_dir={tmp_path}"]))  # default: consistency, streaming
     with pytest.raises(ConfigError, match="distill.teacher: there is no teacher policy"):
         run_distill(load_config(None, [f"runs_dir={tmp_path}", "distill.students=[dagger]"]))
+    # The default students (consistency, streaming) distill diffusion teachers only.
+    with pytest.raises(ConfigError, match="distill.teacher.*diffusion"):
+        run_distill(_cfg(tmp_path, teacher_dir, "distill.students=[rti]"))
     with pytest.raises(ConfigError, match="more than once"):
         run_distill(_cfg(tmp_path, teacher_dir, "distill.students=[dagger, dagger]"))
     random_dir = RandomPolicy(np.array([-2.0]), np.array([2.0])).save(tmp_path / "random")
