@@ -1,9 +1,10 @@
 """The headline benchmark: one diffusion teacher and its fast students, side by side.
 
-On the teacher of ``--config`` (default ``configs/pipelines/rl100.yaml``: Push-T, keypoint
-observations; its ``collect`` and ``teach`` run first if they have not) this distills the
-consistency, streaming and RTI students (``distill.*`` of the config, resumable), then
-rolls out on the same ``--episodes`` fixed evaluation seeds:
+On the teacher of ``--config`` (its ``collect`` and ``teach`` run first if they have not)
+this distills the consistency and streaming students (``distill.*`` of the config,
+resumable; a finished pipeline run is reused as it is), builds the RTI inference mode of
+the teacher (``distill.rti``), then rolls out on the same ``--episodes`` fixed evaluation
+seeds:
 
     teacher DDPM-100   100 ancestral steps per chunk (eta 1)
     teacher DDIM-10    the teacher as trained and selected (reference for the ratios)
@@ -22,7 +23,8 @@ DDPM-100 and >= 8x below DDIM-10; streaming success >= 0.95 x teacher with <= 2 
 calls per decision. Writes ``students.json``, ``students.md`` and
 ``success_latency.png`` into the run directory.
 
-    python benchmarks/students.py --episodes 100
+    python benchmarks/students.py --config configs/pipelines/default.yaml --runs-dir runs
+    python benchmarks/students.py --episodes 100 --ddpm-episodes 20   # Push-T (rl100.yaml)
 """
 
 from __future__ import annotations
@@ -81,7 +83,8 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--num-envs", type=int, default=10)
     parser.add_argument("--latency-decisions", type=int, default=30)
-    parser.add_argument("--skip-ddpm", action="store_true")
+    parser.add_argument("--ddpm-episodes", type=int, default=None,
+                        help="episodes for DDPM-100 (10x the cost of DDIM-10); default --episodes")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -93,8 +96,9 @@ def main() -> None:
     from robodistill.policies.consistency import inference_timesteps
     from robodistill.stages import EVAL_SEED_OFFSET, episode_seeds, run_collect, run_teach
 
-    cfg = load_config(args.config, [f"runs_dir={args.runs_dir}",
-                                    "distill.students=[consistency, streaming, rti]", *args.set])  # fmt: skip
+    cfg = load_config(args.config, [f"runs_dir={args.runs_dir}", *args.set])
+    if not {"consistency", "streaming"} <= set(cfg.distill.students):
+        raise SystemExit("distill.students must include consistency and streaming")
     run = Path(cfg.runs_dir) / cfg.name
     t0 = time.monotonic()
     run_collect(cfg)
@@ -105,12 +109,16 @@ def main() -> None:
     k = diffusion_variant(teacher).config.num_inference_steps
 
     policies: dict[str, tuple[object, float]] = {}  # label -> (policy, network calls/decision)
-    if not args.skip_ddpm:
+    if args.ddpm_episodes != 0:
         policies["teacher DDPM-100"] = (diffusion_variant(teacher, num_inference_steps=100,
                                                           inference_eta=1.0), 100)  # fmt: skip
     policies[f"teacher DDIM-{k}"] = (diffusion_variant(teacher), k)
-    rti = load_policy(run / "distill/rti/policy")
-    policies[f"RTI ({rti.config.rti_steps} steps)"] = (rti, rti.config.rti_steps)
+    # RTI is an inference mode of the teacher (nothing to train): built here, as the rti
+    # student would save it.
+    rti_steps = cfg.distill.rti.steps
+    rti = diffusion_variant(teacher, rti_steps=rti_steps,
+                            rti_discrete_dims=list(cfg.distill.rti.discrete_dims) or None)  # fmt: skip
+    policies[f"RTI ({rti_steps} steps)"] = (rti, rti_steps)
     streaming = load_policy(run / "distill/streaming/policy")
     policies["streaming"] = (streaming, streaming.config.calls_per_step)
     for steps in (1, 3):
@@ -124,7 +132,8 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for i, (label, (policy, calls)) in enumerate(policies.items()):
-            row = evaluate(cfg, policy, seeds, args.num_envs)
+            n = args.ddpm_episodes if "DDPM" in label and args.ddpm_episodes else len(seeds)
+            row = evaluate(cfg, policy, seeds[:n], args.num_envs)
             row["calls_per_decision"] = calls
             row["torch"] = decision_latency(policy, obs, decisions=args.latency_decisions)
             row["onnx"] = onnx_latency(policy, obs, args.latency_decisions, Path(tmp), f"p{i}")
@@ -137,6 +146,7 @@ def main() -> None:
     ddpm = results.get("teacher DDPM-100")
     rows = []
     for label, r in results.items():
+        label = f"{label} ({r['episodes']} episodes)" if r["episodes"] != len(seeds) else label
         ratio = (r["success_rate"] / ref["success_rate"]) if ref["success_rate"] else None
         r["success_ratio"] = ratio
         r["speedup_vs_ddim"] = ref["torch"]["median_ms"] / r["torch"]["median_ms"]
