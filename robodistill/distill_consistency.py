@@ -49,10 +49,10 @@ from robodistill.run import StageRun, progress, write_json_atomic
 from robodistill.sampler import SequenceSampler
 from robodistill.store import StoreError
 from robodistill.teach_rl100 import (
-    _load_optimizer_state,
-    _optimizer_state,
-    _replace_dir,
     load_demos,
+    load_optimizer_state,
+    optimizer_state,
+    replace_dir,
 )
 from robodistill.validation import is_better
 
@@ -275,7 +275,7 @@ def save_checkpoint(directory: Path, student: ConsistencyStudent, target: torch.
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     student.save(tmp / POLICY_DIR)
-    tensors, optim_doc = _optimizer_state(optimizer)
+    tensors, optim_doc = optimizer_state(optimizer)
     tensors |= {f"target.{k}": v.detach().cpu().contiguous()
                 for k, v in target.state_dict().items()}  # fmt: skip
     tensors["rng.torch"] = gen.get_state()
@@ -286,7 +286,7 @@ def save_checkpoint(directory: Path, student: ConsistencyStudent, target: torch.
         "lr_scheduler": lr_scheduler.state_dict(), "optimizer": optim_doc,
         "rng_numpy": rng.bit_generator.state,
     })  # fmt: skip
-    _replace_dir(tmp, directory)
+    replace_dir(tmp, directory)
     return directory
 
 
@@ -299,7 +299,7 @@ def restore_checkpoint(directory: Path, student: ConsistencyStudent, target: tor
         aside = directory.with_name(f".{directory.name}.old")
         if not (aside / STATE_NAME).is_file():
             return None
-        directory = aside  # a crash between the two renames of _replace_dir
+        directory = aside  # a crash between the two renames of replace_dir
     state = json.loads((directory / STATE_NAME).read_text())
     if state.get("format") != CHECKPOINT_FORMAT:
         raise StoreError(f"{directory} is a training checkpoint of format "
@@ -320,7 +320,7 @@ def restore_checkpoint(directory: Path, student: ConsistencyStudent, target: tor
     gen.set_state(tensors.pop("rng.torch"))
     target.load_state_dict({k[len("target.") :]: v.to(device) for k, v in tensors.items()
                             if k.startswith("target.")})  # fmt: skip
-    _load_optimizer_state(optimizer, {k: v for k, v in tensors.items()
+    load_optimizer_state(optimizer, {k: v for k, v in tensors.items()
                                       if k.startswith("state.")}, state["optimizer"])  # fmt: skip
     lr_scheduler.load_state_dict(state["lr_scheduler"])
     rng.bit_generator.state = state["rng_numpy"]

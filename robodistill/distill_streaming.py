@@ -332,7 +332,7 @@ def restore_checkpoint(directory: Path, policy: StreamingStudent, optimizer, lr_
         OPTIMIZER_NAME,
         POLICY_DIR,
         STATE_NAME,
-        _load_optimizer_state,
+        load_optimizer_state,
     )
 
     if not (directory / STATE_NAME).is_file():
@@ -355,7 +355,7 @@ def restore_checkpoint(directory: Path, policy: StreamingStudent, optimizer, lr_
     })  # fmt: skip
     tensors = load_file(str(directory / OPTIMIZER_NAME))
     gen.set_state(tensors.pop("rng.torch"))
-    _load_optimizer_state(optimizer, tensors, state["optimizer"])
+    load_optimizer_state(optimizer, tensors, state["optimizer"])
     lr_scheduler.load_state_dict(state["lr_scheduler"])
     rng.bit_generator.state = state["rng_numpy"]
     return state

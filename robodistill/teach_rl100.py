@@ -298,7 +298,7 @@ def _train_il(cfg: RunConfig, stage: StageRun, sub: Path, device: torch.device,
 
     policy.load_ema(ema)
     policy.save(sub / "policy_last")
-    _copy_dir(stage.dir / "policy", sub / "policy")
+    copy_dir(stage.dir / "policy", sub / "policy")
     shutil.copyfile(stage.dir / "best.json", sub / "best.json")
     best = keeper.best
     result = {
@@ -398,14 +398,14 @@ def _last_logged_loss(stage_dir: Path) -> float | None:
 # -- resumable training checkpoints --------------------------------------------------------
 
 
-def _copy_dir(src: Path, dst: Path) -> None:
+def copy_dir(src: Path, dst: Path) -> None:
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp)
-    _replace_dir(tmp, dst)
+    replace_dir(tmp, dst)
 
 
-def _replace_dir(tmp: Path, directory: Path) -> None:
+def replace_dir(tmp: Path, directory: Path) -> None:
     """Move ``tmp`` to ``directory``; the old one is moved aside first and deleted last, so
     a crash leaves one complete directory (``.<name>.old`` if it hit between the renames)."""
     old = directory.with_name(f".{directory.name}.old")
@@ -416,7 +416,7 @@ def _replace_dir(tmp: Path, directory: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     """Split ``optimizer.state_dict()`` into tensors (safetensors) and the rest (JSON)."""
     sd = optimizer.state_dict()
     tensors, scalars = {}, {}
@@ -429,7 +429,7 @@ def _optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def _load_optimizer_state(optimizer, tensors: dict[str, torch.Tensor], doc: dict) -> None:
+def load_optimizer_state(optimizer, tensors: dict[str, torch.Tensor], doc: dict) -> None:
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         _, idx, name = key.split(".", 2)
@@ -450,7 +450,7 @@ def save_train_checkpoint(directory: Path, policy: DiffusionPolicy, optimizer, l
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     policy.save(tmp / POLICY_DIR)
-    tensors, optim_doc = _optimizer_state(optimizer)
+    tensors, optim_doc = optimizer_state(optimizer)
     tensors["rng.torch"] = gen.get_state()
     save_file(tensors, str(tmp / OPTIMIZER_NAME))
     state = {
@@ -462,7 +462,7 @@ def save_train_checkpoint(directory: Path, policy: DiffusionPolicy, optimizer, l
         "rng_numpy": rng.bit_generator.state,
     }
     write_json_atomic(tmp / STATE_NAME, state)
-    _replace_dir(tmp, directory)
+    replace_dir(tmp, directory)
     return directory
 
 
@@ -496,7 +496,7 @@ def restore_train_checkpoint(directory: Path, policy: DiffusionPolicy, optimizer
     })  # fmt: skip
     tensors = load_file(str(directory / OPTIMIZER_NAME))
     gen.set_state(tensors.pop("rng.torch"))
-    _load_optimizer_state(optimizer, tensors, state["optimizer"])
+    load_optimizer_state(optimizer, tensors, state["optimizer"])
     lr_scheduler.load_state_dict(state["lr_scheduler"])
     rng.bit_generator.state = state["rng_numpy"]
     return state
