@@ -1,22 +1,38 @@
-"""Deploy latency: torch eager vs onnxruntime at batch 1, and the fixed-rate controller.
+"""Deploy latency: torch eager vs onnxruntime at batch 1 on one thread, and the fixed-rate
+controller, for every policy kind that exports.
 
-For every policy kind that exports today (SB3 PPO, SB3 SAC, RLlib PPO; the students of
-issues #6/#7 join when they exist), on PushT's observation and action sizes:
+* **MLP kinds** (SB3 PPO, SB3 SAC, RLlib PPO; PushT ``state`` observations, D = 5): at the
+  level a controller calls them (``Policy.act`` on a numpy observation vs ``OnnxPolicy.act``)
+  and at the graph level (the exported ``nn.Module`` under ``torch.inference_mode`` vs
+  ``InferenceSession.run``).
+* **diffusion teacher and students** (DDIM-10 teacher, its RTI warm start, consistency
+  1-step and 3-step, streaming; PushT ``keypoints`` observations, D = 20; see
+  ``benchmarks/deploy_students.py``): per *decision* (torch ``plan(hist)`` via
+  ``robodistill.latency.decision_latency`` / streaming ``act``; onnxruntime
+  ``OnnxPolicy.predict(hist)`` with the whole denoising loop, or the planning ``act`` call
+  for RTI and ``act`` for streaming, whose state lives in ``act``) and per control step
+  (``act`` averaged over the Ta = 8 steps of a chunk, what a controller sees). Also int8
+  dynamic quantization of the consistency student: latency change and output difference.
+  Goal (both groups): onnxruntime >= 2x faster than torch eager (ratio = torch / onnx).
+* **controller**: the MLP (SB3 PPO) at ``--hz`` (500) and the 1-step consistency student at
+  ``--student-hz`` (50), each for ``--ticks`` (10,000) ticks against a trivial robot (fixed
+  observation, no-op apply: the loop and the policy only) and against SimRobot on
+  ``robodistill/PushT-v0`` (a MuJoCo step per tick), at normal priority and, with
+  ``--realtime PRIO``, under SCHED_FIFO: deadline-miss rate and p99 tick latency.
+  Goal: < 0.1 % missed deadlines.
 
-* **inference**: batch-1 latency on one thread, torch eager against onnxruntime, both
-  at the level a controller calls them (``Policy.act`` on a numpy observation vs
-  ``OnnxPolicy.act``) and at the graph level (the exported ``nn.Module`` under
-  ``torch.inference_mode`` vs ``InferenceSession.run``). Goal: onnxruntime >= 2x faster.
-* **controller**: the MLP (SB3 PPO) at 500 Hz for 10,000 ticks against a trivial robot
-  (fixed observation, no-op apply: the loop and the policy only) and against SimRobot on
-  ``robodistill/PushT-v0`` (a MuJoCo step per tick): deadline-miss rate and p99 tick
-  latency. Goal: < 0.1 % missed deadlines.
+Weights are untrained (latency does not depend on training); normalization statistics come
+from random PushT steps. torch and onnxruntime are timed in alternation (in turns of 10
+samples, ``--block``) after a warm-up, so that the load of a shared machine hits both
+alike; medians are reported. Load averages are printed at start and end.
 
-Weights are untrained (latency does not depend on training); observation statistics come
-from random PushT steps. Medians over ``--calls`` timed calls after a warm-up.
+    python benchmarks/deploy.py --exporter torchscript --realtime 50   # all (~20 min: 8 runs
+                                                                       # of 10k ticks, 4 at 50 Hz)
+    python benchmarks/deploy.py --only students --ticks 2000 --skip-sim   # ~5 min
+    python benchmarks/deploy.py --only mlp --ticks 2000 --exporter torchscript   # ~1 min
 
-    python benchmarks/deploy.py                        # everything (~1.5 min)
-    python benchmarks/deploy.py --ticks 2000 --skip-sim --exporter torchscript
+Runtime: MLP timing ~1 min, student timing and export ~3-5 min with ``--decisions 100``
+(the DDIM-10 teacher dominates), controller runs ``ticks / hz`` each (200 s at 50 Hz).
 """
 
 from __future__ import annotations
@@ -25,6 +41,7 @@ import argparse
 import itertools
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,11 +49,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robodistill.deploy.controller import Controller, summarize_ms
-from robodistill.deploy.export import export_policy
-from robodistill.deploy.robot import SimRobot
-from robodistill.deploy.runtime import OnnxPolicy, session_options
-from robodistill.envs import make_env
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import deploy_students as students  # noqa: E402
+from deploy_students import clocked, interleaved  # noqa: E402
+
+from robodistill.deploy.controller import Controller  # noqa: E402
+from robodistill.deploy.export import export_policy  # noqa: E402
+from robodistill.deploy.robot import SimRobot  # noqa: E402
+from robodistill.deploy.runtime import OnnxPolicy, session_options  # noqa: E402
+from robodistill.envs import make_env  # noqa: E402
 
 ENV = "robodistill/PushT-v0"
 
@@ -71,17 +92,6 @@ def policies() -> dict:
     return out
 
 
-def timed(fn, calls: int, warmup: int = 200) -> dict:
-    for _ in range(warmup):
-        fn()
-    times = np.empty(calls)
-    for i in range(calls):
-        t = time.perf_counter()
-        fn()
-        times[i] = time.perf_counter() - t
-    return summarize_ms(times)
-
-
 def inference(policy, path: Path, obs: np.ndarray, calls: int) -> dict:
     import onnxruntime as ort
 
@@ -96,12 +106,13 @@ def inference(policy, path: Path, obs: np.ndarray, calls: int) -> dict:
         with torch.inference_mode():
             module(x)
 
-    rows = {
-        "torch_act": timed(lambda: policy.act(obs), calls),
-        "onnx_act": timed(lambda: runtime.act(obs), calls),
-        "torch_graph": timed(torch_graph, calls),
-        "onnx_graph": timed(lambda: session.run(None, {"obs": obs}), calls),
+    samplers = {
+        "torch_act": clocked(lambda: policy.act(obs)),
+        "onnx_act": clocked(lambda: runtime.act(obs)),
+        "torch_graph": clocked(torch_graph),
+        "onnx_graph": clocked(lambda: session.run(None, {"obs": obs})),
     }
+    rows = interleaved(samplers, calls, warmup=200, block=10)
     rows["ratio_act"] = round(rows["torch_act"]["median"] / rows["onnx_act"]["median"], 2)
     rows["ratio_graph"] = round(rows["torch_graph"]["median"] / rows["onnx_graph"]["median"], 2)
     return rows
@@ -134,11 +145,58 @@ def control(path: Path, robot, hz: float, ticks: int, spin_ms: float, rt: int | 
     return out
 
 
+def load() -> str:
+    return "load average " + ", ".join(f"{v:.2f}" for v in os.getloadavg()) + " (1, 5, 15 min)"
+
+
+def mlp_kinds(args, workdir: Path, results: dict) -> Path:
+    """Time the MLP kinds; return the SB3 PPO file (the 500 Hz controller's policy)."""
+    obs = make_env(ENV).reset(seed=0)[0].astype(np.float32)[None]
+    print(f"MLP kinds on {ENV} (state observations, D = {obs.shape[1]}), {args.calls} calls")
+    paths = {}
+    for name, policy in policies().items():
+        paths[name] = workdir / f"{name}.onnx"
+        export_policy(policy, paths[name], exporter=args.exporter)
+        row = inference(policy, paths[name], obs, args.calls)
+        results["inference"][name] = row
+        print(f"{name:19s} act       torch {row['torch_act']['median']:8.4f} ms  onnx "
+              f"{row['onnx_act']['median']:8.4f} ms  ratio {row['ratio_act']:5.2f}x\n"
+              f"{'':19s} graph     torch {row['torch_graph']['median']:8.4f} ms  onnx "
+              f"{row['onnx_graph']['median']:8.4f} ms  ratio "
+              f"{row['ratio_graph']:5.2f}x")  # fmt: skip
+    return paths["sb3-ppo"]
+
+
+def controller_runs(args, label: str, path: Path, obs: np.ndarray, hz: float,
+                    env_kwargs: dict, results: dict) -> None:  # fmt: skip
+    """``path`` at ``hz`` against the null robot and SimRobot, normal priority and FIFO."""
+    robots = {"null robot": lambda: NullRobot(obs, 2)}
+    if not args.skip_sim:
+        name = f"SimRobot {ENV}" + (f" {env_kwargs}" if env_kwargs else "")
+        robots[name] = lambda: SimRobot(ENV, seed=0, env_kwargs=env_kwargs)
+    priorities = [None] + ([args.realtime] if args.realtime else [])
+    for (robot_name, robot), rt in itertools.product(robots.items(), priorities):
+        row = control(path, robot(), hz, args.ticks, args.spin_ms, rt)
+        where = f"{robot_name}, {'SCHED_FIFO ' + str(rt) if row['realtime'] else 'normal priority'}"
+        results["controller"][f"{label} @ {hz:g} Hz, {where}"] = row
+        print(f"controller {label} @ {hz:g} Hz, {where}: {row['ticks']} ticks, missed "
+              f"{row['deadline_misses']} ({row['miss_rate_percent']} %), tick latency "
+              f"median {row['latency_ms']['median']} ms p99 {row['latency_ms']['p99']} ms "
+              f"max {row['latency_ms']['max']} ms, jitter p99 {row['jitter_ms']['p99']} ms, "
+              f"faults {sum(row['faults'].values())}; {load()}", flush=True)  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--calls", type=int, default=3000, help="timed calls per measurement")
+    parser.add_argument("--calls", type=int, default=3000, help="timed calls per MLP measurement")
+    parser.add_argument("--decisions", type=int, default=100,
+                        help="timed samples per student level and side")  # fmt: skip
+    parser.add_argument("--block", type=int, default=students.BLOCK,
+                        help="student samples per side and turn (1: every sample)")  # fmt: skip
     parser.add_argument("--ticks", type=int, default=10_000, help="controller ticks per run")
     parser.add_argument("--hz", type=float, default=500.0, help="MLP controller rate")
+    parser.add_argument("--student-hz", type=float, default=50.0,
+                        help="consistency-student controller rate")  # fmt: skip
     parser.add_argument("--spin-ms", type=float, default=0.0, help="controller spin margin")
     parser.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"])
     parser.add_argument(
@@ -149,38 +207,35 @@ def main() -> None:
         help="also run the controller under SCHED_FIFO at this priority",
     )
     parser.add_argument("--skip-sim", action="store_true", help="no SimRobot controller run")
+    parser.add_argument("--skip-control", action="store_true", help="no controller runs at all")
+    parser.add_argument("--only", choices=["all", "mlp", "students"], default="all",
+                        help="which kinds to time and run the controller with")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()}; torch "
-          f"{torch.__version__}, exporter {args.exporter}")  # fmt: skip
-    obs = make_env(ENV).reset(seed=0)[0].astype(np.float32)[None]
-    results: dict = {"inference": {}, "controller": {}}
+    started = time.perf_counter()
+    print(f"machine: {os.cpu_count()} CPUs, {load()}; torch {torch.__version__}, exporter "
+          f"{args.exporter}; batch 1, 1 thread (torch and onnxruntime)", flush=True)  # fmt: skip
+    results: dict = {"inference": {}, "students": {}, "controller": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        paths = {}
-        for name, policy in policies().items():
-            paths[name] = Path(tmp) / f"{name}.onnx"
-            export_policy(policy, paths[name], exporter=args.exporter)
-            row = inference(policy, paths[name], obs, args.calls)
-            results["inference"][name] = row
-            print(f"{name:10s} act: torch {row['torch_act']['median']:.4f} ms, onnxruntime "
-                  f"{row['onnx_act']['median']:.4f} ms, ratio {row['ratio_act']}x | graph: torch "
-                  f"{row['torch_graph']['median']:.4f} ms, onnxruntime "
-                  f"{row['onnx_graph']['median']:.4f} ms, ratio {row['ratio_graph']}x")  # fmt: skip
-        print("consistency / streaming / diffusion students: not built yet (issues #5-#7)")
-        mlp = paths["sb3-ppo"]
-        robots = {"null robot": NullRobot(obs, 2)}
-        if not args.skip_sim:
-            robots[f"SimRobot {ENV}"] = SimRobot(ENV, seed=0)
-        priorities = [None] + ([args.realtime] if args.realtime else [])
-        for (label, robot), rt in itertools.product(robots.items(), priorities):
-            row = control(mlp, robot, args.hz, args.ticks, args.spin_ms, rt)
-            label = f"{label}, {'SCHED_FIFO ' + str(rt) if row['realtime'] else 'normal priority'}"
-            results["controller"][f"sb3-ppo @ {args.hz:g} Hz, {label}"] = row
-            print(f"controller sb3-ppo @ {args.hz:g} Hz, {label}: {row['ticks']} ticks, missed "
-                  f"{row['deadline_misses']} ({row['miss_rate_percent']} %), tick latency "
-                  f"median {row['latency_ms']['median']} ms p99 {row['latency_ms']['p99']} ms "
-                  f"max {row['latency_ms']['max']} ms, jitter p99 {row['jitter_ms']['p99']} ms, "
-                  f"faults {sum(row['faults'].values())}")  # fmt: skip
+        mlp = student = None
+        if args.only in ("all", "mlp"):
+            mlp = mlp_kinds(args, Path(tmp), results)
+        if args.only in ("all", "students"):
+            print(f"diffusion teacher and students, {args.decisions} samples per level and side, "
+                  f"in turns of {args.block}")  # fmt: skip
+            results["students"], paths, student_obs = students.run(
+                Path(tmp), args.exporter, args.decisions, lambda s: print(s, flush=True), args.block
+            )
+            student = paths["consistency 1-step"]
+        print(f"timing done after {time.perf_counter() - started:.0f} s; {load()}", flush=True)
+        if not args.skip_control:
+            if mlp is not None:
+                state_obs = make_env(ENV).reset(seed=0)[0].astype(np.float32)[None]
+                controller_runs(args, "sb3-ppo", mlp, state_obs, args.hz, {}, results)
+            if student is not None:
+                controller_runs(args, "consistency 1-step", student, student_obs,
+                                args.student_hz, students.ENV_KWARGS, results)  # fmt: skip
+    print(f"total {time.perf_counter() - started:.0f} s; {load()}")
     print(json.dumps(results, indent=1))
 
 

@@ -27,6 +27,9 @@ LAZY_KINDS: dict[str, str] = {
     "diffusion": "robodistill.policies.diffusion",
     "consistency": "robodistill.policies.consistency",
     "streaming": "robodistill.policies.streaming",
+    "compass_base": "robodistill.policies.compass",
+    "compass_specialist": "robodistill.policies.compass",
+    "generalist": "robodistill.policies.generalist",
 }
 """Kinds whose module is imported only when a checkpoint of that kind is loaded (diffusers
 alone takes seconds to import, which every ``robodistill`` command would otherwise pay)."""

@@ -322,14 +322,71 @@ class OnlineRLConfig(Section):
     """Seeds the chains' noise, the value network and the training episodes' seeds."""
 
 
-class TeachConfig(Section):
-    """Teacher training: the RL-100 diffusion teacher (``algo: rl100``; imitation stage built,
-    RL stages next) or RL teachers (``algo: ppo | sac``) on stable-baselines3 or RLlib;
-    COMPASS arrives with issue #7."""
+class CompassConfig(Section):
+    """COMPASS (issue #7), ``teach.algo: compass``: stage 1 imitates the planner expert on
+    ``base_embodiment`` with a world model; stage 2 trains one residual PPO specialist per
+    entry of ``embodiments`` on top of the frozen base. The specialists' PPO uses the usual
+    ``teach`` fields (``total_timesteps`` per specialist, ``n_steps``, ``batch_size``,
+    ``n_epochs``, ``learning_rate``, ``gamma``, ``net_arch``, ``normalize_obs``,
+    ``normalize_reward``, ``eval_every``, ``eval_episodes``, ``checkpoint_every``)."""
 
-    algo: Literal["rl100", "ppo", "sac"] = "rl100"
+    demos: str | None = None
+    """Expert demonstrations of ``base_embodiment``; ``null``: this run's
+    ``<runs_dir>/<name>/collect/demos.zarr`` (``robodistill collect`` with the expert)."""
+    base_embodiment: str = "holonomic"
+    """The embodiment the demonstrations (and so the IL base) come from."""
+    embodiments: list[str] = Field(
+        default_factory=lambda: ["holonomic", "diffdrive", "ackermann", "heavy"], min_length=1
+    )
+    """Embodiments that get a residual specialist (``env.kwargs.embodiment`` is set to each);
+    include ``base_embodiment`` so the generalist also learns it from a specialist."""
+    hidden: list[int] = Field(default_factory=lambda: [256, 256], min_length=1, max_length=8)
+    """Hidden widths of the encoder, latent dynamics, decoder and policy head MLPs."""
+    latent_dim: int = Field(64, ge=1, le=4096)
+    """Size of the latent z (what the residual policy sees, with the base action)."""
+    activation: Literal["Tanh", "ReLU", "ELU", "SiLU", "GELU", "LeakyReLU"] = "ELU"
+    """Hidden activation of the base's MLPs."""
+    bc_loss: Literal["mse", "nll"] = "mse"
+    """Imitation loss of the policy head: MSE in normalized action units, or the Gaussian
+    negative log-likelihood (learns the head's state-independent std as well)."""
+    world_model_coef: float = Field(1.0, ge=0.0, le=1000.0)
+    """Weight of the world-model losses (next-latent prediction + next-observation
+    reconstruction through the decoder) against the imitation loss; 0 = plain BC."""
+    base_steps: int = Field(4000, ge=1, le=10**8)
+    """Stage 1: gradient steps of the base."""
+    base_batch_size: int = Field(256, ge=1, le=65_536)
+    """Stage 1: transitions per gradient step."""
+    base_learning_rate: float = Field(1e-3, gt=0.0, le=1.0)
+    """Stage 1: Adam learning rate."""
+    base_eval_every: int = Field(1000, ge=1, le=10**8)
+    """Stage 1: validate on ``base_embodiment`` (``teach.eval_episodes`` validation seeds)
+    every N steps and at the end; the best by success rate is kept."""
+    base_checkpoint_every: int = Field(500, ge=1, le=10**8)
+    """Stage 1: save a resumable checkpoint every N steps."""
+    residual_limit: float = Field(2.0, gt=0.0, le=100.0)
+    """Stage 2: the residual's action Box is ±residual_limit (2 lets it reverse any base
+    command in [-1, 1]); ``action = clip(base + residual, low, high)``."""
+    log_std_init: float = Field(-1.0, ge=-20.0, le=2.0)
+    """Stage 2: PPO's initial log-std: small, so the specialist starts as the base and
+    explores around it (SB3's default 0 would drown it). On diffdrive (40-demo base, 10
+    validation episodes) -1 went from 10 % to 60 % success in 40k steps; -2 explored too
+    little and stayed at the base's 0-10 % for 30k steps."""
+    residual_obs: bool = False
+    """Stage 2: also give the residual policy the raw observation (besides z and the base
+    action)."""
+    torch_threads: int = Field(1, ge=0, le=1024)
+    """CPU threads torch uses while training (0: torch's default)."""
+
+
+class TeachConfig(Section):
+    """Teacher training: the RL-100 diffusion teacher (``algo: rl100``: imitation, OPE-gated
+    offline RL, online RL), RL teachers (``algo: ppo | sac``) on stable-baselines3 or RLlib,
+    or COMPASS's IL base and residual specialists (``algo: compass``)."""
+
+    algo: Literal["rl100", "ppo", "sac", "compass"] = "rl100"
     """``rl100``: the RL-100 diffusion teacher trained on the collected demonstrations
-    (``teach.diffusion``, ``teach.rl100``); ``ppo`` / ``sac``: RL teachers from scratch."""
+    (``teach.diffusion``, ``teach.rl100``); ``ppo`` / ``sac``: RL teachers from scratch;
+    ``compass``: the IL base and one residual specialist per embodiment (``teach.compass``)."""
     backend: Literal["sb3", "rllib"] = "sb3"
     """``sb3``: stable-baselines3 on this machine; ``rllib``: Ray RLlib, local or a cluster."""
     total_timesteps: int = Field(100_000, ge=1, le=10**10)
@@ -374,6 +431,8 @@ class TeachConfig(Section):
     """RL-100 stage 2: OPE-gated offline RL on the denoising chain."""
     online: OnlineRLConfig = Field(default_factory=OnlineRLConfig)
     """RL-100 stage 3: DPPO on the denoising chain in simulation."""
+    compass: CompassConfig = Field(default_factory=CompassConfig)
+    """COMPASS (``algo: compass``): the IL base with a world model and residual specialists."""
 
 
 class DAggerConfig(Section):
@@ -506,17 +565,70 @@ class RTIConfig(Section):
     """Validation episodes reported for the warm-started policy."""
 
 
+class GeneralistConfig(Section):
+    """COMPASS stage 3: DAgger from the residual specialists into one embodiment-conditioned
+    generalist (``distill.students: [generalist]``; ``distill.teacher`` is the COMPASS teach
+    directory, see :mod:`robodistill.distill_generalist`)."""
+
+    embodiments: list[str] = Field(default_factory=list)
+    """Embodiments to distill (each needs ``specialists/<name>/policy``); empty: every
+    specialist found."""
+    rounds: int = Field(6, ge=1, le=1000)
+    """Rounds of roll out -> relabel -> aggregate -> train. Round 0 rolls out the specialists."""
+    episodes_per_round: int = Field(6, ge=1, le=10_000)
+    """Episodes per embodiment per round."""
+    beta_schedule: Literal["exponential", "linear"] = "exponential"
+    """Schedule of the probability β that the specialist acts (as ``distill.dagger``)."""
+    beta_decay: float = Field(0.5, ge=0.0, le=1.0)
+    """Rate of the β schedule (β is 1 in round 0)."""
+    epochs: int = Field(20, ge=1, le=10_000)
+    """Passes over the aggregated dataset after each round."""
+    batch_size: int = Field(256, ge=1, le=1_000_000)
+    """Minibatch size."""
+    learning_rate: float = Field(1e-3, gt=0.0, le=1.0)
+    """Adam learning rate (a fresh optimizer each round)."""
+    hidden: list[int] = Field(default_factory=lambda: [256, 256], min_length=1, max_length=16)
+    """Hidden widths of the generalist MLP."""
+    activation: Literal["Tanh", "ReLU", "ELU", "SiLU", "GELU", "LeakyReLU"] = "Tanh"
+    """Hidden activation of the generalist MLP."""
+    embedding: Literal["onehot", "learned"] = "onehot"
+    """Embodiment code: the one-hot of its table slot fed to the MLP, or a learned
+    embedding of it (``embed_dim`` wide)."""
+    embed_dim: int = Field(16, ge=1, le=1024)
+    """Width of the learned embodiment embedding."""
+    max_embodiments: int = Field(8, ge=1, le=256)
+    """Slots in the embodiment table (free ones take embodiments added by fine-tuning)."""
+    loss: Literal["kl", "mse"] = "kl"
+    """``kl``: KL(specialist ‖ generalist) between diagonal Gaussians; ``mse`` on the
+    specialist's mean; either summed over the embodiment's unmasked action dims only."""
+    eval_episodes: int = Field(6, ge=1, le=100_000)
+    """Validation episodes per embodiment after each round; the best generalist by mean
+    success rate over the embodiments (then mean return) is kept."""
+    obs_clip: float = Field(10.0, gt=0.0, le=1e6)
+    """Normalized observations are clipped to ±obs_clip inside the generalist."""
+    finetune_from: str = ""
+    """Fine-tuning: a generalist policy directory to start from (normalizers and weights
+    kept); empty: train a new generalist."""
+    finetune_embodiments: list[str] = Field(default_factory=list)
+    """Fine-tuning: new embodiments (in ``EMBODIMENTS``, seen by no specialist) to add to
+    ``finetune_from``'s table. Each gets a short residual PPO on the generalist itself, which
+    then teaches it; the known embodiments are replayed with their specialists."""
+    finetune_residual_timesteps: int = Field(20_000, ge=1, le=10**9)
+    """Fine-tuning: PPO steps of each new embodiment's residual on the generalist."""
+
+
 class DistillConfig(Section):
-    """Student distillation (issue #6: fast students; the generalist arrives with issue #7)."""
+    """Student distillation: fast students of a diffusion teacher, a DAgger student of an RL
+    teacher, and COMPASS's cross-embodiment generalist of the residual specialists."""
 
     teacher: str = ""
     """Teacher policy directory; empty: ``<runs_dir>/<name>/teach/policy``."""
-    students: list[Literal["consistency", "streaming", "rti", "dagger"]] = Field(
+    students: list[Literal["consistency", "streaming", "rti", "dagger", "generalist"]] = Field(
         default_factory=lambda: ["consistency", "streaming"], min_length=1
     )
     """Students to distill, each into ``<run>/distill/<student>/``: ``consistency`` /
     ``streaming`` / ``rti`` (from the diffusion teacher), ``dagger`` (an MLP student of an RL
-    teacher)."""
+    teacher), ``generalist`` (from the COMPASS specialists of ``distill.teacher``'s run)."""
     dagger: DAggerConfig = Field(default_factory=DAggerConfig)
     """The DAgger student."""
     consistency: ConsistencyConfig = Field(default_factory=ConsistencyConfig)
@@ -525,6 +637,8 @@ class DistillConfig(Section):
     """The Streaming Diffusion Policy student."""
     rti: RTIConfig = Field(default_factory=RTIConfig)
     """RTI warm-start inference of the teacher (no training)."""
+    generalist: GeneralistConfig = Field(default_factory=GeneralistConfig)
+    """COMPASS's cross-embodiment generalist, distilled from the residual specialists."""
 
 
 class ExportConfig(Section):

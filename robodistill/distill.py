@@ -11,7 +11,9 @@ is part of the stage's inputs, so a retrained teacher is never skipped over.
 
 Students: ``consistency`` (:mod:`robodistill.distill_consistency`), ``streaming``
 (:mod:`robodistill.distill_streaming`) and ``rti`` (:mod:`robodistill.distill_rti`) from a
-diffusion teacher; ``dagger`` (:mod:`robodistill.distill_dagger`) from an RL teacher.
+diffusion teacher; ``dagger`` (:mod:`robodistill.distill_dagger`) from an RL teacher;
+``generalist`` (:mod:`robodistill.distill_generalist`) from the COMPASS specialists, for
+which ``distill.teacher`` names the COMPASS teach directory (default ``<run>/teach``).
 """
 
 from __future__ import annotations
@@ -52,11 +54,19 @@ def _rti(cfg: RunConfig, stage: StageRun, teacher: Path) -> dict[str, Any]:
     return run_distill_rti(cfg, stage, teacher)
 
 
+def _generalist(cfg: RunConfig, stage: StageRun, teacher: Path) -> dict[str, Any]:
+    from robodistill.distill_generalist import run_distill_generalist
+
+    # Its teachers are the COMPASS specialists, found through distill.teacher (see there).
+    return run_distill_generalist(cfg, stage, teacher)
+
+
 STUDENTS: dict[str, Callable[[RunConfig, StageRun, Path], dict[str, Any]]] = {
     "dagger": _dagger,
     "consistency": _consistency,
     "streaming": _streaming,
     "rti": _rti,
+    "generalist": _generalist,
 }
 """Student name -> function(cfg, stage, teacher_dir) -> metrics, for the built students."""
 
@@ -66,6 +76,10 @@ def teacher_path(cfg: RunConfig) -> Path:
     if cfg.distill.teacher:
         return Path(cfg.distill.teacher)
     return Path(cfg.runs_dir) / cfg.name / "teach" / "policy"
+
+
+def _kind(policy_dir: Path) -> str | None:
+    return json.loads((policy_dir / "config.json").read_text()).get("kind")
 
 
 def run_distill(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
@@ -78,7 +92,9 @@ def run_distill(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
     if repeated:
         raise ConfigError(f"distill.students lists {repeated} more than once; name each once")
     teacher = teacher_path(cfg)
-    if not (teacher / "config.json").is_file():
+    # The generalist's teacher is a COMPASS teach directory (its specialists), not a policy.
+    single_teacher = [s for s in students if s != "generalist"]
+    if single_teacher and not (teacher / "config.json").is_file():
         raise ConfigError(
             f"distill.teacher: there is no teacher policy at {teacher} (no config.json). Train "
             f"one first (robodistill teach --name {cfg.name}; teach.algo rl100 for the diffusion "
@@ -87,15 +103,18 @@ def run_distill(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
         )
 
     diffusion_students = sorted({"consistency", "streaming", "rti"} & set(students))
-    kind = json.loads((teacher / "config.json").read_text()).get("kind")
-    if diffusion_students and kind != "diffusion":
+    if diffusion_students and (kind := _kind(teacher)) != "diffusion":
         # Checked before the stage directory exists, so a wrong teacher leaves nothing behind.
         raise ConfigError(
             f"distill.teacher: {diffusion_students} distill a diffusion teacher (teach.algo: "
             f"rl100), but {teacher} holds a {kind!r} policy; point distill.teacher at a "
             f"diffusion policy, or use distill.students=[dagger] for RL teachers"
         )
-    inputs = policy_inputs(str(teacher))
+    inputs = policy_inputs(str(teacher)) if single_teacher else {}
+    if "generalist" in students:
+        from robodistill.distill_generalist import specialists_inputs
+
+        inputs |= specialists_inputs(cfg)  # no specialists -> a clear error, nothing made
     if {"consistency", "streaming"} & set(students):
         from robodistill.teach_rl100 import demos_inputs
 

@@ -56,6 +56,10 @@ RL100_ONLY_TEACH_KEYS = ("diffusion", "rl100", "offline", "online")
 """``teach`` sections only the RL-100 teacher reads: an RL teacher's stage ignores them, so
 changing them (or a version adding them) never invalidates a finished PPO/SAC run."""
 
+STUDENT_SECTIONS = ("dagger", "consistency", "streaming", "rti", "generalist")
+"""``distill`` sub-sections, one per student: only the listed students' enter the digest, so
+tuning (or a version adding) another student never invalidates a finished distill stage."""
+
 
 class StageConfigMismatch(RuntimeError):
     """A stage directory exists for a different configuration."""
@@ -176,6 +180,12 @@ class StageRun:
         if teach and teach.get("algo") != "rl100":
             for key in RL100_ONLY_TEACH_KEYS:
                 teach.pop(key, None)
+        if teach and teach.get("algo") != "compass":
+            teach.pop("compass", None)
+        distill = sections.get("distill")
+        if distill:
+            for key in set(STUDENT_SECTIONS) - set(distill.get("students", [])):
+                distill.pop(key, None)
         if self.inputs:
             sections["inputs"] = self.inputs
         previous = read_manifest(self.dir)

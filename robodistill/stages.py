@@ -181,6 +181,11 @@ def run_teach(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
 
         # Checked before the stage directory exists: no demos -> a clear error, nothing made.
         inputs = demos_inputs(cfg)
+    elif cfg.teach.algo == "compass":
+        from robodistill.teach_compass import compass_inputs
+        from robodistill.teach_compass import run_teach_compass as train
+
+        inputs = compass_inputs(cfg)  # no demos -> a clear error before the stage dir exists
     elif cfg.teach.backend == "rllib":
         from robodistill.teach_rllib import run_teach_rllib as train
     else:

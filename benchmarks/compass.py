@@ -1,0 +1,184 @@
+"""COMPASS on Nav-v0 (issue #7): expert planner, IL base, specialists and the generalist, per
+embodiment, plus zero-shot on perturbed embodiments.
+
+Runs under ``--runs-dir`` (default ``runs/benchmarks``), each stage resumable and reused when
+done: ``collect`` + ``teach`` (``configs/teachers/compass_nav.yaml``: IL base, residual
+specialists) and ``distill`` (``configs/students/generalist_nav.yaml``: the generalist), all
+under one run name. Then every policy plays the same ``--episodes`` fixed evaluation seeds
+(``robodistill eval``'s) on every embodiment, and on one perturbed copy of each:
+
+* mass × U(0.8, 1.2), footprint radius × U(0.9, 1.1), speed limits (``max_vx``, ``max_vy``,
+  ``max_yaw_rate``) × U(0.8, 1.2), drawn once per embodiment from ``--perturb-seed``;
+* specialists play their unperturbed embodiment's perturbed copy; the generalist gets the
+  code of the nearest embodiment in its table (by descriptor), which is what it does with
+  any body it does not know (zero-shot).
+
+Metrics per (policy, embodiment): success rate (SR) and weighted travel time
+``WTT = mean travel time of the successful episodes (s) / SR`` (lower is better; ``inf``
+without a success), so a policy that is fast on the few layouts it solves does not look
+better than one that solves them all. Goals (printed as PASS/FAIL): on every non-base
+embodiment the generalist's SR is >= 3x the IL base's and >= 0.9x its specialist's.
+
+    python benchmarks/compass.py                       # the configs' budgets, 100 episodes
+    python benchmarks/compass.py --episodes 20 --set teach.total_timesteps=50000
+    python benchmarks/compass.py --no-train            # evaluate what is there
+
+Writes ``benchmark.json`` into the run directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import markdown, pct  # noqa: E402
+
+TEACH_CONFIG = "configs/teachers/compass_nav.yaml"
+STUDENT_CONFIG = "configs/students/generalist_nav.yaml"
+PERTURB = {"mass": (0.8, 1.2), "footprint_radius": (0.9, 1.1), "speed": (0.8, 1.2)}
+
+
+def perturbed(name: str, rng: np.random.Generator) -> str:
+    """Register a perturbed copy of embodiment ``name`` (in this process) and return its name."""
+    from robodistill.envs.embodiments import EMBODIMENTS, ROBOT_BUILDERS
+
+    spec = EMBODIMENTS[name]
+    mass, radius, speed = (rng.uniform(*PERTURB[k]) for k in ("mass", "footprint_radius", "speed"))
+    new = dataclasses.replace(
+        spec, name=f"{name}~perturbed", mass=spec.mass * mass,
+        footprint_radius=spec.footprint_radius * radius, max_vx=spec.max_vx * speed,
+        max_vy=spec.max_vy * speed, max_yaw_rate=spec.max_yaw_rate * speed,
+    )  # fmt: skip
+    EMBODIMENTS[new.name], ROBOT_BUILDERS[new.name] = new, ROBOT_BUILDERS[name]
+    return new.name
+
+
+def evaluate(cfg, policy, embodiment: str, seeds: list[int]) -> dict:
+    """SR, WTT (s) and mean return of ``policy`` on ``embodiment`` over ``seeds``."""
+    from robodistill.rollout import rollout
+
+    episodes = rollout(cfg.env.id, policy, seeds, num_envs=cfg.env.num_envs,
+                       max_episode_steps=cfg.env.max_episode_steps,
+                       env_kwargs={**cfg.env.kwargs, "embodiment": embodiment})  # fmt: skip
+    dt = 1.0 / 10.0  # EmbodimentSpec.control_rate_hz of every Nav body
+    success = np.array([bool(e.success) for e in episodes])
+    times = [e.length * dt for e in episodes if e.success]
+    sr = float(success.mean())
+    return {"success_rate": sr, "wtt_s": float(np.mean(times) / sr) if times else None,
+            "return_mean": float(np.mean([e.return_ for e in episodes])),
+            "episodes": len(episodes)}  # fmt: skip
+
+
+def _cell(result: dict | None) -> str:
+    if result is None:
+        return "—"
+    wtt = "—" if result["wtt_s"] is None else f"{result['wtt_s']:.1f} s"
+    return f"{pct(result['success_rate'])} / {wtt}"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or (a == 0 and b == 0):
+        return "—"
+    return "inf" if b == 0 else f"{a / b:.2f}"
+
+
+def train(teach_cfg, student_cfg) -> None:
+    from robodistill.distill import run_distill
+    from robodistill.stages import run_collect, run_teach
+
+    for name, fn, cfg in (("collect", run_collect, teach_cfg), ("teach", run_teach, teach_cfg),
+                          ("distill", run_distill, student_cfg)):  # fmt: skip
+        t = time.monotonic()
+        fn(cfg)
+        print(f"{name}: {time.monotonic() - t:.0f} s", flush=True)
+
+
+def main() -> None:
+    from robodistill.config import load_config
+    from robodistill.envs import make_expert
+    from robodistill.envs.embodiments import EMBODIMENTS
+    from robodistill.policies import load_policy
+    from robodistill.stages import EVAL_SEED_OFFSET, episode_seeds
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs-dir", default="runs/benchmarks")
+    parser.add_argument("--episodes", type=int, default=100, help="per policy and embodiment")
+    parser.add_argument("--perturb-seed", type=int, default=0)
+    parser.add_argument("--no-train", action="store_true", help="only evaluate existing runs")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="config override for both configs, e.g. teach.total_timesteps=5e4")  # fmt: skip
+    args = parser.parse_args()
+    if args.episodes < 100:
+        print(f"note: {args.episodes} episodes per cell; the issue's table uses >= 100")
+    common = [f"runs_dir={args.runs_dir}", *args.overrides]
+    teach_cfg = load_config(TEACH_CONFIG, common)
+    student_cfg = load_config(STUDENT_CONFIG, [*common, f"name={teach_cfg.name}",
+                                               f"distill.teacher={Path(args.runs_dir) / teach_cfg.name / 'teach'}"])  # fmt: skip
+    if not args.no_train:
+        train(teach_cfg, student_cfg)
+
+    run = Path(args.runs_dir) / teach_cfg.name
+    compass = run / "teach" / "compass"
+    base_name = teach_cfg.teach.compass.base_embodiment
+    names = list(teach_cfg.teach.compass.embodiments)
+    seeds = episode_seeds(teach_cfg, args.episodes, EVAL_SEED_OFFSET)
+    base = load_policy(compass / "base" / "policy")
+    generalist = load_policy(run / "distill" / "generalist" / "policy")
+    specialists = {n: load_policy(compass / "specialists" / n / "policy") for n in names
+                   if (compass / "specialists" / n / "policy").is_dir()}  # fmt: skip
+    rng = np.random.default_rng(args.perturb_seed)
+    bodies = [(n, n) for n in names] + [(perturbed(n, rng), n) for n in names]
+
+    table: dict[str, dict[str, dict]] = {}
+    for body, origin in bodies:
+        t = time.monotonic()
+        row = {"expert": evaluate(teach_cfg, make_expert(teach_cfg.env.id, seed=0), body, seeds),
+               "il_base": evaluate(teach_cfg, base, body, seeds)}  # fmt: skip
+        if origin in specialists:
+            row["specialist"] = evaluate(teach_cfg, specialists[origin], body, seeds)
+        if origin in generalist.table.specs:  # attach() reads the body (nearest code if unknown)
+            row["generalist"] = evaluate(teach_cfg, generalist, body, seeds)
+        table[body] = row
+        print(f"{body}: {time.monotonic() - t:.0f} s", flush=True)
+
+    policies = ["expert", "il_base", "specialist", "generalist"]
+    header = ["embodiment"] + [f"{p} SR / WTT" for p in policies] + ["gen/base", "gen/spec", "goal"]
+    rows, goals = [], {}
+    for body, origin in bodies:
+        cells = table[body]
+        out = [body] + [_cell(cells.get(p)) for p in policies]
+        g = cells.get("generalist", {}).get("success_rate")
+        b = cells["il_base"]["success_rate"]
+        s = cells.get("specialist", {}).get("success_rate")
+        out += [_ratio(g, b), _ratio(g, s)]
+        if origin != base_name and body == origin and None not in (g, s):
+            goals[body] = bool(g > 0 and g >= 3.0 * b and g >= 0.9 * s)
+            out.append("PASS" if goals[body] else "FAIL")
+        else:
+            out.append("")
+        rows.append(out)
+    print()
+    print(markdown(header, rows))
+    print(f"\nSR: success rate over {args.episodes} seeds; WTT: mean travel time of successes / "
+          f"SR. Perturbations: {PERTURB} (x factors). Goal: generalist SR >= 3x IL base and "
+          ">= 0.9x specialist on every non-base embodiment.")  # fmt: skip
+    doc = {
+        "episodes": args.episodes,
+        "perturbations": PERTURB,
+        "table": table,
+        "goals": goals,
+        "perturbed_specs": {b: json.loads(EMBODIMENTS[b].to_json()) for b, o in bodies if b != o},
+    }
+    (run / "benchmark.json").write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {run / 'benchmark.json'}")
+
+
+if __name__ == "__main__":
+    main()

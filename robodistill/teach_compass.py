@@ -1,0 +1,483 @@
+"""COMPASS stages 1 and 2 (``teach.algo: compass``): the IL base with a world model, then one
+residual PPO specialist per embodiment on top of it.
+
+::
+
+    robodistill collect --config configs/teachers/compass_nav.yaml   # holonomic expert demos
+    robodistill teach   --config configs/teachers/compass_nav.yaml   # this module
+
+Artifacts in ``<run>/teach/``::
+
+    policy/                           the IL base (what ``eval`` shows as the teacher)
+    compass/base/                     stage 1
+      checkpoint/                     resumable: policy/, optimizer.pt, state.json
+      policy/  best.json              best base by validation success on base_embodiment
+      result.json                     present = done
+    compass/specialists/<embodiment>/ stage 2, one per teach.compass.embodiments
+      checkpoint/                     PPO's resumable state (robodistill.teach_sb3's format)
+      policy/  best.json              best specialist (a CompassSpecialist) on validation
+      result.json                     present = done
+
+Stage 1 (:func:`run_base`) trains on transitions ``(o_t, a_t, o_{t+1})`` of the expert's
+demonstrations: ``bc(head(z_t), a_t) + world_model_coef * (|f(z_t, a_t) - sg(z_{t+1})|² +
+|dec(f(z_t, a_t)) - norm(o_{t+1})|²)`` with ``z = enc(o)``. Stage 2 (:func:`train_residual`)
+wraps the env in :class:`ResidualActionWrapper` (PPO's action is a residual added to the
+frozen base's action) and :class:`BaseFeaturesWrapper` (PPO's policy and critic see the
+base's latent and action), so stable-baselines3, or RLlib with the same wrapped env, trains
+it unchanged. The step-0 specialist (a near-zero residual: ``log_std_init`` is small and SB3
+initializes the action head at 0.01 gain) is validated first, so a specialist is never kept
+worse than its base on the validation seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+from robodistill.config import ConfigError, RunConfig
+from robodistill.envs import make_env
+from robodistill.policies import Policy
+from robodistill.policies.compass import CompassBase, CompassSpecialist, base_features
+from robodistill.policies.mlp_student import array_stats
+from robodistill.policies.sb3_policy import SB3Policy
+from robodistill.run import StageRun, progress, write_json_atomic
+from robodistill.store import StoreError, TrajectoryStore
+from robodistill.validation import is_better
+
+log = logging.getLogger(__name__)
+
+
+# -- shared helpers ------------------------------------------------------------------------
+
+
+def embodiment_kwargs(cfg: RunConfig, embodiment: str) -> dict[str, Any]:
+    """``env.kwargs`` with ``embodiment`` set (the env id must take that keyword)."""
+    return {**cfg.env.kwargs, "embodiment": embodiment}
+
+
+def validate(cfg: RunConfig, policy: Policy, embodiment: str, seeds: list[int]) -> dict[str, Any]:
+    """Roll ``policy`` out on ``embodiment`` and ``seeds``: the summary (return, length, success)
+    plus ``travel_time_s`` (mean duration of the successful episodes, None without one)."""
+    from robodistill.rollout import rollout
+    from robodistill.stages import summarize_episodes
+
+    episodes = rollout(cfg.env.id, policy, seeds, num_envs=cfg.env.num_envs,
+                       max_episode_steps=cfg.env.max_episode_steps,
+                       env_kwargs=embodiment_kwargs(cfg, embodiment),
+                       source_policy=f"compass-{embodiment}")  # fmt: skip
+    out = summarize_episodes([e.return_ for e in episodes], [e.length for e in episodes],
+                             [e.success for e in episodes])  # fmt: skip
+    done = [e.length for e in episodes if e.success]
+    out["travel_steps"] = float(np.mean(done)) if done else None
+    return out
+
+
+def _replace_dir(tmp: Path, directory: Path) -> None:
+    """Rename ``tmp`` to ``directory``; the old one is moved aside first and deleted last."""
+    old = directory.with_name(f".{directory.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if directory.exists():
+        os.replace(directory, old)
+    os.replace(tmp, directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# -- stage 1: the IL base ------------------------------------------------------------------
+
+
+def demos_path(cfg: RunConfig) -> Path:
+    """``teach.compass.demos``, else this run's ``collect/demos.zarr``."""
+    return Path(cfg.teach.compass.demos or Path(cfg.runs_dir) / cfg.name / "collect" / "demos.zarr")
+
+
+def load_transitions(cfg: RunConfig) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """``({"obs" (N, D), "action" (N, A), "next_obs" (N, D), "has_next" (N,)}, info)`` from
+    the base embodiment's demonstrations; ``has_next`` is False on each episode's last step
+    (its successor is not stored), which the world-model losses skip."""
+    path, base = demos_path(cfg), cfg.teach.compass.base_embodiment
+    if not path.exists():
+        raise StoreError(
+            f"teach.compass.demos: {path} does not exist. Collect expert demonstrations of the "
+            f"base embodiment first (robodistill collect --config <this config>, with "
+            f"env.kwargs.embodiment={base} and collect.policy=expert) or point "
+            "teach.compass.demos at a trajectory store"
+        )
+    with TrajectoryStore.open(path) as store:
+        if store.n_episodes == 0:
+            raise StoreError(f"{path} holds no episodes; collect demonstrations into it first")
+        data, env_id = store.load(["obs", "action"]), store.attrs.get("env_id")
+        bodies = sorted(set(store.episode_meta()["embodiment"].tolist()) - {""})
+    if env_id and env_id != cfg.env.id:
+        raise StoreError(f"{path} holds {env_id!r} demonstrations but env.id is {cfg.env.id!r}")
+    if bodies and bodies != [base]:
+        raise StoreError(
+            f"{path} holds demonstrations of {bodies}, but teach.compass.base_embodiment is "
+            f"{base!r}: the base imitates one embodiment; collect with "
+            f"env.kwargs.embodiment={base} or change teach.compass.base_embodiment"
+        )
+    obs = data["obs"].reshape(len(data["obs"]), -1).astype(np.float32)
+    ends = data["episode_ends"]
+    has_next = np.ones(len(obs), bool)
+    has_next[ends - 1] = False
+    next_obs = np.concatenate([obs[1:], obs[-1:]])
+    action = data["action"].reshape(len(obs), -1).astype(np.float32)
+    info = {"demos": str(path), "episodes": int(len(ends)), "transitions": int(len(obs))}
+    return {"obs": obs, "action": action, "next_obs": next_obs, "has_next": has_next}, info
+
+
+def compass_inputs(cfg: RunConfig) -> dict[str, Any]:
+    """The teach stage's extra inputs: the demonstrations' path and a fingerprint."""
+    import hashlib
+
+    path = demos_path(cfg)
+    if not path.exists():
+        load_transitions(cfg)  # raises the precise error
+    with TrajectoryStore.open(path) as store:
+        digest = hashlib.sha256(store.episode_ends.tobytes()).hexdigest()[:16]
+        return {"demos": str(path), "demos_episodes": int(store.n_episodes), "demos_digest": digest}
+
+
+def base_loss(base: CompassBase, batch: dict[str, torch.Tensor], bc_loss: str,
+              wm_coef: float) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+    """Stage 1's loss on a batch (obs, action, next_obs (B, ·), has_next (B,)): imitation of
+    the expert action by the policy head + the world model's next-latent and next-observation
+    prediction errors. Returns the total and its parts."""
+    net = base.net
+    z = net.latent(batch["obs"])
+    mean, log_std = net.head(z)
+    err = net.normalizer.normalize("action", mean) - net.normalizer.normalize(
+        "action", batch["action"]
+    )
+    if bc_loss == "nll":  # Gaussian NLL in normalized units (drops the constant)
+        bc = (0.5 * err.pow(2) * torch.exp(-2 * net.log_std) + net.log_std).sum(-1).mean()
+    else:
+        bc = err.pow(2).mean()
+    parts = {"bc": float(bc.detach())}
+    total = bc
+    valid = batch["has_next"]
+    if wm_coef > 0 and bool(valid.any()):
+        z_pred = net.predict_next(z[valid], batch["action"][valid])
+        with torch.no_grad():  # the target latent is a fixed point, as in latent world models
+            z_next = net.latent(batch["next_obs"][valid])
+        latent = (z_pred - z_next).pow(2).mean()
+        recon = (net.decode(z_pred) - net.normalized_obs(batch["next_obs"][valid])).pow(2).mean()
+        total = total + wm_coef * (latent + recon)
+        parts |= {"latent": float(latent.detach()), "obs_pred": float(recon.detach())}
+    return total, parts
+
+
+def run_base(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
+    """Stage 1: train the base (module docstring) into ``teach/compass/base``; resumable."""
+    from robodistill.rollout import env_spaces
+    from robodistill.stages import VALIDATION_SEED_OFFSET, episode_seeds
+
+    c = cfg.teach.compass
+    sub = stage.dir / "compass" / "base"
+    if (sub / "result.json").is_file():
+        return json.loads((sub / "result.json").read_text())
+    sub.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    data, demo_info = load_transitions(cfg)
+    obs_space, act_space, _ = env_spaces(cfg.env.id, embodiment_kwargs(cfg, c.base_embodiment))
+    if data["obs"].shape[1] != int(np.prod(obs_space.shape)):
+        raise StoreError(f"{demo_info['demos']} has observations of size {data['obs'].shape[1]}, "
+                         f"{cfg.env.id} gives {obs_space.shape}; collect with the same env")  # fmt: skip
+    base = CompassBase.build(obs_space, act_space, array_stats(data["obs"]),
+                             array_stats(data["action"]), c.hidden, c.latent_dim, c.activation,
+                             seed=cfg.seed)  # fmt: skip
+    base.net.train()
+    optimizer = torch.optim.Adam(base.net.parameters(), lr=c.base_learning_rate)
+    rng = np.random.default_rng([cfg.seed, 7])
+    seeds = episode_seeds(cfg, cfg.teach.eval_episodes, VALIDATION_SEED_OFFSET)
+
+    # -- resume ----------------------------------------------------------------------------
+    ckpt = sub / "checkpoint"
+    state = {"step": 0, "best": None, "evals": []}
+    if (ckpt / "state.json").is_file():
+        state = json.loads((ckpt / "state.json").read_text())
+        base.net.load_state_dict(CompassBase.load(ckpt / "policy").net.state_dict())
+        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+        rng.bit_generator.state = state.pop("rng")
+        log.info("teach: compass base resumed at step %d", state["step"])
+    resumed_from = state["step"]
+
+    def evaluate() -> None:
+        base.net.eval()
+        result = validate(cfg, base, c.base_embodiment, seeds) | {"step": state["step"]}
+        base.net.train()
+        if is_better(result, state["best"]):
+            base.save(sub / "policy")
+            write_json_atomic(sub / "best.json", result)
+            state["best"] = result
+        state["evals"].append({k: result[k] for k in ("step", "success_rate", "return_mean")})
+        stage.log_metrics(state["step"], {"stage": "compass_base", **{
+            f"eval_{k}": result[k] for k in ("success_rate", "return_mean")}})  # fmt: skip
+
+    def checkpoint() -> None:
+        tmp = ckpt.with_name(f".{ckpt.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        base.save(tmp / "policy")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        write_json_atomic(tmp / "state.json", {**state, "rng": rng.bit_generator.state})
+        _replace_dir(tmp, ckpt)
+
+    tensors = {k: torch.from_numpy(v) for k, v in data.items()}
+    bar = progress(c.base_steps, "teach compass base", initial=state["step"], unit="step")
+    losses: list[dict[str, float]] = []
+    try:
+        while state["step"] < c.base_steps:
+            idx = torch.from_numpy(rng.integers(len(data["obs"]), size=c.base_batch_size))
+            loss, parts = base_loss(base, {k: v[idx] for k, v in tensors.items()}, c.bc_loss,
+                                    c.world_model_coef)  # fmt: skip
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            state["step"] += 1
+            losses.append(parts)
+            bar.update(1)
+            step = state["step"]
+            if step % 50 == 0 or step == c.base_steps:
+                row = {k: float(np.mean([p[k] for p in losses if k in p])) for k in losses[-1]}
+                stage.log_metrics(step, {"stage": "compass_base", **row})
+                losses.clear()
+            if step % c.base_eval_every == 0 or step == c.base_steps:
+                evaluate()
+            if step % c.base_checkpoint_every == 0 or step == c.base_steps:
+                checkpoint()
+    finally:
+        bar.close()
+    if state["best"] is None:  # resumed after the final checkpoint of a run that had no eval
+        evaluate()
+    base.net.eval()
+    base.save(sub / "policy_last")
+    result = {"steps": state["step"], "resumed_from_step": resumed_from, **demo_info,
+              "best_success_rate": state["best"]["success_rate"],
+              "best_return_mean": state["best"]["return_mean"], "best_step": state["best"]["step"],
+              "evals": state["evals"], "policy": str(sub / "policy"),
+              "wall_s": round(time.monotonic() - t0, 2)}  # fmt: skip
+    write_json_atomic(sub / "result.json", result)
+    return result
+
+
+# -- stage 2: residual specialists ---------------------------------------------------------
+
+
+class ResidualActionWrapper(gym.ActionWrapper):
+    """The agent's action is a residual: ``env action = clip(base(o) + residual, low, high)``.
+
+    ``base`` is frozen and acts on the latest raw observation; after every reset/step the
+    wrapper keeps ``base_action`` (A,) and ``latent`` (L,) of that observation (one encoder
+    pass) for :class:`BaseFeaturesWrapper`. The action space becomes ``±residual_limit``.
+    """
+
+    def __init__(self, env: gym.Env, base: Policy, residual_limit: float):
+        super().__init__(env)
+        self.base = base
+        base.attach([env])  # a generalist base reads the embodiment from the env
+        shape = env.action_space.shape
+        self.low, self.high = env.action_space.low, env.action_space.high
+        self.action_space = gym.spaces.Box(-residual_limit, residual_limit, shape, np.float32)
+        self.base_action = np.zeros(shape, np.float32)
+        self.latent = np.zeros(0, np.float32)
+
+    def _observe(self, obs: np.ndarray) -> None:
+        action, z = self.base.act_and_latent(np.asarray(obs, np.float32)[None])
+        self.base_action, self.latent = action[0], z[0]
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        self._observe(obs)
+        return obs, info
+
+    def step(self, residual):
+        obs, reward, terminated, truncated, info = self.env.step(self.action(residual))
+        self._observe(obs)
+        return obs, reward, terminated, truncated, info
+
+    def action(self, residual: np.ndarray) -> np.ndarray:
+        residual = np.asarray(residual, np.float32).reshape(self.base_action.shape)
+        return np.clip(self.base_action + residual, self.low, self.high).astype(np.float32)
+
+
+class BaseFeaturesWrapper(gym.ObservationWrapper):
+    """PPO's observation: ``[z (L), base action (A)]`` (+ the raw obs with ``include_obs``),
+    the same vector as :func:`robodistill.policies.compass.base_features`. Must wrap a
+    :class:`ResidualActionWrapper` directly (it reuses that wrapper's encoder pass)."""
+
+    def __init__(self, env: ResidualActionWrapper, include_obs: bool = False):
+        if not isinstance(env, ResidualActionWrapper):
+            raise TypeError("BaseFeaturesWrapper must wrap a ResidualActionWrapper")
+        super().__init__(env)
+        self.include_obs = include_obs
+        probe = np.zeros((1, *env.env.observation_space.shape), np.float32)
+        dim = base_features(env.base, probe, include_obs)[0].shape[1]
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (dim,), np.float32)
+
+    def observation(self, obs: np.ndarray) -> np.ndarray:
+        parts = [self.env.latent, self.env.base_action]
+        if self.include_obs:
+            parts.append(np.asarray(obs, np.float32).reshape(-1))
+        return np.concatenate(parts).astype(np.float32)
+
+
+def make_residual_env(cfg: RunConfig, base: Policy, embodiment: str) -> gym.Env:
+    """``env.id`` on ``embodiment``, wrapped for residual RL (what SB3 or RLlib trains on)."""
+    c = cfg.teach.compass
+    env = make_env(cfg.env.id, max_episode_steps=cfg.env.max_episode_steps,
+                   **embodiment_kwargs(cfg, embodiment))  # fmt: skip
+    return BaseFeaturesWrapper(ResidualActionWrapper(env, base, c.residual_limit), c.residual_obs)
+
+
+class _SpecialistKeeper(BaseCallback):
+    """Every ``teach.eval_every`` steps validates the specialist and keeps the best in
+    ``out/policy`` + ``out/best.json``; ``state()`` goes into PPO's checkpoints."""
+
+    def __init__(self, cfg: RunConfig, out: Path, base: Policy, embodiment: str, vec_normalize,
+                 stage: StageRun):  # fmt: skip
+        from robodistill.stages import VALIDATION_SEED_OFFSET, episode_seeds
+
+        super().__init__()
+        self.cfg, self.out, self.base, self.embodiment = cfg, out, base, embodiment
+        self.vec_normalize, self.stage = vec_normalize, stage
+        self.seeds = episode_seeds(cfg, cfg.teach.eval_episodes, VALIDATION_SEED_OFFSET)
+        best = out / "best.json"
+        self.best = json.loads(best.read_text()) if best.is_file() else None
+        self.last_step = -1
+
+    def specialist(self, model) -> CompassSpecialist:
+        residual = SB3Policy.from_model(model, self.vec_normalize)
+        return CompassSpecialist(
+            self.base, residual, self.embodiment, self.cfg.teach.compass.residual_obs
+        )
+
+    def state(self) -> dict[str, Any]:
+        return {"best": self.best, "last_eval_step": self.last_step}
+
+    def _on_training_start(self) -> None:
+        every = self.cfg.teach.eval_every
+        self.next_at = (self.num_timesteps // every + 1) * every
+        if self.best is None:  # the step-0 specialist is the base (a near-zero residual)
+            self.evaluate(self.model)
+
+    def _on_rollout_start(self) -> None:
+        if self.num_timesteps >= self.next_at:
+            self.evaluate(self.model)
+            every = self.cfg.teach.eval_every
+            self.next_at = (self.num_timesteps // every + 1) * every
+
+    def _on_step(self) -> bool:
+        return True
+
+    def evaluate(self, model) -> dict[str, Any]:
+        step = int(model.num_timesteps)
+        policy = self.specialist(model)
+        result = validate(self.cfg, policy, self.embodiment, self.seeds) | {"step": step}
+        if is_better(result, self.best):
+            policy.save(self.out / "policy")
+            write_json_atomic(self.out / "best.json", result)
+            self.best = result
+        self.stage.log_metrics(step, {"stage": f"specialist-{self.embodiment}", **{
+            f"eval_{k}": result[k] for k in ("success_rate", "return_mean")}})  # fmt: skip
+        log.info("teach: compass %s specialist at %d steps: success %s, return %.2f",
+                 self.embodiment, step, result["success_rate"], result["return_mean"])  # fmt: skip
+        self.last_step = step
+        return result
+
+
+def train_residual(cfg: RunConfig, stage: StageRun, base: Policy, embodiment: str, out: Path,
+                   total_timesteps: int) -> dict[str, Any]:  # fmt: skip
+    """Stage 2 for one embodiment: PPO on the residual (module docstring) into ``out``;
+    resumable (``teach_sb3``'s checkpoints) and skipped once ``out/result.json`` exists."""
+    from robodistill.teach_sb3 import CheckpointCallback, restore_checkpoint, save_checkpoint
+
+    if (out / "result.json").is_file():
+        return json.loads((out / "result.json").read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    teach, c, t0 = cfg.teach, cfg.teach.compass, time.monotonic()
+
+    def make_one():
+        return Monitor(make_residual_env(cfg, base, embodiment))
+
+    venv = DummyVecEnv([make_one for _ in range(cfg.env.num_envs)])
+    venv.seed(cfg.seed)
+    vec_normalize = None
+    if teach.normalize_obs or teach.normalize_reward:
+        venv = vec_normalize = VecNormalize(venv, norm_obs=teach.normalize_obs,
+                                            norm_reward=teach.normalize_reward, gamma=teach.gamma)  # fmt: skip
+    model = PPO(
+        "MlpPolicy", venv, n_steps=teach.n_steps, n_epochs=teach.n_epochs,
+        learning_rate=teach.learning_rate, gamma=teach.gamma, batch_size=teach.batch_size,
+        policy_kwargs={"net_arch": list(teach.net_arch), "log_std_init": c.log_std_init},
+        seed=cfg.seed, tensorboard_log=str(out / "tb"), device="cpu", verbose=0,
+    )  # fmt: skip
+    ckpt = out / "checkpoint"
+    state = restore_checkpoint(ckpt, model, vec_normalize, None)
+    resumed_from = model.num_timesteps if state is not None else 0
+    keeper = _SpecialistKeeper(cfg, out, base, embodiment, vec_normalize, stage)
+    checkpointer = CheckpointCallback(ckpt, teach.checkpoint_every, vec_normalize, None, keeper,
+                                      last_step=resumed_from)  # fmt: skip
+    remaining = total_timesteps - model.num_timesteps
+    if remaining > 0:
+        model.learn(remaining, callback=CallbackList([keeper, checkpointer]),
+                    tb_log_name=f"residual-{embodiment}", reset_num_timesteps=state is None)  # fmt: skip
+    if keeper.last_step != model.num_timesteps:
+        keeper.evaluate(model)
+    keeper.specialist(model).save(out / "policy_last")
+    save_checkpoint(ckpt, model, vec_normalize, None, keeper.state())
+    venv.close()
+    best = keeper.best
+    result = {"embodiment": embodiment, "timesteps": int(model.num_timesteps),
+              "resumed_from_timesteps": int(resumed_from),
+              "best_success_rate": best["success_rate"], "best_return_mean": best["return_mean"],
+              "best_step": best["step"], "policy": str(out / "policy"),
+              "wall_s": round(time.monotonic() - t0, 2)}  # fmt: skip
+    write_json_atomic(out / "result.json", result)
+    return result
+
+
+# -- the teach stage -----------------------------------------------------------------------
+
+
+def run_teach_compass(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
+    """Stage 1, then stage 2 for every ``teach.compass.embodiments``; the teach metrics."""
+    from robodistill.envs.embodiments import EMBODIMENTS
+
+    c = cfg.teach.compass
+    unknown = sorted({c.base_embodiment, *c.embodiments} - set(EMBODIMENTS))
+    if unknown:
+        raise ConfigError(f"teach.compass: unknown embodiments {unknown}; known: "
+                          f"{sorted(EMBODIMENTS)} (see robodistill.envs.embodiments)")  # fmt: skip
+    threads = torch.get_num_threads()
+    if c.torch_threads:
+        torch.set_num_threads(c.torch_threads)
+    t0 = time.monotonic()
+    try:
+        base_result = run_base(cfg, stage)
+        base = CompassBase.load(stage.dir / "compass" / "base" / "policy")
+        base.save(stage.dir / "policy")
+        specialists = {}
+        for name in c.embodiments:
+            out = stage.dir / "compass" / "specialists" / name
+            specialists[name] = train_residual(
+                cfg, stage, base, name, out, cfg.teach.total_timesteps
+            )
+    finally:
+        torch.set_num_threads(threads)
+    metrics = {"algo": "compass", "base": base_result, "specialists": specialists,
+               "policy": str(stage.dir / "policy"), "compass": str(stage.dir / "compass"),
+               "wall_s": round(time.monotonic() - t0, 2)}  # fmt: skip
+    log.info("teach: %s", json.dumps({k: v for k, v in metrics.items() if k != "base"}))
+    return metrics
