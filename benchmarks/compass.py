@@ -23,7 +23,8 @@ embodiment the generalist's SR is >= 3x the IL base's and >= 0.9x its specialist
     python benchmarks/compass.py --episodes 20 --set teach.total_timesteps=50000
     python benchmarks/compass.py --no-train            # evaluate what is there
 
-Writes ``benchmark.json`` into the run directory.
+Writes ``benchmark.json`` and ``benchmark.png`` (success rate per embodiment and policy, a
+grouped bar chart) into the run directory.
 """
 
 from __future__ import annotations
@@ -87,6 +88,30 @@ def _ratio(a: float | None, b: float | None) -> str:
     if a is None or b is None or (a == 0 and b == 0):
         return "—"
     return "inf" if b == 0 else f"{a / b:.2f}"
+
+
+def bar_chart(table: dict[str, dict[str, dict]], policies: list[str], path: Path) -> Path:
+    """Grouped bars: success rate per embodiment (x) and policy (colour)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bodies = list(table)
+    width = 0.8 / len(policies)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(bodies)), 3.6))
+    for i, name in enumerate(policies):
+        x = np.arange(len(bodies)) + (i - (len(policies) - 1) / 2) * width
+        sr = [table[b].get(name, {}).get("success_rate", np.nan) for b in bodies]
+        ax.bar(x, sr, width, label=name)
+    ax.set_xticks(np.arange(len(bodies)), [b.replace("~", "\n") for b in bodies], fontsize=8)
+    ax.set_ylabel("success rate")
+    ax.set_ylim(0, 1.05)
+    ax.legend(ncol=len(policies), fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 1.16))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def train(teach_cfg, student_cfg) -> None:
@@ -177,7 +202,8 @@ def main() -> None:
         "perturbed_specs": {b: json.loads(EMBODIMENTS[b].to_json()) for b, o in bodies if b != o},
     }
     (run / "benchmark.json").write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {run / 'benchmark.json'}")
+    chart = bar_chart(table, policies, run / "benchmark.png")
+    print(f"wrote {run / 'benchmark.json'} and {chart}")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,15 @@
 """Deploy latency: torch eager vs onnxruntime at batch 1 on one thread, and the fixed-rate
 controller, for every policy kind that exports.
 
-* **MLP kinds** (SB3 PPO, SB3 SAC, RLlib PPO; PushT ``state`` observations, D = 5): at the
-  level a controller calls them (``Policy.act`` on a numpy observation vs ``OnnxPolicy.act``)
-  and at the graph level (the exported ``nn.Module`` under ``torch.inference_mode`` vs
-  ``InferenceSession.run``).
+* **MLP kinds** (SB3 PPO, SB3 SAC, RLlib PPO and the DAgger student ``mlp_student``, Tanh
+  MLP (256, 256) with a Gaussian head and the clip squash, distilled from the SB3 PPO teacher;
+  PushT ``state`` observations, D = 5; and the COMPASS ``generalist``, Tanh MLP (256, 256)
+  with a learned 16-wide embodiment embedding over an 8-slot table of the ``holonomic``,
+  ``diffdrive``, ``ackermann`` and ``heavy`` embodiments, acting as ``diffdrive`` on
+  ``robodistill/Nav-v0``, D = 27, plus its one-hot embodiment code, a second graph input): at
+  the level a controller calls them (``Policy.act`` on a numpy observation vs
+  ``OnnxPolicy.act``) and at the graph level (the exported ``nn.Module`` under
+  ``torch.inference_mode`` vs ``InferenceSession.run``).
 * **diffusion teacher and students** (DDIM-10 teacher, its RTI warm start, consistency
   1-step and 3-step, streaming; PushT ``keypoints`` observations, D = 20; see
   ``benchmarks/deploy_students.py``): per *decision* (torch ``plan(hist)`` via
@@ -22,17 +27,20 @@ controller, for every policy kind that exports.
   Goal: < 0.1 % missed deadlines.
 
 Weights are untrained (latency does not depend on training); normalization statistics come
-from random PushT steps. torch and onnxruntime are timed in alternation (in turns of 10
-samples, ``--block``) after a warm-up, so that the load of a shared machine hits both
-alike; medians are reported. Load averages are printed at start and end.
+from random PushT steps (the DAgger student's action statistics: the SB3 PPO teacher's labels
+of those states, as in DAgger's round 0) and from random Nav-v0 steps of each embodiment (the
+generalist's). torch and onnxruntime are timed in alternation (in turns of 10 samples,
+``--block``) after a warm-up, so that the load of a shared machine hits both alike; medians
+are reported. Load averages are printed at start and end.
 
     python benchmarks/deploy.py --exporter torchscript --realtime 50   # all (~20 min: 8 runs
                                                                        # of 10k ticks, 4 at 50 Hz)
     python benchmarks/deploy.py --only students --ticks 2000 --skip-sim   # ~5 min
-    python benchmarks/deploy.py --only mlp --ticks 2000 --exporter torchscript   # ~1 min
+    python benchmarks/deploy.py --only mlp --ticks 2000 --exporter torchscript   # < 1 min
 
-Runtime: MLP timing ~1 min, student timing and export ~3-5 min with ``--decisions 100``
-(the DDIM-10 teacher dominates), controller runs ``ticks / hz`` each (200 s at 50 Hz).
+Runtime: MLP timing (six kinds) 10-60 s, student timing and export ~3-5 min with
+``--decisions 100`` (the DDIM-10 teacher dominates), controller runs ``ticks / hz`` each
+(200 s at 50 Hz).
 """
 
 from __future__ import annotations
@@ -60,21 +68,30 @@ from robodistill.deploy.runtime import OnnxPolicy, session_options  # noqa: E402
 from robodistill.envs import make_env  # noqa: E402
 
 ENV = "robodistill/PushT-v0"
+NAV = "robodistill/Nav-v0"
+EMBODIMENTS = ("holonomic", "diffdrive", "ackermann", "heavy")
+BODY = "diffdrive"  # the embodiment the generalist acts as while timed
 
 
 def policies() -> dict:
-    """SB3 PPO (64, 64, tanh), SB3 SAC (256, 256, relu), RLlib PPO (256, 256, tanh)."""
+    """SB3 PPO (64, 64, tanh), SB3 SAC (256, 256, relu), RLlib PPO (256, 256, tanh) and the
+    DAgger student of the SB3 PPO teacher (``DAggerConfig`` defaults: (256, 256), Tanh)."""
     import gymnasium as gym
     from stable_baselines3 import PPO, SAC
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
+    from robodistill.config import DAggerConfig
+    from robodistill.distill_dagger import label, resolve_loss
+    from robodistill.policies.mlp_student import MLPStudent, array_stats
     from robodistill.policies.rllib_policy import RLlibPolicy, build_layers
     from robodistill.policies.sb3_policy import SB3Policy
 
     venv = VecNormalize(DummyVecEnv([lambda: make_env(ENV)]))
     venv.reset()
+    states = [venv.get_original_obs()]  # raw: the DAgger student normalizes inside
     for _ in range(200):  # observation statistics from random steps
         venv.step(np.array([venv.action_space.sample()]))
+        states.append(venv.get_original_obs())
     out = {}
     for name, cls in (("sb3-ppo", PPO), ("sb3-sac", SAC)):
         model = cls("MlpPolicy", venv, seed=0, device="cpu")
@@ -89,28 +106,78 @@ def policies() -> dict:
     assert isinstance(env.observation_space, gym.spaces.Box)
     out["rllib-ppo"] = RLlibPolicy(build_layers(spec), spec, env.observation_space,
                                    env.action_space, mean, std, 10.0, 20.0)  # fmt: skip
+    # The DAgger student as distill_dagger builds it after round 0: normalizers from the
+    # teacher's states and its labels of them (PPO teacher: KL loss, Gaussian head, clip).
+    dagger, teacher = DAggerConfig(), out["sb3-ppo"]
+    loss, squash = resolve_loss(dagger, teacher)
+    obs = np.concatenate(states).astype(np.float32)
+    labels = label(teacher, obs, loss)
+    out["mlp-student"] = MLPStudent.build(
+        env.observation_space, env.action_space, array_stats(obs),
+        array_stats(labels["target_mean"]), hidden=dagger.hidden, activation=dagger.activation,
+        head="gaussian" if loss == "kl" else "deterministic", squash=squash,
+        log_std_stats=array_stats(labels["target_log_std"]) if loss == "kl" else None,
+        obs_clip=dagger.obs_clip, seed=0,
+    )  # fmt: skip
     return out
 
 
-def inference(policy, path: Path, obs: np.ndarray, calls: int) -> dict:
+def generalist() -> tuple:
+    """The COMPASS generalist (``GeneralistConfig`` defaults but a learned embedding: (256,
+    256), Tanh, embed_dim 16, 8 slots) over :data:`EMBODIMENTS` on Nav-v0, acting as
+    :data:`BODY`; returns ``(policy, obs (1, D_max))``. Normalizers: random steps of each body
+    (observations), random actions and zero log-stds (an untrained specialist's labels)."""
+    from robodistill.config import GeneralistConfig
+    from robodistill.envs.embodiments import EMBODIMENTS as SPECS
+    from robodistill.policies.generalist import EmbodimentTable, Generalist, pad
+    from robodistill.policies.mlp_student import array_stats
+
+    g = GeneralistConfig()
+    table = EmbodimentTable.from_specs([SPECS[n] for n in EMBODIMENTS], n_slots=g.max_embodiments)
+    rng, rows, acts = np.random.default_rng(0), [], []
+    for name in EMBODIMENTS:
+        env = make_env(NAV, embodiment=name)
+        rows.append(env.reset(seed=0)[0])
+        for _ in range(50):
+            acts.append(rng.uniform(-1, 1, env.action_space.shape))
+            obs, _, terminated, truncated, _ = env.step(acts[-1].astype(np.float32))
+            rows.append(env.reset()[0] if terminated or truncated else obs)
+        env.close()
+    acts = np.asarray(acts)
+    stats = {"obs": array_stats(pad(np.asarray(rows), table.obs_dim)),
+             "action": array_stats(acts), "log_std": array_stats(np.zeros_like(acts))}  # fmt: skip
+    env = make_env(NAV, embodiment=BODY)
+    policy = Generalist.build(table, env.action_space, stats, g.hidden, g.activation, "learned",
+                              g.embed_dim, g.obs_clip, seed=0, default=BODY)  # fmt: skip
+    obs = pad(env.reset(seed=0)[0][None], table.obs_dim)
+    return policy.for_embodiment(BODY), obs
+
+
+def inference(
+    policy, path: Path, obs: np.ndarray, calls: int, embodiment: str | None = None
+) -> dict:
+    """``embodiment``: a generalist's, whose one-hot code is the graph's second input."""
     import onnxruntime as ort
 
     module = policy.onnx_spec()["module"].eval()
-    x = torch.from_numpy(obs)
+    feeds = {"obs": obs}
+    if embodiment is not None:
+        feeds["embodiment"] = policy.codes([embodiment]).numpy()
+    xs = [torch.from_numpy(v) for v in feeds.values()]
     session = ort.InferenceSession(
         str(path), session_options(1), providers=["CPUExecutionProvider"]
     )
-    runtime = OnnxPolicy(path, threads=1)
+    runtime = OnnxPolicy(path, threads=1, embodiment=embodiment)
 
     def torch_graph():
         with torch.inference_mode():
-            module(x)
+            module(*xs)
 
     samplers = {
         "torch_act": clocked(lambda: policy.act(obs)),
         "onnx_act": clocked(lambda: runtime.act(obs)),
         "torch_graph": clocked(torch_graph),
-        "onnx_graph": clocked(lambda: session.run(None, {"obs": obs})),
+        "onnx_graph": clocked(lambda: session.run(None, feeds)),
     }
     rows = interleaved(samplers, calls, warmup=200, block=10)
     rows["ratio_act"] = round(rows["torch_act"]["median"] / rows["onnx_act"]["median"], 2)
@@ -152,12 +219,17 @@ def load() -> str:
 def mlp_kinds(args, workdir: Path, results: dict) -> Path:
     """Time the MLP kinds; return the SB3 PPO file (the 500 Hz controller's policy)."""
     obs = make_env(ENV).reset(seed=0)[0].astype(np.float32)[None]
-    print(f"MLP kinds on {ENV} (state observations, D = {obs.shape[1]}), {args.calls} calls")
+    general, nav_obs = generalist()
+    print(f"MLP kinds on {ENV} (state observations, D = {obs.shape[1]}); generalist on {NAV} "
+          f"as {BODY} (D = {nav_obs.shape[1]}, embodiment code {general.table.n_slots}); "
+          f"{args.calls} calls")  # fmt: skip
+    kinds = [(name, policy, obs, None) for name, policy in policies().items()]
+    kinds.append(("generalist", general, nav_obs, BODY))
     paths = {}
-    for name, policy in policies().items():
+    for name, policy, x, embodiment in kinds:
         paths[name] = workdir / f"{name}.onnx"
         export_policy(policy, paths[name], exporter=args.exporter)
-        row = inference(policy, paths[name], obs, args.calls)
+        row = inference(policy, paths[name], x, args.calls, embodiment)
         results["inference"][name] = row
         print(f"{name:19s} act       torch {row['torch_act']['median']:8.4f} ms  onnx "
               f"{row['onnx_act']['median']:8.4f} ms  ratio {row['ratio_act']:5.2f}x\n"
