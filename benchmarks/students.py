@@ -47,31 +47,19 @@ CONFIG = "configs/pipelines/rl100.yaml"
 
 
 def onnx_latency(policy, obs: np.ndarray, decisions: int, workdir: Path, name: str) -> dict:
-    """Median / p99 ms of one decision of the exported ``policy`` in onnxruntime."""
+    """Median / p99 ms of one decision of the exported ``policy`` in onnxruntime: one
+    ``predict`` chunk (the denoising loop included) for stateless graphs; for RTI and the
+    streaming student, whose state lives in ``act``, the ``act`` calls that decide."""
+    from deploy_students import onnx_decision
+
     from robodistill.deploy.export import export_policy
     from robodistill.deploy.runtime import OnnxPolicy
 
     path = workdir / f"{name}.onnx"
     export_policy(policy, path, exporter="torchscript")
     runtime = OnnxPolicy(path, threads=1)
-    row = np.asarray(obs, np.float32)[None]
-    if runtime.metadata.get("state"):
-
-        def decide():
-            runtime.act(row)
-    else:
-        hist = np.repeat(row[:, None], runtime.history, axis=1) if runtime.history > 1 else row
-
-        def decide():
-            runtime.predict(hist)
-
-    times = []
-    for i in range(decisions + 5):
-        t0 = time.perf_counter()
-        decide()
-        if i >= 5:
-            times.append(time.perf_counter() - t0)
-    ms = np.asarray(times) * 1e3
+    decide, _ = onnx_decision(runtime, np.asarray(obs, np.float32)[None])
+    ms = np.asarray([decide() for _ in range(decisions + 5)][5:]) * 1e3
     return {"median_ms": float(np.median(ms)), "p99_ms": float(np.percentile(ms, 99))}
 
 
