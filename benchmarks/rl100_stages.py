@@ -73,14 +73,25 @@ def main() -> None:
             logging.info("%s: %s", sub, rows[f"after {sub}"])
     if last is None:
         raise SystemExit(f"no sub-stage policy under {run / 'teach'}")
+    # online/policy is the best policy so far (which may be an earlier stage's: RL-100 keeps
+    # the best); the last DPPO iterate shows what online RL itself produced.
+    online_last = run / "teach" / "online" / "policy_last"
+    if (online_last / "config.json").is_file():
+        rows["online, last iterate"] = evaluate(cfg, diffusion_variant(online_last), seeds,
+                                                args.num_envs)  # fmt: skip
+        logging.info("online last iterate: %s", rows["online, last iterate"])
 
     samplers = {"DDIM-10": {"num_inference_steps": 10, "inference_eta": 0.0}}
     if not args.skip_ddpm:
         samplers["DDPM-100"] = {"num_inference_steps": 100, "inference_eta": 1.0}
     sampling = {}
+    own = diffusion_variant(last).config
     for name, changes in samplers.items():
         policy = diffusion_variant(last, **changes)
-        result = evaluate(cfg, policy, seeds, args.num_envs)
+        if (own.num_inference_steps, own.inference_eta) == tuple(changes.values()):
+            result = dict(rows[f"after {last.parent.name}"])  # the same policy, already rolled out
+        else:
+            result = evaluate(cfg, policy, seeds, args.num_envs)
         result["latency"] = decision_latency(policy, obs, decisions=args.latency_decisions)
         sampling[name] = result
         logging.info("%s: %s", name, result)
