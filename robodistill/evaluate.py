@@ -174,12 +174,13 @@ def plot_success_latency(table: dict[str, dict[str, Any]], path: Path) -> Path |
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.5), dpi=100)
-    # Fast students often sit close together: labels alternate above and below their point.
+    fig, ax = plt.subplots(figsize=(6.0, 3.6), dpi=100)
+    # A legend, not annotations: fast students sit close together and their labels collide.
+    markers = "osD^vP*Xh<>"
     for i, (label, (ms, success)) in enumerate(sorted(points.items(), key=lambda p: p[1][0])):
-        ax.scatter([ms], [100 * success], s=40)
-        ax.annotate(label, (ms, 100 * success), textcoords="offset points",
-                    xytext=(5, 5 if i % 2 == 0 else -13), fontsize=8)  # fmt: skip
+        ax.scatter([ms], [100 * success], s=45, marker=markers[i % len(markers)],
+                   label=f"{label} ({ms:.3g} ms, {100 * success:.0f} %)")  # fmt: skip
+    ax.legend(fontsize=7, loc="lower right")
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
