@@ -45,16 +45,11 @@ from safetensors.torch import load_file, save_file
 
 from robodistill.config import ConfigError, RunConfig
 from robodistill.policies.consistency import ConsistencyStudent, update_target
-from robodistill.run import StageRun, progress, write_json_atomic
+from robodistill.run import StageRun, committed_dir, progress, replace_dir, write_json_atomic
 from robodistill.sampler import SequenceSampler
 from robodistill.store import StoreError
-from robodistill.teach_rl100 import (
-    load_demos,
-    load_optimizer_state,
-    optimizer_state,
-    replace_dir,
-)
-from robodistill.validation import is_better
+from robodistill.teach_rl100 import load_demos, load_optimizer_state, optimizer_state
+from robodistill.validation import is_better, rollout_summary
 
 log = logging.getLogger(__name__)
 
@@ -78,19 +73,6 @@ def load_teacher(path: str | Path):
             "point distill.teacher at one, or drop consistency from distill.students"
         )
     return teacher
-
-
-def _validate(cfg: RunConfig, policy: ConsistencyStudent, seeds: list[int]) -> dict[str, Any]:
-    from robodistill.rollout import rollout
-    from robodistill.stages import summarize_episodes
-
-    episodes = rollout(
-        cfg.env.id, policy, seeds, num_envs=cfg.env.num_envs,
-        max_episode_steps=cfg.env.max_episode_steps, env_kwargs=cfg.env.kwargs,
-        source_policy="distill-consistency",
-    )  # fmt: skip
-    return summarize_episodes([e.return_ for e in episodes], [e.length for e in episodes],
-                              [e.success for e in episodes])  # fmt: skip
 
 
 def run_distill_consistency(cfg: RunConfig, stage: StageRun, teacher: str | Path) -> dict[str, Any]:
@@ -182,7 +164,7 @@ def _train(cfg: RunConfig, stage: StageRun, teacher_path: Path, out: Path) -> di
     def evaluate() -> None:
         nonlocal best
         student.load_ema(ema)
-        result = _validate(cfg, student, seeds) | {"step": step}
+        result = rollout_summary(cfg, student, seeds, "distill-consistency")[0] | {"step": step}
         if is_better(result, best):
             student.save(out / POLICY_DIR)
             best = result
@@ -295,11 +277,9 @@ def restore_checkpoint(directory: Path, student: ConsistencyStudent, target: tor
                        gen: torch.Generator) -> dict[str, Any] | None:  # fmt: skip
     """Load :func:`save_checkpoint`'s files into the given objects; the state document, or
     ``None`` when there is no checkpoint."""
-    if not (directory / STATE_NAME).is_file():
-        aside = directory.with_name(f".{directory.name}.old")
-        if not (aside / STATE_NAME).is_file():
-            return None
-        directory = aside  # a crash between the two renames of replace_dir
+    directory = committed_dir(directory, STATE_NAME)
+    if directory is None:
+        return None
     state = json.loads((directory / STATE_NAME).read_text())
     if state.get("format") != CHECKPOINT_FORMAT:
         raise StoreError(f"{directory} is a training checkpoint of format "

@@ -44,7 +44,7 @@ from robodistill.config import ConfigError, DAggerConfig, RunConfig
 from robodistill.policies import Policy
 from robodistill.policies.mlp_student import MLPStudent, array_stats, gaussian_kl
 from robodistill.run import StageRun, progress, write_json_atomic
-from robodistill.validation import is_better
+from robodistill.validation import is_better, rollout_summary
 
 log = logging.getLogger(__name__)
 
@@ -180,17 +180,7 @@ def train_epochs(
 
 def validate(cfg: RunConfig, policy: Policy, seeds: list[int]) -> dict[str, Any]:
     """Roll ``policy`` out on ``seeds``; mean/std return, length, success rate."""
-    from robodistill.rollout import rollout
-    from robodistill.stages import summarize_episodes
-
-    episodes = rollout(
-        cfg.env.id, policy, seeds, num_envs=cfg.env.num_envs,
-        max_episode_steps=cfg.env.max_episode_steps, env_kwargs=cfg.env.kwargs,
-        source_policy="distill-dagger",
-    )  # fmt: skip
-    return summarize_episodes(
-        [e.return_ for e in episodes], [e.length for e in episodes], [e.success for e in episodes]
-    )
+    return rollout_summary(cfg, policy, seeds, "distill-dagger")[0]
 
 
 def load_teacher(path: str | Path) -> Policy:

@@ -50,7 +50,7 @@ from robodistill.run import StageRun, progress, write_json_atomic
 from robodistill.sampler import SequenceSampler
 from robodistill.store import StoreError
 from robodistill.teach_rl100 import demos_path, load_demos, save_train_checkpoint
-from robodistill.validation import is_better
+from robodistill.validation import is_better, rollout_summary
 
 log = logging.getLogger(__name__)
 
@@ -142,18 +142,8 @@ def teacher_targets(teacher: DiffusionPolicy, sampler: SequenceSampler, buffer_h
 def validate(cfg: RunConfig, policy: StreamingStudent, seeds: list[int]) -> dict[str, Any]:
     """Roll out on ``seeds``: return/length/success summary plus the measured network calls
     per decision over these episodes."""
-    from robodistill.rollout import rollout
-    from robodistill.stages import summarize_episodes
-
     policy.network_calls = policy.decisions = 0
-    episodes = rollout(
-        cfg.env.id, policy, seeds, num_envs=cfg.env.num_envs,
-        max_episode_steps=cfg.env.max_episode_steps, env_kwargs=cfg.env.kwargs,
-        source_policy="distill-streaming",
-    )  # fmt: skip
-    result = summarize_episodes(
-        [e.return_ for e in episodes], [e.length for e in episodes], [e.success for e in episodes]
-    )
+    result, _ = rollout_summary(cfg, policy, seeds, "distill-streaming")
     return result | {"network_calls_per_decision": policy.measured_calls_per_decision}
 
 

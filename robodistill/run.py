@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -112,6 +113,26 @@ def write_json_atomic(path: Path, document: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n")
     os.replace(tmp, path)
+
+
+def replace_dir(tmp: Path, directory: Path) -> None:
+    """Move ``tmp`` to ``directory``; the old one is moved aside first and deleted last, so
+    a crash leaves one complete directory (``.<name>.old`` if it hit between the renames)."""
+    old = directory.with_name(f".{directory.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if directory.exists():
+        os.replace(directory, old)
+    os.replace(tmp, directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def committed_dir(directory: Path, marker: str) -> Path | None:
+    """``directory`` when it holds ``marker`` (the file written last), else the ``.<name>.old``
+    copy a crash between :func:`replace_dir`'s two renames left, else ``None``."""
+    for candidate in (directory, directory.with_name(f".{directory.name}.old")):
+        if (candidate / marker).is_file():
+            return candidate
+    return None
 
 
 def read_manifest(stage_dir: Path) -> dict[str, Any] | None:

@@ -53,9 +53,9 @@ from robodistill.policies import Policy
 from robodistill.policies.compass import CompassBase, CompassSpecialist, base_features
 from robodistill.policies.mlp_student import array_stats
 from robodistill.policies.sb3_policy import SB3Policy
-from robodistill.run import StageRun, progress, write_json_atomic
+from robodistill.run import StageRun, committed_dir, progress, replace_dir, write_json_atomic
 from robodistill.store import StoreError, TrajectoryStore
-from robodistill.validation import is_better
+from robodistill.validation import is_better, rollout_summary
 
 log = logging.getLogger(__name__)
 
@@ -70,29 +70,12 @@ def embodiment_kwargs(cfg: RunConfig, embodiment: str) -> dict[str, Any]:
 
 def validate(cfg: RunConfig, policy: Policy, embodiment: str, seeds: list[int]) -> dict[str, Any]:
     """Roll ``policy`` out on ``embodiment`` and ``seeds``: the summary (return, length, success)
-    plus ``travel_time_s`` (mean duration of the successful episodes, None without one)."""
-    from robodistill.rollout import rollout
-    from robodistill.stages import summarize_episodes
-
-    episodes = rollout(cfg.env.id, policy, seeds, num_envs=cfg.env.num_envs,
-                       max_episode_steps=cfg.env.max_episode_steps,
-                       env_kwargs=embodiment_kwargs(cfg, embodiment),
-                       source_policy=f"compass-{embodiment}")  # fmt: skip
-    out = summarize_episodes([e.return_ for e in episodes], [e.length for e in episodes],
-                             [e.success for e in episodes])  # fmt: skip
+    plus ``travel_steps`` (mean length of the successful episodes, None without one)."""
+    out, episodes = rollout_summary(cfg, policy, seeds, f"compass-{embodiment}",
+                                    embodiment_kwargs(cfg, embodiment))  # fmt: skip
     done = [e.length for e in episodes if e.success]
     out["travel_steps"] = float(np.mean(done)) if done else None
     return out
-
-
-def _replace_dir(tmp: Path, directory: Path) -> None:
-    """Rename ``tmp`` to ``directory``; the old one is moved aside first and deleted last."""
-    old = directory.with_name(f".{directory.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if directory.exists():
-        os.replace(directory, old)
-    os.replace(tmp, directory)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 # -- stage 1: the IL base ------------------------------------------------------------------
@@ -206,10 +189,10 @@ def run_base(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
     # -- resume ----------------------------------------------------------------------------
     ckpt = sub / "checkpoint"
     state = {"step": 0, "best": None, "evals": []}
-    if (ckpt / "state.json").is_file():
-        state = json.loads((ckpt / "state.json").read_text())
-        base.net.load_state_dict(CompassBase.load(ckpt / "policy").net.state_dict())
-        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+    if (saved := committed_dir(ckpt, "state.json")) is not None:
+        state = json.loads((saved / "state.json").read_text())
+        base.net.load_state_dict(CompassBase.load(saved / "policy").net.state_dict())
+        optimizer.load_state_dict(torch.load(saved / "optimizer.pt", weights_only=True))
         rng.bit_generator.state = state.pop("rng")
         log.info("teach: compass base resumed at step %d", state["step"])
     resumed_from = state["step"]
@@ -232,7 +215,7 @@ def run_base(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
         base.save(tmp / "policy")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         write_json_atomic(tmp / "state.json", {**state, "rng": rng.bit_generator.state})
-        _replace_dir(tmp, ckpt)
+        replace_dir(tmp, ckpt)
 
     tensors = {k: torch.from_numpy(v) for k, v in data.items()}
     bar = progress(c.base_steps, "teach compass base", initial=state["step"], unit="step")

@@ -49,7 +49,7 @@ from safetensors.torch import load_file, save_file
 from robodistill.config import ConfigError, RunConfig
 from robodistill.policies.diffusion import DiffusionPolicy, DiffusionPolicyConfig
 from robodistill.policies.normalizer import Normalizer
-from robodistill.run import StageRun, progress, write_json_atomic
+from robodistill.run import StageRun, committed_dir, progress, replace_dir, write_json_atomic
 from robodistill.sampler import SequenceSampler
 from robodistill.store import StoreError, TrajectoryStore
 from robodistill.validation import BestPolicyKeeper
@@ -405,17 +405,6 @@ def copy_dir(src: Path, dst: Path) -> None:
     replace_dir(tmp, dst)
 
 
-def replace_dir(tmp: Path, directory: Path) -> None:
-    """Move ``tmp`` to ``directory``; the old one is moved aside first and deleted last, so
-    a crash leaves one complete directory (``.<name>.old`` if it hit between the renames)."""
-    old = directory.with_name(f".{directory.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if directory.exists():
-        os.replace(directory, old)
-    os.replace(tmp, directory)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     """Split ``optimizer.state_dict()`` into tensors (safetensors) and the rest (JSON)."""
     sd = optimizer.state_dict()
@@ -471,11 +460,9 @@ def restore_train_checkpoint(directory: Path, policy: DiffusionPolicy, optimizer
                              gen: torch.Generator) -> dict[str, Any] | None:  # fmt: skip
     """Load :func:`save_train_checkpoint`'s files into the given objects; returns the state
     document, or ``None`` when there is no checkpoint."""
-    if not (directory / STATE_NAME).is_file():
-        aside = directory.with_name(f".{directory.name}.old")
-        if not (aside / STATE_NAME).is_file():
-            return None
-        directory = aside  # a crash between save's two renames
+    directory = committed_dir(directory, STATE_NAME)
+    if directory is None:
+        return None
     state = json.loads((directory / STATE_NAME).read_text())
     if state.get("format") != CHECKPOINT_FORMAT:
         raise StoreError(f"{directory} is a training checkpoint of format "

@@ -17,6 +17,24 @@ from robodistill.policies import Policy
 from robodistill.run import StageRun, write_json_atomic
 
 
+def rollout_summary(cfg: RunConfig, policy: Policy, seeds: list[int], source_policy: str,
+                    env_kwargs: dict[str, Any] | None = None) -> tuple[dict[str, Any], list]:  # fmt: skip
+    """Roll ``policy`` out on ``seeds`` with the run's env settings (``env_kwargs`` replaces
+    ``env.kwargs``): the return / length / success summary, and the episodes."""
+    from robodistill.rollout import rollout
+    from robodistill.stages import summarize_episodes
+
+    episodes = rollout(
+        cfg.env.id, policy, seeds, num_envs=cfg.env.num_envs,
+        max_episode_steps=cfg.env.max_episode_steps,
+        env_kwargs=cfg.env.kwargs if env_kwargs is None else env_kwargs,
+        source_policy=source_policy,
+    )  # fmt: skip
+    summary = summarize_episodes([e.return_ for e in episodes], [e.length for e in episodes],
+                                 [e.success for e in episodes])  # fmt: skip
+    return summary, episodes
+
+
 def is_better(new: dict[str, Any], old: dict[str, Any] | None) -> bool:
     """Success rate first (envs without one count as 0), then mean return."""
 

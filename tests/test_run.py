@@ -79,3 +79,24 @@ def test_rl_teachers_ignore_the_diffusion_teachers_settings(tmp_path):
         stage.finish({})
     with pytest.raises(StageConfigMismatch, match="teach.rl100.il_steps"):
         StageRun(_cfg(tmp_path, "name=rl100", "teach.rl100.il_steps=7"), "teach").__enter__()
+
+
+def test_replace_dir_and_a_crash_between_its_renames(tmp_path):
+    from robodistill.run import committed_dir, replace_dir
+
+    ckpt = tmp_path / "checkpoint"
+    assert committed_dir(ckpt, "state.json") is None
+    for step in (1, 2):
+        tmp = tmp_path / f".checkpoint.tmp-{step}"
+        tmp.mkdir()
+        (tmp / "state.json").write_text(str(step))
+        replace_dir(tmp, ckpt)
+        assert (ckpt / "state.json").read_text() == str(step) and not tmp.exists()
+    assert committed_dir(ckpt, "state.json") == ckpt
+    # A crash after the old checkpoint moved aside, before the new one moved in: the aside
+    # copy is what a resume reads, so no finished checkpoint is lost.
+    ckpt.rename(tmp_path / ".checkpoint.old")
+    assert committed_dir(ckpt, "state.json") == tmp_path / ".checkpoint.old"
+    # A half-written directory (no marker) is never taken for a checkpoint.
+    ckpt.mkdir()
+    assert committed_dir(ckpt, "state.json") == tmp_path / ".checkpoint.old"
