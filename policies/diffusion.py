@@ -393,8 +393,11 @@ class DiffusionPolicy(ChunkedPolicy):
         min_std: float | None = None,
         steps: Sequence[int] | None = None,
         use_ema: bool = False,
+        per_element: bool = False,
     ) -> torch.Tensor:
-        """Per-step log-probabilities (B, len(steps)) of a chain under the current weights.
+        """Per-step log-probabilities (B, len(steps)) of a chain under the current weights;
+        with ``per_element`` each element's (B, len(steps), H, A), whose sum over (H, A) is
+        the step's log-probability (DPPO averages them over the executed actions).
 
         ``latents`` (B, K+1, H, A) as returned by :meth:`sample_chain` with the same K,
         eta and min_std. ``steps`` picks denoising steps (0 = the noisiest; DPPO fine-tunes
@@ -434,7 +437,8 @@ class DiffusionPolicy(ChunkedPolicy):
             cond.repeat_interleave(n, dim=0), per_row(sched["alpha"]),
             per_row(sched["alpha_prev"]), per_row(sched["sigma"]),
         )  # fmt: skip
-        return gaussian_log_prob(target, mean, per_row(sched["std"])).reshape(b, n)
+        lp = gaussian_log_prob(target, mean, per_row(sched["std"]), reduce=not per_element)
+        return lp.reshape(b, n, *lp.shape[1:])
 
     # -- acting (history, queue and ensembling: ChunkedPolicy.act) ---------------------------
     def plan(self, obs_hist: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -317,11 +317,15 @@ class DenoisingSchedule:
         return alpha_prev.sqrt() * x0 + direction * eps
 
 
-def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Diagonal Gaussian log-density summed over the last two dims: (N, H, A) -> (N,)."""
+def gaussian_log_prob(
+    x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, reduce: bool = True
+) -> torch.Tensor:
+    """Diagonal Gaussian log-density: (N, H, A) -> (N,) summed over the last two dims, or
+    per element (N, H, A) with ``reduce=False``."""
     std = torch.as_tensor(std, dtype=x.dtype, device=x.device)
     z = (x - mean) / std
-    return (-0.5 * z.pow(2) - std.log() - _LOG_SQRT_2PI).sum(dim=(-2, -1))
+    per_element = -0.5 * z.pow(2) - std.log() - _LOG_SQRT_2PI
+    return per_element.sum(dim=(-2, -1)) if reduce else per_element
 
 
 def count_parameters(module: nn.Module) -> int:

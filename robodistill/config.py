@@ -292,6 +292,16 @@ class OnlineRLConfig(Section):
     the same floor, so the ratios are exact."""
     clip: float = Field(0.01, gt=0.0, le=10.0)
     """PPO clip of each denoising step's ratio (DPPO ~0.01; RL-100 0.2)."""
+    log_prob: Literal["executed_mean", "chunk_sum"] = "executed_mean"
+    """A denoising step's log-probability in the ratio: ``executed_mean`` averages the
+    per-element log-density over the executed actions (DPPO), so ``clip`` bounds a
+    per-element ratio; ``chunk_sum`` sums it over the whole (H, A) chunk (the offline
+    stage's form), whose ratio moves ~H*A times as far per update: with clip 0.01 it clipped
+    ~80 % of the samples on Nav (H*A = 32)."""
+    critic_warmup_iterations: int = Field(0, ge=0, le=10**6)
+    """Iterations at the start that train only the value network (DPPO's critic warm-up):
+    the first advantages come from a value net fitted to the starting policy, not from
+    random weights."""
     actor_lr: float = Field(3e-6, gt=0.0, le=1.0)
     """Adam learning rate of the diffusion network (RL-100: 3e-6)."""
     critic_lr: float = Field(3e-4, gt=0.0, le=1.0)

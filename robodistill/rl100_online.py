@@ -17,7 +17,9 @@ imitation and offline RL used. Each iteration::
         stop the epochs once approx KL per step > target_kl
 
 Only the last ``ft_denoising_steps`` steps enter the loss (DPPO): earlier steps still run
-with the current weights but are not optimized. Every ``eval_every`` iterations (and
+with the current weights but are not optimized. As in DPPO, a step's log-probability is by
+default the mean per-element log-density over the executed actions (``log_prob``), and the
+first ``critic_warmup_iterations`` iterations fit only the value network. Every ``eval_every`` iterations (and
 before the first, and after the last) the policy runs on the validation seeds;
 :class:`robodistill.validation.BestPolicyKeeper` keeps the best in ``<stage>/policy``.
 
@@ -109,15 +111,27 @@ def check_chain(cfg, policy: DiffusionPolicy) -> None:
         )
 
 
+def step_log_probs(policy, obs, latents, o, k_total: int, min_std: float) -> torch.Tensor:
+    """(B, k') log-probabilities of the last k' = ``o.ft_denoising_steps`` denoising steps
+    of chains ``latents`` (B, K+1, H, A), in the form ``o.log_prob`` names (config)."""
+    steps = range(k_total - o.ft_denoising_steps, k_total)
+    if o.log_prob == "chunk_sum":
+        return policy.chain_log_prob(obs, latents, num_inference_steps=k_total,
+                                     min_std=min_std, steps=steps)  # fmt: skip
+    per_element = policy.chain_log_prob(obs, latents, num_inference_steps=k_total,
+                                        min_std=min_std, steps=steps, per_element=True)  # fmt: skip
+    c = policy.config
+    executed = per_element[:, :, c.obs_horizon - 1 : c.obs_horizon - 1 + c.action_horizon]
+    return executed.mean(dim=(-2, -1))
+
+
 def dppo_loss(policy, value, batch: dict[str, torch.Tensor], o, k_total: int, min_std: float):
     """Actor and critic losses on a minibatch (module docstring).
 
     ``batch``: ``obs`` (B, To, O), ``latents`` (B, K+1, H, A), ``logp`` (B, k') old
-    log-probs of the last k' steps, ``adv`` (B,), ``ret`` (B,).
+    log-probs of the last k' steps (:func:`step_log_probs`), ``adv`` (B,), ``ret`` (B,).
     """
-    k = o.ft_denoising_steps
-    new_lp = policy.chain_log_prob(batch["obs"], batch["latents"], num_inference_steps=k_total,
-                                   min_std=min_std, steps=range(k_total - k, k_total))  # fmt: skip
+    new_lp = step_log_probs(policy, batch["obs"], batch["latents"], o, k_total, min_std)
     adv = batch["adv"]
     adv = (adv - adv.mean()) / (adv.std() + 1e-8) if len(adv) > 1 else adv
     actor_loss, stats = clipped_surrogate(new_lp, batch["logp"], adv, o.clip)
@@ -247,12 +261,13 @@ def run_online_rl(cfg, stage, policy_dir, out_dir) -> dict[str, Any]:
                                                     "end", "cut", "cut_hist")}  # fmt: skip
             for _ in range(o.decisions_per_env):
                 obs = torch.as_tensor(envs.hist.copy())
-                chain = policy.sample_chain(obs, num_inference_steps=k_total, min_std=min_std,
-                                            generator=gen)  # fmt: skip
+                with torch.no_grad():
+                    chain = policy.sample_chain(obs, num_inference_steps=k_total,
+                                                min_std=min_std, generator=gen)  # fmt: skip
+                    logp = step_log_probs(policy, obs, chain.latents, o, k_total, min_std)
                 chunk = executed_chunk(policy, chain.actions).cpu().numpy()
                 reward, disc, end, _, cut, cut_hist = envs.step(chunk, o.gamma)
-                for key, v in (("obs", obs), ("latents", chain.latents),
-                               ("logp", chain.log_probs[:, k_total - o.ft_denoising_steps :]),
+                for key, v in (("obs", obs), ("latents", chain.latents), ("logp", logp),
                                ("reward", reward), ("disc", disc), ("end", end), ("cut", cut),
                                ("cut_hist", cut_hist)):  # fmt: skip
                     buf[key].append(torch.as_tensor(np.asarray(v)))
@@ -269,6 +284,7 @@ def run_online_rl(cfg, stage, policy_dir, out_dir) -> dict[str, Any]:
                     "ret": (adv + values).flatten()}  # fmt: skip
             # -- update ------------------------------------------------------------------
             policy.net.train()
+            warmup = it < o.critic_warmup_iterations  # value net only (config docstring)
             n, stats_all, stop = len(data["adv"]), [], False
             for _ in range(o.epochs):
                 perm = torch.randperm(n, generator=gen)
@@ -278,14 +294,15 @@ def run_online_rl(cfg, stage, policy_dir, out_dir) -> dict[str, Any]:
                                                                min_std)  # fmt: skip
                     actor_opt.zero_grad(set_to_none=True)
                     critic_opt.zero_grad(set_to_none=True)
-                    (actor_loss + critic_loss).backward()
+                    (critic_loss if warmup else actor_loss + critic_loss).backward()
                     torch.nn.utils.clip_grad_norm_(policy.net.parameters(), o.max_grad_norm)
                     torch.nn.utils.clip_grad_norm_(value.parameters(), o.max_grad_norm)
-                    actor_opt.step()
+                    if not warmup:
+                        actor_opt.step()
                     critic_opt.step()
                     stats_all.append({**stats, "actor_loss": float(actor_loss.detach()),
                                       "critic_loss": float(critic_loss.detach())})  # fmt: skip
-                    if o.target_kl is not None and stats["approx_kl"] > o.target_kl:
+                    if not warmup and o.target_kl is not None and stats["approx_kl"] > o.target_kl:
                         stop = True
                         break
                 if stop:
@@ -295,6 +312,7 @@ def run_online_rl(cfg, stage, policy_dir, out_dir) -> dict[str, Any]:
             row = {f"online_{k}": float(np.mean([s[k] for s in stats_all])) for k in stats_all[0]}
             row |= {"online_decision_reward": float(b["reward"].mean()),
                     "online_episodes": len(done_eps), "online_kl_stop": stop,
+                    "online_critic_warmup": warmup,
                     "online_return_mean": float(np.mean([r for r, _ in done_eps]))
                     if done_eps else None}  # fmt: skip
             envs.finished = []

@@ -166,6 +166,10 @@ def test_chain_log_prob_recomputes_the_samplers_log_probs_differentiably():
     torch.testing.assert_close(recomputed, chain.log_probs, rtol=1e-5, atol=1e-3)
     last_two = policy.chain_log_prob(obs, chain.latents, steps=[3, 4])
     torch.testing.assert_close(last_two, chain.log_probs[:, 3:], rtol=1e-5, atol=1e-3)
+    elements = policy.chain_log_prob(obs, chain.latents, steps=[3, 4], per_element=True)
+    c = policy.config
+    assert elements.shape == (3, 2, c.pred_horizon, c.action_dim)
+    torch.testing.assert_close(elements.sum(dim=(-2, -1)), last_two)
     recomputed.sum().backward()
     grads = [p.grad for p in policy.net.parameters()]
     assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)

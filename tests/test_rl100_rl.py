@@ -198,7 +198,9 @@ def test_only_the_last_k_denoising_steps_enter_the_loss(pusht_policy):
     policy, o = DiffusionPolicy.load(pusht_policy), cfg.teach.online
     obs = torch.randn(4, 2, 5)
     chain = policy.sample_chain(obs, min_std=0.1, generator=torch.Generator().manual_seed(1))
-    batch = {"obs": obs, "latents": chain.latents, "logp": chain.log_probs[:, K - 2 :] - 0.01,
+    old_lp = rl100_online.step_log_probs(policy, obs, chain.latents, o, K, 0.1).detach()
+    assert old_lp.shape == (4, 2)
+    batch = {"obs": obs, "latents": chain.latents, "logp": old_lp - 0.01,
              "adv": torch.tensor([1.0, -1.0, 0.5, -0.5]), "ret": torch.zeros(4)}  # fmt: skip
     value = torch.nn.Linear(10, 1)
     loss, _, _ = dppo_loss(policy, value, batch, o, K, 0.1)
@@ -208,8 +210,27 @@ def test_only_the_last_k_denoising_steps_enter_the_loss(pusht_policy):
     late = dict(batch, latents=batch["latents"].clone())
     late["latents"][:, K] += 0.01  # x_0: produced by the last (fine-tuned) step
     assert dppo_loss(policy, value, late, o, K, 0.1)[0].item() != pytest.approx(loss.item())
+    # DPPO's log-prob covers the executed actions only (H index To-1 .. To-1+Ta-1 = 1, 2).
+    unexecuted = dict(batch, latents=batch["latents"].clone())
+    unexecuted["latents"][:, K, [0, 3]] += 0.5
+    assert dppo_loss(policy, value, unexecuted, o, K, 0.1)[0].item() == pytest.approx(loss.item())
+    summed = o.model_copy(update={"log_prob": "chunk_sum"})
+    chunk_lp = rl100_online.step_log_probs(policy, obs, chain.latents, summed, K, 0.1)
+    torch.testing.assert_close(chunk_lp, chain.log_probs[:, K - 2 :], rtol=1e-5, atol=1e-3)
     loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.net.parameters())
+
+
+def test_critic_warmup_trains_the_value_net_only(pusht_policy, tmp_path):
+    cfg = online_cfg(tmp_path, "teach.online.iterations=1",
+                     "teach.online.critic_warmup_iterations=1")  # fmt: skip
+    stage = Recorder(tmp_path / "teach")
+    run_online_rl(cfg, stage, pusht_policy, tmp_path / "teach/online")
+    assert [r["online_critic_warmup"] for r in stage.rows if "online_critic_warmup" in r] == [True]
+    start = DiffusionPolicy.load(pusht_policy)
+    last = DiffusionPolicy.load(tmp_path / "teach/online/policy_last")
+    for a, b in zip(start.net.parameters(), last.net.parameters(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_collapse_detector_on_a_constructed_sequence():
