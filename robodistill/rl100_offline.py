@@ -60,9 +60,9 @@ def sync_ema(policy: DiffusionPolicy) -> None:
 
 
 def executed_chunk(policy: DiffusionPolicy, actions: torch.Tensor) -> torch.Tensor:
-    """(B, H, A) predicted chunk -> (B, Ta, A) executed part, from index To - 1."""
+    """(..., H, A) predicted chunk -> (..., Ta, A) executed part, from index To - 1."""
     c = policy.config
-    return actions[:, c.obs_horizon - 1 : c.obs_horizon - 1 + c.action_horizon]
+    return actions[..., c.obs_horizon - 1 : c.obs_horizon - 1 + c.action_horizon, :]
 
 
 def clipped_surrogate(new_lp, old_lp, adv, clip: float) -> tuple[torch.Tensor, dict]:

@@ -19,9 +19,10 @@ imitation and offline RL used. Each iteration::
 Only the last ``ft_denoising_steps`` steps enter the loss (DPPO): earlier steps still run
 with the current weights but are not optimized. As in DPPO, a step's log-probability is by
 default the mean per-element log-density over the executed actions (``log_prob``), and the
-first ``critic_warmup_iterations`` iterations fit only the value network. Every ``eval_every`` iterations (and
-before the first, and after the last) the policy runs on the validation seeds;
-:class:`robodistill.validation.BestPolicyKeeper` keeps the best in ``<stage>/policy``.
+first ``critic_warmup_iterations`` iterations fit only the value network. Every
+``eval_every`` iterations (and before the first, and after the last) the policy runs on the
+validation seeds; :class:`robodistill.validation.BestPolicyKeeper` keeps the best in
+``<stage>/policy``.
 
 Hand-off guards: the policy's chain (scheduler, K, eta, spacing, schedule) must be the one
 ``teach.diffusion`` describes, i.e. what the earlier stages trained and sampled, and a
@@ -114,15 +115,11 @@ def check_chain(cfg, policy: DiffusionPolicy) -> None:
 def step_log_probs(policy, obs, latents, o, k_total: int, min_std: float) -> torch.Tensor:
     """(B, k') log-probabilities of the last k' = ``o.ft_denoising_steps`` denoising steps
     of chains ``latents`` (B, K+1, H, A), in the form ``o.log_prob`` names (config)."""
-    steps = range(k_total - o.ft_denoising_steps, k_total)
-    if o.log_prob == "chunk_sum":
-        return policy.chain_log_prob(obs, latents, num_inference_steps=k_total,
-                                     min_std=min_std, steps=steps)  # fmt: skip
-    per_element = policy.chain_log_prob(obs, latents, num_inference_steps=k_total,
-                                        min_std=min_std, steps=steps, per_element=True)  # fmt: skip
-    c = policy.config
-    executed = per_element[:, :, c.obs_horizon - 1 : c.obs_horizon - 1 + c.action_horizon]
-    return executed.mean(dim=(-2, -1))
+    per_element = o.log_prob == "executed_mean"
+    lp = policy.chain_log_prob(obs, latents, num_inference_steps=k_total, min_std=min_std,
+                               steps=range(k_total - o.ft_denoising_steps, k_total),
+                               per_element=per_element)  # fmt: skip
+    return executed_chunk(policy, lp).mean(dim=(-2, -1)) if per_element else lp
 
 
 def dppo_loss(policy, value, batch: dict[str, torch.Tensor], o, k_total: int, min_std: float):
