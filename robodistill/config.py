@@ -265,6 +265,9 @@ class OfflineRLConfig(Section):
     chain (eta, min_std), both with noise fixed across evaluations."""
     gate_margin: float = Field(0.0, ge=0.0, le=1e6)
     """The candidate is accepted only when its estimate beats the best by more than this."""
+    gate_z: float = Field(2.0, ge=0.0, le=100.0)
+    """... plus this many standard errors of the paired per-start difference to the best
+    (:class:`robodistill.ope.OPEGate`); 0 = RL-100's plain "beats the best so far"."""
     flywheel_every: int = Field(0, ge=0, le=100_000)
     """Data flywheel: every N gate rounds roll the current policy out in the env and fold
     the episodes into the decisions (critics and model are refit); 0 = off."""

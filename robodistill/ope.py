@@ -518,58 +518,91 @@ class OffPolicyEvaluator:
 
 @dataclass
 class GateDecision:
-    """One gate verdict, as written to metrics.jsonl."""
+    """One gate verdict, as written to metrics.jsonl. ``stderr``: standard error of the
+    paired per-start difference to the best (None without per-start values or ``z``)."""
 
     step: int
     estimate: float
     best_before: float | None
     accepted: bool
     margin: float
+    stderr: float | None = None
 
 
 @dataclass
 class OPEGate:
-    """Accept a policy update only when its estimate beats the best so far by ``margin``.
+    """Accept a policy update only when its estimate beats the best so far by ``margin``,
+    plus ``z`` standard errors of the paired difference when ``z > 0``.
+
+    Why the paired test: every estimate replays the same start states, elites and chain
+    noise (common random numbers), so ``per_start`` values of two policies pair up and
+    their difference's standard error, ``std(d) / sqrt(S)``, measures how much of an
+    improvement the S starts can resolve. On Nav diffdrive the plain ``>`` accepted steps of
+    0.001 while one estimate's own noise (another chain-noise seed) moved it by 0.09: the
+    reference drifted on noise. With ``z = 2`` a step is taken only when the estimate's
+    gain is about 2 standard errors above zero (one-sided, ~98 %).
 
     ``consider`` appends a :class:`GateDecision` to ``history``, logs it and hands its dict
     to ``on_decision`` (e.g. ``StageRun.log_metrics``-style writers). The first estimate is
-    always accepted: it sets the reference.
+    always accepted: it sets the reference. :meth:`rebase` replaces the bar (the evaluator
+    changed) without a verdict.
     """
 
     margin: float = 0.0
     on_decision: Callable[[dict], None] | None = None
     best: float | None = None
     history: list[GateDecision] = field(default_factory=list)
+    z: float = 0.0
+    best_per_start: list[float] | None = None
 
-    def consider(self, estimate: float, step: int) -> bool:
+    def consider(self, estimate: float, step: int, per_start=None) -> bool:
+        """``estimate``: the candidate's value; ``per_start`` (S,): its per-start values
+        (:attr:`OPEResult.per_start`), needed when ``z > 0``."""
         estimate = float(estimate)
         if not math.isfinite(estimate):
             raise ValueError(
                 f"OPE estimate at step {step} is {estimate}; the model or critics "
                 "diverged — check their training losses"
             )
-        accepted = self.best is None or estimate > self.best + self.margin
-        decision = GateDecision(int(step), estimate, self.best, accepted, float(self.margin))
+        per_start = None if per_start is None else [float(v) for v in per_start]
+        if self.z > 0 and per_start is None:
+            raise ValueError("OPEGate with z > 0 needs per_start values (OPEResult.per_start)")
+        stderr, accepted = None, self.best is None
+        if not accepted:
+            bar = self.best + self.margin
+            if self.z > 0 and self.best_per_start is not None:
+                if len(per_start) != len(self.best_per_start):
+                    raise ValueError(
+                        f"per_start has {len(per_start)} values, the best's {len(self.best_per_start)}:"
+                        " every estimate must use the same start states"
+                    )
+                diff = torch.tensor(per_start) - torch.tensor(self.best_per_start)
+                stderr = float(diff.std() / math.sqrt(len(diff))) if len(diff) > 1 else 0.0
+                bar += self.z * stderr
+            accepted = estimate > bar
+        decision = GateDecision(int(step), estimate, self.best, accepted, float(self.margin),
+                                stderr)  # fmt: skip
         self.history.append(decision)
         if accepted:
-            self.best = estimate
-        verdict = "accept" if accepted else "reject"
-        log.info(
-            "OPE gate step %d: estimate %.5g, best %s: %s",
-            step,
-            estimate,
-            decision.best_before,
-            verdict,
-        )
+            self.best, self.best_per_start = estimate, per_start
+        log.info("OPE gate step %d: estimate %.5g, best %s, stderr %s: %s", step, estimate,
+                 decision.best_before, stderr, "accept" if accepted else "reject")  # fmt: skip
         if self.on_decision is not None:
             self.on_decision(asdict(decision))
         return accepted
+
+    def rebase(self, estimate: float, per_start=None) -> None:
+        """The reference's value under a new evaluator becomes the bar (no verdict)."""
+        self.best = float(estimate)
+        self.best_per_start = None if per_start is None else [float(v) for v in per_start]
 
     def state(self) -> dict:
         """JSON-serializable state, to resume a run."""
         return {
             "margin": self.margin,
+            "z": self.z,
             "best": self.best,
+            "best_per_start": self.best_per_start,
             "history": list(map(asdict, self.history)),
         }
 
@@ -580,4 +613,6 @@ class OPEGate:
             on_decision=on_decision,
             best=state["best"],
             history=[GateDecision(**d) for d in state["history"]],
+            z=float(state.get("z", 0.0)),
+            best_per_start=state.get("best_per_start"),
         )

@@ -13,7 +13,9 @@ is a Gaussian with std ``max(sigma, min_std)``, so it has a log-probability
         ratio_k    = exp(log pi(x_{k-1}|x_k) - log pi_ref(x_{k-1}|x_k))    (B, K)
         loss       = -sum_k mean_B min(ratio_k adv, clip(ratio_k, 1-eps, 1+eps) adv)
     J_hat = OPE(candidate)                       dynamics-ensemble rollouts scored by Q
-    OPEGate: J_hat > best + margin ? reference <- candidate (saved) : candidate <- reference
+    OPEGate: J_hat > best + margin + z * SE ? reference <- candidate (saved)
+                                              : candidate <- reference
+    (SE: standard error of the paired per-start difference, same starts and noise)
 
 Every verdict goes to ``stage.log_metrics`` (``offline_step``, ``gate_estimate``,
 ``gate_best``, ``gate_accepted``). The initial (imitation) policy is evaluated first and
@@ -47,7 +49,14 @@ import torch
 
 from robodistill.decisions import DecisionConfig, Decisions, build_decisions, decisions_from_store
 from robodistill.offline_critics import IQLConfig, IQLCritics, critics_config, train_iql
-from robodistill.ope import DynamicsConfig, OffPolicyEvaluator, OPEConfig, OPEGate, train_dynamics
+from robodistill.ope import (
+    DynamicsConfig,
+    OffPolicyEvaluator,
+    OPEConfig,
+    OPEGate,
+    OPEResult,
+    train_dynamics,
+)
 from robodistill.policies.diffusion import DiffusionPolicy
 from robodistill.run import write_json_atomic
 
@@ -127,7 +136,8 @@ class OfflineRL:
         self.optimizer = self._optimizer()
         self.gen = torch.Generator().manual_seed(self.o.seed)
         self.step, self.advantage_sign = 0, 1.0
-        self.gate = OPEGate(margin=self.o.gate_margin, on_decision=self._log_verdict)
+        self.gate = OPEGate(margin=self.o.gate_margin, z=self.o.gate_z,
+                            on_decision=self._log_verdict)  # fmt: skip
         self.critics: IQLCritics | None = None
         self.fit_models()
 
@@ -138,6 +148,7 @@ class OfflineRL:
         self.stage.log_metrics(d["step"], {
             "stage": "offline", "gate_estimate": d["estimate"], "gate_best": d["best_before"],
             "gate_accepted": d["accepted"], "gate_margin": d["margin"],
+            "gate_stderr": d["stderr"],
         })  # fmt: skip
 
     def fit_models(self) -> None:
@@ -157,12 +168,12 @@ class OfflineRL:
                         action_low=c.action_low, action_high=c.action_high)  # fmt: skip
         self.evaluator = OffPolicyEvaluator(self.model, self.critics, d, ope)
 
-    def estimate(self, policy: DiffusionPolicy) -> float:
+    def estimate(self, policy: DiffusionPolicy) -> OPEResult:
         fn = make_policy_fn(policy, self.o.ope_policy, self.o.seed + 1)
         was_training = policy.net.training
         policy.net.eval()
         try:
-            return self.evaluator.evaluate(fn).value
+            return self.evaluator.evaluate(fn)
         finally:
             policy.net.train(was_training)
 
@@ -188,7 +199,7 @@ class OfflineRL:
     def gate_round(self) -> bool:
         """Estimate the candidate; accept (reference <- candidate, save) or reject (restore)."""
         estimate = self.estimate(self.policy)
-        accepted = self.gate.consider(estimate, self.step)
+        accepted = self.gate.consider(estimate.value, self.step, estimate.per_start)
         if accepted:
             self.reference.net.load_state_dict(self.policy.net.state_dict())
             sync_ema(self.policy)
@@ -214,7 +225,8 @@ class OfflineRL:
         self.decisions = Decisions.concat([self.decisions, build_decisions(episodes, dc)])
         self.fit_models()
         # The evaluator changed: the bar is the reference's value under the new estimate.
-        self.gate.best = self.estimate(self.reference)
+        ref = self.estimate(self.reference)
+        self.gate.rebase(ref.value, ref.per_start)
         return len(episodes)
 
 

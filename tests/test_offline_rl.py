@@ -6,6 +6,8 @@ The end-to-end tests use a point mass that a decent behaviour policy steers to t
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -318,6 +320,7 @@ def test_ope_gate_rejects_an_update_that_makes_the_policy_worse(critics, dynamic
         "best_before": good.value,
         "accepted": False,
         "margin": 0.0,
+        "stderr": None,
     }
 
 
@@ -352,3 +355,28 @@ def test_gate_margin_history_and_resume():
     assert again.best == 2.2 and again.history == gate.history
     with pytest.raises(ValueError, match="diverged"):
         gate.consider(float("nan"), 9)
+
+
+def test_gate_paired_z_rejects_noise_and_accepts_a_consistent_gain():
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(256, generator=gen)
+    noise = base + 0.01 + torch.randn(256, generator=gen)  # +0.01 on average, noisy per start
+    gain = base + 0.2 + 0.1 * torch.randn(256, generator=gen)  # +0.2 on nearly every start
+    plain, paired = OPEGate(), OPEGate(z=2.0)
+    for gate in (plain, paired):
+        assert gate.consider(base.mean(), 0, base)
+    assert plain.consider(noise.mean(), 1, noise) is (float(noise.mean()) > float(base.mean()))
+    assert paired.consider(noise.mean(), 1, noise) is False
+    d = paired.history[-1]
+    assert d.stderr == pytest.approx(float((noise - base).std() / 16), rel=1e-5)
+    assert paired.consider(gain.mean(), 2, gain) is True
+    assert paired.best_per_start == pytest.approx(gain.tolist())
+    again = OPEGate.from_state(json.loads(json.dumps(paired.state())))
+    assert again.z == 2.0 and again.best_per_start == paired.best_per_start
+    assert again.history == paired.history
+    again.rebase(0.0, torch.zeros(256))
+    assert again.best == 0.0 and again.best_per_start == [0.0] * 256
+    with pytest.raises(ValueError, match="needs per_start"):
+        paired.consider(1.0, 3)
+    with pytest.raises(ValueError, match="same start states"):
+        paired.consider(1.0, 3, torch.zeros(8))
