@@ -353,6 +353,10 @@ class CompassConfig(Section):
     )
     """Embodiments that get a residual specialist (``env.kwargs.embodiment`` is set to each);
     include ``base_embodiment`` so the generalist also learns it from a specialist."""
+    timesteps: dict[str, int] = Field(default_factory=dict)
+    """Per-embodiment PPO budgets that replace ``teach.total_timesteps`` for the named
+    specialists, e.g. ``{ackermann: 500000}``: a car-like base needs far more steps than the
+    others before its residual beats the base (README, COMPASS)."""
     hidden: list[int] = Field(default_factory=lambda: [256, 256], min_length=1, max_length=8)
     """Hidden widths of the encoder, latent dynamics, decoder and policy head MLPs."""
     latent_dim: int = Field(64, ge=1, le=4096)

@@ -178,6 +178,7 @@ def test_tiny_end_to_end_collect_base_specialist_generalist(tmp_path):
         "env.kwargs={embodiment: holonomic}", "env.num_envs=2", "env.max_episode_steps=12",
         "collect.policy=expert", "collect.episodes=2",
         "teach.algo=compass", "teach.compass.embodiments=[diffdrive]",
+        "teach.compass.timesteps={diffdrive: 96}",
         "teach.compass.hidden=[16]", "teach.compass.latent_dim=8",
         "teach.compass.base_steps=4", "teach.compass.base_batch_size=8",
         "teach.compass.base_eval_every=2", "teach.compass.base_checkpoint_every=2",
@@ -192,7 +193,7 @@ def test_tiny_end_to_end_collect_base_specialist_generalist(tmp_path):
     assert run_collect(cfg)["episodes"] == 2
     teach = run_teach(cfg)
     root = tmp_path / "runs" / "compass" / "teach"
-    assert teach["base"]["steps"] == 4 and teach["specialists"]["diffdrive"]["timesteps"] >= 64
+    assert teach["base"]["steps"] == 4 and teach["specialists"]["diffdrive"]["timesteps"] >= 96
     for path in ("policy", "compass/base/policy", "compass/base/result.json",
                  "compass/specialists/diffdrive/policy", "compass/specialists/diffdrive/checkpoint"):  # fmt: skip
         assert (root / path).exists(), path
@@ -247,3 +248,16 @@ def test_tiny_end_to_end_collect_base_specialist_generalist(tmp_path):
     assert policy.table.names == ["diffdrive", "heavy"] and policy.table.slots["heavy"] == 1
     out = tmp_path / "runs/compass-finetune/distill/generalist/finetune"
     assert load_policy(out / "heavy/policy").base.kind == "generalist"
+
+
+def test_per_embodiment_budget_must_name_a_trained_embodiment(tmp_path):
+    from robodistill.config import ConfigError
+    from robodistill.teach_compass import run_teach_compass
+
+    cfg = load_config(None, [f"runs_dir={tmp_path}", "teach.algo=compass",
+                             "teach.compass.embodiments=[diffdrive]",
+                             "teach.compass.timesteps={ackermann: 1000}"])  # fmt: skip
+    with pytest.raises(
+        ConfigError, match=r"teach.compass.timesteps.*not in embodiments: \['ackermann'\]"
+    ):
+        run_teach_compass(cfg, stage=None)
