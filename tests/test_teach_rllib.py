@@ -118,13 +118,15 @@ def test_env_runner_restarted_after_kill(ray_session, tmp_path):
         ray.kill(actor, no_restart=False)
         algo.train()  # no exception: the dead runner is detected and taken out of service
         sampled = 0.0
-        deadline = time.monotonic() + 15.0
+        # Generous: on a loaded 2-core machine the restarted runner's setup took ~60 s.
+        wait_s = 180.0
+        deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:  # restarted (after a 1 s delay), sampling again
             sampled = algo.train()["env_runners"].get("num_env_steps_sampled", 0.0)
             if group.num_healthy_remote_workers() == 1 and sampled > 0:
                 break
         assert group.num_healthy_remote_workers() == 1 and sampled > 0
-        print(f"env runner restored after {time.monotonic() - deadline + 15.0:.1f} s")
+        print(f"env runner restored after {time.monotonic() - deadline + wait_s:.1f} s")
         assert group.num_remote_env_runners() == 1
     finally:
         algo.stop()
