@@ -394,6 +394,17 @@ class CompassConfig(Section):
     torch_threads: int = Field(1, ge=0, le=1024)
     """CPU threads torch uses while training (0: torch's default)."""
 
+    @model_validator(mode="after")
+    def _budgets_name_embodiments(self) -> CompassConfig:
+        stray = sorted(set(self.timesteps) - set(self.embodiments))
+        if stray or any(v < 1 for v in self.timesteps.values()):
+            raise ValueError(
+                f"teach.compass.timesteps: {self.timesteps} must map entries of "
+                f"teach.compass.embodiments {self.embodiments} to budgets >= 1 "
+                f"(not in embodiments: {stray})"
+            )
+        return self
+
 
 class TeachConfig(Section):
     """Teacher training: the RL-100 diffusion teacher (``algo: rl100``: imitation, OPE-gated

@@ -443,11 +443,6 @@ def run_teach_compass(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"teach.compass: unknown embodiments {unknown}; known: "
                           f"{sorted(EMBODIMENTS)} (see robodistill.envs.embodiments)")  # fmt: skip
-    stray = sorted(set(c.timesteps) - set(c.embodiments))
-    if stray or any(v < 1 for v in c.timesteps.values()):
-        raise ConfigError(f"teach.compass.timesteps: {c.timesteps} must map entries of "
-                          f"teach.compass.embodiments {c.embodiments} to budgets >= 1 "
-                          f"(not in embodiments: {stray})")  # fmt: skip
     threads = torch.get_num_threads()
     if c.torch_threads:
         torch.set_num_threads(c.torch_threads)
