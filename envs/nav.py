@@ -19,8 +19,9 @@ limits and constrained by it (no ``vy`` without strafing, ``|yaw| <= |vx| / R_mi
 acceleration limits). Control at ``embodiment.control_rate_hz`` (10 Hz: ``dt`` = 0.1 s,
 20 physics substeps of 5 ms).
 
-Reward: ``"dense"`` = progress toward the goal (m) - 0.1 per step in contact with an
-obstacle - 0.01 per step + 10 on success; ``"sparse"`` = 1 on success, else 0.
+Reward: ``"dense"`` = progress toward the goal (m) - ``collision_penalty`` (0.1) per step in
+contact with an obstacle - 0.01 per step + ``success_bonus`` (10) on success; ``"sparse"`` = 1
+on success, else 0.
 ``terminated`` only on success (collisions are penalized, not terminal);
 ``info["is_success"]`` when the robot centre is within 0.3 m of the goal.
 """
@@ -208,6 +209,9 @@ class NavEnv(gym.Env):
         reward: ``"dense"`` or ``"sparse"``.
         n_obstacles: obstacles per layout (each a box or a cylinder).
         render_mode: ``None`` or ``"rgb_array"`` (top-down, 480x480).
+        collision_penalty: dense reward lost per step in contact with an obstacle.
+        success_bonus: dense reward for reaching the goal. Both weigh caution against
+            reaching the goal (README, RL-100 section); the sparse reward ignores them.
 
     Privileged state for experts: ``layout`` (:class:`Layout`), ``robot_pose()`` ->
     (x, y, yaw), ``embodiment_spec``, ``episode_count`` (increments on every reset).
@@ -225,16 +229,22 @@ class NavEnv(gym.Env):
         reward: str = "dense",
         n_obstacles: int = 8,
         render_mode: str | None = None,
+        collision_penalty: float = 0.1,
+        success_bonus: float = 10.0,
     ):
         embodiment = embodiment or self.default_embodiment
         if embodiment not in EMBODIMENTS:
             raise ValueError(f"unknown embodiment {embodiment!r}; known: {sorted(EMBODIMENTS)}")
         if reward not in ("dense", "sparse"):
             raise ValueError(f"reward must be 'dense' or 'sparse', got {reward!r}")
+        for name, w in (("collision_penalty", collision_penalty), ("success_bonus", success_bonus)):
+            if not (isinstance(w, (int, float)) and np.isfinite(w) and w >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {w!r}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}")
         self.embodiment_spec: EmbodimentSpec = EMBODIMENTS[embodiment]
         self.reward_type = reward
+        self.collision_penalty, self.success_bonus = float(collision_penalty), float(success_bonus)
         self.n_obstacles = int(n_obstacles)
         self.render_mode = render_mode
         self.robot = ROBOT_BUILDERS[embodiment](self.embodiment_spec)
@@ -435,7 +445,12 @@ class NavEnv(gym.Env):
         if self.reward_type == "sparse":
             reward = 1.0 if success else 0.0
         else:
-            reward = (self._prev_dist - dist) - 0.1 * collision - 0.01 + 10.0 * success
+            reward = (
+                (self._prev_dist - dist)
+                - self.collision_penalty * collision
+                - 0.01
+                + self.success_bonus * success
+            )
         self._prev_dist = dist
         info = {"is_success": bool(success), "collision": bool(collision), "distance": dist}
         return self._obs(), float(reward), bool(success), False, info

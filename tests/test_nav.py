@@ -288,3 +288,36 @@ def test_expert_heading_mode_auto_follows_the_env():
     assert expert.modes == ["goal", "path"]
     with pytest.raises(ValueError, match="heading_mode"):
         NavPlannerExpert(heading_mode="sideways")
+
+
+def test_dense_reward_weights_change_only_the_collision_and_success_terms():
+    # Same seed, same actions: full speed ahead until the body hits something (a wall at
+    # the latest), then the expert to the goal, so both weighted terms occur.
+    envs = [NavEnv(embodiment="holonomic"),
+            NavEnv(embodiment="holonomic", collision_penalty=0.02, success_bonus=30.0)]  # fmt: skip
+    expert = NavPlannerExpert()
+    expert.attach([envs[0]])
+    obs = [e.reset(seed=0)[0] for e in envs]
+    collided = succeeded = False
+    for _ in range(600):
+        a = np.array([1.0, 0.0, 0.0], np.float32) if not collided else expert.act(obs[0][None])[0]
+        steps = [e.step(a) for e in envs]
+        np.testing.assert_array_equal(steps[0][0], steps[1][0])
+        (obs0, r0, term, _, info), (obs1, r1, *_) = steps
+        obs = [obs0, obs1]
+        expected = -0.08 * info["collision"] - 20.0 * info["is_success"]
+        assert r0 - r1 == pytest.approx(expected, abs=1e-9)
+        collided |= info["collision"]
+        if term:
+            succeeded = True
+            break
+    assert collided and succeeded
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"collision_penalty": -0.1}, "collision_penalty"),
+    ({"success_bonus": float("nan")}, "success_bonus"),
+])  # fmt: skip
+def test_bad_reward_weight_is_a_clear_error(kwargs, field):
+    with pytest.raises(ValueError, match=f"{field} must be a finite number >= 0"):
+        NavEnv(**kwargs)
