@@ -74,7 +74,37 @@ def evaluate(cfg, policy, embodiment: str, seeds: list[int]) -> dict:
     sr = float(success.mean())
     return {"success_rate": sr, "wtt_s": float(np.mean(times) / sr) if times else None,
             "return_mean": float(np.mean([e.return_ for e in episodes])),
-            "episodes": len(episodes)}  # fmt: skip
+            "episodes": len(episodes),
+            "success_by_seed": {str(e.seed): bool(e.success) for e in episodes}}  # fmt: skip
+
+
+def detour_seeds(cfg, embodiment: str, seeds: list[int], slack: float = 1.0) -> set[int]:
+    """Seeds whose layout closes the short way to this body: its shortest grid path (A*,
+    obstacles inflated by its footprint + 5 cm) is > ``slack`` m longer than the one the
+    holonomic base's footprint has. On Nav-v0 that is a partition wall whose narrow door
+    the body does not fit (``envs/nav.py``), so it must find the wide gate, which the
+    planner expert (it plans for the holonomic footprint) and the holonomic-trained base
+    rarely do."""
+    from robodistill.envs import make_env
+    from robodistill.envs.embodiments import EMBODIMENTS
+    from robodistill.envs.nav import occupancy_grid, to_cell
+    from robodistill.envs.nav_expert import astar
+
+    def length(layout, inflate: float) -> float:
+        cost = np.where(occupancy_grid(layout, inflate), np.inf, 1.0)
+        cells = np.array(astar(cost, to_cell(layout.start), to_cell(layout.goal)), float)
+        return float(np.hypot(*np.diff(cells, axis=0).T).sum() * 0.1) if len(cells) else np.inf
+
+    env = make_env(cfg.env.id, **{**cfg.env.kwargs, "embodiment": embodiment}).unwrapped
+    small = EMBODIMENTS["holonomic"].footprint_radius + 0.05
+    own = env.embodiment_spec.footprint_radius + 0.05
+    out = set()
+    for seed in seeds:
+        env.reset(seed=seed)
+        if length(env.layout, own) > length(env.layout, small) + slack:
+            out.add(seed)
+    env.close()
+    return out
 
 
 def _cell(result: dict | None) -> str:
@@ -191,6 +221,29 @@ def main() -> None:
         rows.append(out)
     print()
     print(markdown(header, rows))
+    detour_rows = []
+    for body, _ in bodies:
+        closed = detour_seeds(teach_cfg, body, seeds)
+        if not closed:
+            continue
+        cells = table[body]
+        row = [body, f"{len(closed)} / {len(seeds)}"]
+        for p in policies:
+            by_seed = cells.get(p, {}).get("success_by_seed")
+            if by_seed is None:
+                row.append("—")
+                continue
+            hit = [by_seed[str(s)] for s in closed]
+            rest = [by_seed[str(s)] for s in seeds if s not in closed]
+            row.append(f"{pct(np.mean(rest)) if rest else '—'} / {pct(np.mean(hit))}")
+            cells[p]["detour_success_rate"] = float(np.mean(hit))
+        detour_rows.append(row)
+    if detour_rows:
+        print(
+            "\nSR on layouts with the short way open / closed to the body (closed: its "
+            "footprint must detour through the wide gate):"
+        )
+        print(markdown(["embodiment", "closed layouts"] + policies, detour_rows))
     print(f"\nSR: success rate over {args.episodes} seeds; WTT: mean travel time of successes / "
           f"SR. Perturbations: {PERTURB} (x factors). Goal: generalist SR >= 3x IL base and "
           ">= 0.9x specialist on every non-base embodiment.")  # fmt: skip
