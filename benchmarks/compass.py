@@ -17,7 +17,9 @@ Metrics per (policy, embodiment): success rate (SR) and weighted travel time
 ``WTT = mean travel time of the successful episodes (s) / SR`` (lower is better; ``inf``
 without a success), so a policy that is fast on the few layouts it solves does not look
 better than one that solves them all. Goals (printed as PASS/FAIL): on every non-base
-embodiment the generalist's SR is >= 3x the IL base's and >= 0.9x its specialist's.
+embodiment the generalist's SR is >= 3x the IL base's and >= 0.9x its specialist's; the 3x is
+also checked over the non-base embodiments together, the way COMPASS reports its ~5x. Also
+split: SR on the layouts whose short way is closed to the body (:func:`detour_seeds`).
 
     python benchmarks/compass.py                       # the configs' budgets, 100 episodes
     python benchmarks/compass.py --episodes 20 --set teach.total_timesteps=50000
@@ -244,9 +246,28 @@ def main() -> None:
             "footprint must detour through the wide gate):"
         )
         print(markdown(["embodiment", "closed layouts"] + policies, detour_rows))
+    # The issue's first goal read as COMPASS reports it (the paper's ~5x is over all its
+    # embodiments): the generalist's success on the non-base embodiments together against the
+    # IL base's on the same episodes; the second goal is per embodiment (its specialist).
+    graded = [b for b, o in bodies if o != base_name and b == o and b in goals]
+    if graded:
+        g_all = float(np.mean([table[b]["generalist"]["success_rate"] for b in graded]))
+        b_all = float(np.mean([table[b]["il_base"]["success_rate"] for b in graded]))
+        spec_ok = all(table[b]["generalist"]["success_rate"]
+                      >= 0.9 * table[b]["specialist"]["success_rate"] for b in graded)  # fmt: skip
+        ratio = g_all / b_all if b_all > 0 else float("inf")
+        goals["non_base_together"] = {
+            "embodiments": graded, "generalist_sr": g_all, "il_base_sr": b_all,
+            "ratio": ratio, "each_ge_0.9x_specialist": spec_ok,
+            "pass": bool(g_all > 0 and ratio >= 3.0 and spec_ok),
+        }  # fmt: skip
+        print(f"\nnon-base embodiments together ({', '.join(graded)}): generalist "
+              f"{pct(g_all)} vs IL base {pct(b_all)} = {ratio:.2f}x (goal >= 3x), each >= 0.9x "
+              f"its specialist: {spec_ok} -> {'PASS' if goals['non_base_together']['pass'] else 'FAIL'}")  # fmt: skip
     print(f"\nSR: success rate over {args.episodes} seeds; WTT: mean travel time of successes / "
-          f"SR. Perturbations: {PERTURB} (x factors). Goal: generalist SR >= 3x IL base and "
-          ">= 0.9x specialist on every non-base embodiment.")  # fmt: skip
+          f"SR. Perturbations: {PERTURB} (x factors). Goals: generalist SR >= 3x IL base "
+          "(per row: PASS/FAIL; and the non-base embodiments together, as COMPASS reports its "
+          "~5x) and >= 0.9x the specialist on every non-base embodiment.")  # fmt: skip
     doc = {
         "episodes": args.episodes,
         "perturbations": PERTURB,
