@@ -89,13 +89,13 @@ def detour_seeds(cfg, embodiment: str, seeds: list[int], slack: float = 1.0) -> 
     rarely do."""
     from robodistill.envs import make_env
     from robodistill.envs.embodiments import EMBODIMENTS
-    from robodistill.envs.nav import occupancy_grid, to_cell
+    from robodistill.envs.nav import GRID_RES, occupancy_grid, to_cell
     from robodistill.envs.nav_expert import astar
 
     def length(layout, inflate: float) -> float:
         cost = np.where(occupancy_grid(layout, inflate), np.inf, 1.0)
         cells = np.array(astar(cost, to_cell(layout.start), to_cell(layout.goal)), float)
-        return float(np.hypot(*np.diff(cells, axis=0).T).sum() * 0.1) if len(cells) else np.inf
+        return float(np.hypot(*np.diff(cells, axis=0).T).sum() * GRID_RES) if len(cells) else np.inf
 
     env = make_env(cfg.env.id, **{**cfg.env.kwargs, "embodiment": embodiment}).unwrapped
     small = EMBODIMENTS["holonomic"].footprint_radius + 0.05

@@ -180,6 +180,11 @@ EMBODIMENTS: dict[str, EmbodimentSpec] = {
 }
 """Every embodiment by name; ``NavEnv(embodiment=name)`` picks one."""
 
+BUILTIN_MAX_FOOTPRINT = max(s.footprint_radius for s in EMBODIMENTS.values())
+"""Largest footprint radius of the built-in bodies, taken before anything else registers:
+Nav's layouts are generated for it, so a body registered later (a perturbed copy, a new
+robot) never changes which layout a seed draws, whatever the import order."""
+
 
 # ----------------------------------------------------------------------------------------
 # MJCF builders. Collision bits: obstacles/walls/chassis use bit 1, floor/wheels/casters

@@ -36,6 +36,7 @@ import mujoco
 import numpy as np
 
 from robodistill.envs.embodiments import (
+    BUILTIN_MAX_FOOTPRINT,
     EMBODIMENTS,
     N_RAYS,
     ROBOT_BUILDERS,
@@ -50,7 +51,7 @@ YAW_SCALE = 1.0  # rad/s
 GOAL_RADIUS = 0.3  # m
 OBSTACLE_HEIGHT = 0.5  # m
 GRID_RES = 0.1  # m per occupancy cell
-MAX_FOOTPRINT = max(s.footprint_radius for s in EMBODIMENTS.values())
+MAX_FOOTPRINT = BUILTIN_MAX_FOOTPRINT
 TIMESTEP = 0.005  # s
 PARTITION_PROB = 0.7
 """Chance that a Nav-v0 layout draw gets a partition wall (a narrow and a wide door); draws
