@@ -631,8 +631,14 @@ class GeneralistConfig(Section):
     """``kl``: KL(specialist ‖ generalist) between diagonal Gaussians; ``mse`` on the
     specialist's mean; either summed over the embodiment's unmasked action dims only."""
     eval_episodes: int = Field(6, ge=1, le=100_000)
-    """Validation episodes per embodiment after each round; the best generalist by mean
-    success rate over the embodiments (then mean return) is kept."""
+    """Validation episodes per embodiment after each round (the specialists play the same
+    seeds once, before round 0); ``selection`` picks the generalist that is kept."""
+    selection: Literal["specialist_ratio", "mean_success"] = "specialist_ratio"
+    """Which round's generalist is kept. ``specialist_ratio``: the highest worst-embodiment
+    ratio of its validation success to that embodiment's specialist's (capped at 1, so past
+    every specialist the mean decides), then mean success, then mean return: COMPASS's goal
+    is to match each specialist, and the mean alone kept rounds that traded one body for
+    another. ``mean_success``: mean success over the embodiments, then mean return."""
     obs_clip: float = Field(10.0, gt=0.0, le=1e6)
     """Normalized observations are clipped to ±obs_clip inside the generalist."""
     finetune_from: str = ""

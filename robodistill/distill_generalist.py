@@ -17,7 +17,8 @@ Each round ``i``, for every embodiment ``e`` (Ross et al., 2011, one teacher per
    ``A_max``, with ``e``'s slot and action mask);
 4. the generalist trains ``epochs`` passes: KL(specialist ‖ generalist) (or MSE on the mean)
    summed over each row's unmasked action dims only;
-5. it is validated on every embodiment; the best by mean success rate is kept.
+5. it is validated on every embodiment; the best by ``selection`` is kept (default: the one
+   whose worst embodiment comes closest to its specialist, see :func:`selection_key`).
 
 Artifacts in ``<run>/distill/generalist/``: ``policy/`` (best), ``rounds/round-NNN/``,
 ``dataset.npz``, ``state.json`` (the round's commit point, as in ``distill_dagger``), and
@@ -56,7 +57,6 @@ from robodistill.policies.generalist import EmbodimentTable, Generalist, pad
 from robodistill.policies.mlp_student import array_stats, gaussian_kl
 from robodistill.run import StageRun, directory_digest, progress, write_json_atomic
 from robodistill.teach_compass import embodiment_kwargs, train_residual, validate
-from robodistill.validation import is_better
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +172,25 @@ def validate_all(cfg: RunConfig, policy, names: list[str], seeds: list[int]) -> 
     return {"success_rate": float(np.mean([p["success_rate"] or 0.0 for p in per.values()])),
             "return_mean": float(np.mean([p["return_mean"] for p in per.values()])),
             "per_embodiment": per}  # fmt: skip
+
+
+def selection_key(result: dict[str, Any], specialists: dict[str, Any], selection: str
+                  ) -> tuple[float, ...]:  # fmt: skip
+    """Sort key of one round's validation ``result`` (from :func:`validate_all`); higher is
+    better. ``specialists`` is the specialists' own :func:`validate_all` on the same seeds.
+
+    ``specialist_ratio``: ``(min_e min(1, g_e / s_e), mean g, mean return)`` with ``g_e`` /
+    ``s_e`` the generalist's / specialist's success on embodiment ``e`` (``s_e = 0`` counts as
+    matched); ``mean_success``: ``(mean g, mean return)``."""
+    mean = (result["success_rate"], result["return_mean"])
+    if selection == "mean_success":
+        return mean
+    ratios = []
+    for name, r in result["per_embodiment"].items():
+        g = r["success_rate"] or 0.0
+        s = specialists["per_embodiment"][name]["success_rate"] or 0.0
+        ratios.append(1.0 if s <= 0.0 else min(1.0, g / s))
+    return (min(ratios), *mean)
 
 
 # -- the stage -----------------------------------------------------------------------------
@@ -303,7 +322,9 @@ def run_distill_generalist(cfg: RunConfig, stage: StageRun, teacher: str | Path 
                                            default=names[0])  # fmt: skip
             losses = train_epochs(student, data, cfg, seed=[cfg.seed, i, 1])
             result = validate_all(cfg, student, names, val_seeds) | {"round": i}
-            improved = is_better(result, state["best"])
+            improved = state["best"] is None or selection_key(
+                result, state["teachers"], g.selection
+            ) > selection_key(state["best"], state["teachers"], g.selection)
             round_dir = f"rounds/round-{i:03d}"
             _save_dataset(dataset_path, data)
             student.for_embodiment(names[0]).save(out / round_dir)
@@ -332,7 +353,7 @@ def run_distill_generalist(cfg: RunConfig, stage: StageRun, teacher: str | Path 
                "specialist_success_rate": teacher_val["per_embodiment"][n]["success_rate"]}
            for n in names}  # fmt: skip
     return {"student": "generalist", "policy": str(out / "policy"), "embodiments": names,
-            "finetuned": new, "loss": g.loss, "rounds": state["rounds_done"],
+            "finetuned": new, "loss": g.loss, "selection": g.selection, "rounds": state["rounds_done"],
             "dataset_states": state["history"][-1]["dataset_states"],
             "best_round": best["round"], "best_success_rate": best["success_rate"],
             "best_return_mean": best["return_mean"],

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from robodistill.config import load_config
-from robodistill.distill_generalist import generalist_loss, label
+from robodistill.distill_generalist import generalist_loss, label, selection_key
 from robodistill.envs import make_env
 from robodistill.envs.embodiments import EMBODIMENTS
 from robodistill.policies import load_policy
@@ -118,6 +118,31 @@ def test_kl_loss_is_zero_when_the_student_equals_the_teacher():
         assert float(generalist_loss(student, batch, "kl")) < 1e-6
         batch["target_mean"] = batch["target_mean"] + torch.tensor([0.5, 0.0, 0.0])
         assert float(generalist_loss(student, batch, "kl")) > 1e-3
+
+
+def _validation(success: dict[str, float]) -> dict:
+    per = {n: {"success_rate": s, "return_mean": 10 * s} for n, s in success.items()}
+    return {"success_rate": float(np.mean(list(success.values()))),
+            "return_mean": float(np.mean([10 * s for s in success.values()])),
+            "per_embodiment": per}  # fmt: skip
+
+
+def test_selection_keeps_the_generalist_closest_to_every_specialist():
+    specialists = _validation({"diffdrive": 0.8, "ackermann": 0.6, "heavy": 0.0})
+    # Trades ackermann for diffdrive: the higher mean, but 0.5x the ackermann specialist.
+    lopsided = _validation({"diffdrive": 1.0, "ackermann": 0.3, "heavy": 0.1})
+    even = _validation({"diffdrive": 0.7, "ackermann": 0.5, "heavy": 0.0})
+    assert lopsided["success_rate"] > even["success_rate"]
+    key = lambda r, how: selection_key(r, specialists, how)  # noqa: E731
+    assert key(lopsided, "mean_success") > key(even, "mean_success")
+    assert key(even, "specialist_ratio") > key(lopsided, "specialist_ratio")
+    assert key(even, "specialist_ratio")[0] == pytest.approx(0.5 / 0.6)
+    # Past every specialist (ratios capped at 1) the mean success decides; a specialist that
+    # never succeeds (heavy here) is matched by anything.
+    beyond = _validation({"diffdrive": 0.9, "ackermann": 0.7, "heavy": 0.0})
+    more = _validation({"diffdrive": 1.0, "ackermann": 0.7, "heavy": 0.2})
+    assert key(beyond, "specialist_ratio")[0] == key(more, "specialist_ratio")[0] == 1.0
+    assert key(more, "specialist_ratio") > key(beyond, "specialist_ratio")
 
 
 @pytest.mark.parametrize("embedding", ["onehot", "learned"])

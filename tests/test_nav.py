@@ -256,6 +256,39 @@ def test_layouts_solvable_for_largest_footprint_with_shortcuts_only_small_bodies
     assert longer >= 3  # some layouts have a shortcut only a small body fits through
 
 
+def test_layouts_do_not_depend_on_bodies_registered_before_nav_is_imported():
+    # benchmarks/compass.py registers perturbed bodies (one 6 % wider than heavy) before its
+    # first Nav env; the layouts must still be drawn for the built-in bodies' footprint.
+    import subprocess
+    import sys
+
+    script = """
+import dataclasses
+from robodistill.envs.embodiments import EMBODIMENTS, ROBOT_BUILDERS
+wide = dataclasses.replace(EMBODIMENTS["heavy"], name="heavy~wide",
+                           footprint_radius=EMBODIMENTS["heavy"].footprint_radius * 1.1)
+EMBODIMENTS[wide.name], ROBOT_BUILDERS[wide.name] = wide, ROBOT_BUILDERS["heavy"]
+from robodistill.envs.nav import MAX_FOOTPRINT, NavEnv
+env = NavEnv(embodiment="heavy")
+walls = []
+for seed in range(20):
+    env.reset(seed=seed)
+    walls.append(float(env.layout.boxes.sum()))
+print(MAX_FOOTPRINT, walls)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True).stdout.split(maxsplit=1)  # fmt: skip
+    from robodistill.envs.embodiments import BUILTIN_MAX_FOOTPRINT
+    from robodistill.envs.nav import MAX_FOOTPRINT
+
+    env, walls = NavEnv(embodiment="heavy"), []
+    for seed in range(20):
+        env.reset(seed=seed)
+        walls.append(float(env.layout.boxes.sum()))
+    assert float(out[0]) == MAX_FOOTPRINT == BUILTIN_MAX_FOOTPRINT
+    assert out[1].strip() == str(walls)  # the same layouts, seed for seed
+
+
 @pytest.mark.parametrize("mode", ["goal", "hold", "path"])
 def test_expert_heading_modes_on_holonomic(mode):
     env = _open_floor("holonomic")
