@@ -329,7 +329,7 @@ class _SpecialistKeeper(BaseCallback):
     ``out/policy`` + ``out/best.json``; ``state()`` goes into PPO's checkpoints."""
 
     def __init__(self, cfg: RunConfig, out: Path, base: Policy, embodiment: str, vec_normalize,
-                 stage: StageRun):  # fmt: skip
+                 stage: StageRun | _MetricsAppender):  # fmt: skip
         from robodistill.stages import VALIDATION_SEED_OFFSET, episode_seeds
 
         super().__init__()
@@ -380,10 +380,11 @@ class _SpecialistKeeper(BaseCallback):
         return result
 
 
-def train_residual(cfg: RunConfig, stage: StageRun, base: Policy, embodiment: str, out: Path,
-                   total_timesteps: int) -> dict[str, Any]:  # fmt: skip
+def train_residual(cfg: RunConfig, stage: StageRun | _MetricsAppender, base: Policy,
+                   embodiment: str, out: Path, total_timesteps: int) -> dict[str, Any]:  # fmt: skip
     """Stage 2 for one embodiment: PPO on the residual (module docstring) into ``out``;
-    resumable (``teach_sb3``'s checkpoints) and skipped once ``out/result.json`` exists."""
+    resumable (``teach_sb3``'s checkpoints) and skipped once ``out/result.json`` exists.
+    ``stage`` only receives the validation metrics (``log_metrics``)."""
     from robodistill.teach_sb3 import CheckpointCallback, restore_checkpoint, save_checkpoint
 
     if (out / "result.json").is_file():
@@ -431,6 +432,61 @@ def train_residual(cfg: RunConfig, stage: StageRun, base: Policy, embodiment: st
     return result
 
 
+def _specialist_dir(stage_dir: Path, embodiment: str) -> Path:
+    return stage_dir / "compass" / "specialists" / embodiment
+
+
+class _MetricsAppender:
+    """A worker's ``StageRun.log_metrics``: whole lines appended to the stage's
+    ``metrics.jsonl`` (each one ``write``, so lines from parallel workers do not interleave);
+    TensorBoard gets SB3's own logs in ``<specialist>/tb``."""
+
+    def __init__(self, path: Path):
+        self.path, self._t0 = path, time.monotonic()
+
+    def log_metrics(self, step: int, metrics: dict[str, Any]) -> None:
+        record = {"step": int(step), "time": round(time.monotonic() - self._t0, 4), **metrics}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _train_residual_worker(cfg: RunConfig, stage_dir: Path, embodiment: str, budget: int,
+                           log_level: int) -> dict[str, Any]:  # fmt: skip
+    """One specialist in a fresh (spawned) process: :func:`train_residual`, logging to the
+    parent's stage directory."""
+    from robodistill.envs.embodiments import EMBODIMENTS
+
+    logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s [{embodiment}] "
+                        "%(name)s: %(message)s", datefmt="%H:%M:%S")  # fmt: skip
+    if embodiment not in EMBODIMENTS:
+        raise ConfigError(f"teach.compass.workers: embodiment {embodiment!r} is registered in "
+                          "the parent process only and worker processes import robodistill "
+                          "afresh; register it in a module robodistill imports, or set "
+                          "teach.compass.workers: 1")  # fmt: skip
+    if cfg.teach.compass.torch_threads:
+        torch.set_num_threads(cfg.teach.compass.torch_threads)
+    base = CompassBase.load(stage_dir / "compass" / "base" / "policy")
+    out = _specialist_dir(stage_dir, embodiment)
+    return train_residual(cfg, _MetricsAppender(stage_dir / "metrics.jsonl"), base, embodiment,
+                          out, budget)  # fmt: skip
+
+
+def _train_in_processes(cfg: RunConfig, stage: StageRun, budgets: dict[str, int],
+                        workers: int) -> dict[str, Any]:  # fmt: skip
+    """Stage 2 with ``workers`` processes; the biggest budgets start first so that the last
+    ones to finish are short. Results in ``budgets``' order."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: a forked child would inherit torch's thread pool and open file handles.
+    ctx = multiprocessing.get_context("spawn")
+    level = logging.getLogger().getEffectiveLevel()
+    with ProcessPoolExecutor(min(workers, len(budgets)), mp_context=ctx) as pool:
+        futures = {n: pool.submit(_train_residual_worker, cfg, stage.dir, n, budgets[n], level)
+                   for n in sorted(budgets, key=budgets.get, reverse=True)}  # fmt: skip
+        return {n: futures[n].result() for n in budgets}
+
+
 # -- the teach stage -----------------------------------------------------------------------
 
 
@@ -451,11 +507,12 @@ def run_teach_compass(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
         base_result = run_base(cfg, stage)
         base = CompassBase.load(stage.dir / "compass" / "base" / "policy")
         base.save(stage.dir / "policy")
-        specialists = {}
-        for name in c.embodiments:
-            out = stage.dir / "compass" / "specialists" / name
-            budget = c.timesteps.get(name, cfg.teach.total_timesteps)
-            specialists[name] = train_residual(cfg, stage, base, name, out, budget)
+        budgets = {n: c.timesteps.get(n, cfg.teach.total_timesteps) for n in c.embodiments}
+        if c.workers > 1 and len(budgets) > 1:
+            specialists = _train_in_processes(cfg, stage, budgets, c.workers)
+        else:
+            specialists = {n: train_residual(cfg, stage, base, n, _specialist_dir(stage.dir, n), b)
+                           for n, b in budgets.items()}  # fmt: skip
     finally:
         torch.set_num_threads(threads)
     metrics = {"algo": "compass", "base": base_result, "specialists": specialists,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -194,22 +195,28 @@ def test_generalist_exports_to_onnx_with_its_embodiment_input(tmp_path):
 # -- end to end ------------------------------------------------------------------------------
 
 
+TINY_COMPASS = [
+    "name=compass", f"env.id={NAV}",
+    "env.kwargs={embodiment: holonomic}", "env.num_envs=2", "env.max_episode_steps=12",
+    "collect.policy=expert", "collect.episodes=2",
+    "teach.algo=compass", "teach.compass.embodiments=[diffdrive]",
+    "teach.compass.timesteps={diffdrive: 96}",
+    "teach.compass.hidden=[16]", "teach.compass.latent_dim=8",
+    "teach.compass.base_steps=4", "teach.compass.base_batch_size=8",
+    "teach.compass.base_eval_every=2", "teach.compass.base_checkpoint_every=2",
+    "teach.total_timesteps=64", "teach.n_steps=32", "teach.batch_size=32", "teach.n_epochs=1",
+    "teach.net_arch=[16]", "teach.eval_every=64", "teach.checkpoint_every=64",
+    "teach.eval_episodes=1",
+]  # fmt: skip
+"""A COMPASS run small enough for a test: seconds per stage."""
+
+
 def test_tiny_end_to_end_collect_base_specialist_generalist(tmp_path):
     from robodistill.distill import run_distill
     from robodistill.stages import run_collect, run_teach
 
-    overrides = [
-        f"runs_dir={tmp_path / 'runs'}", "name=compass", f"env.id={NAV}",
-        "env.kwargs={embodiment: holonomic}", "env.num_envs=2", "env.max_episode_steps=12",
-        "collect.policy=expert", "collect.episodes=2",
-        "teach.algo=compass", "teach.compass.embodiments=[diffdrive]",
-        "teach.compass.timesteps={diffdrive: 96}",
-        "teach.compass.hidden=[16]", "teach.compass.latent_dim=8",
-        "teach.compass.base_steps=4", "teach.compass.base_batch_size=8",
-        "teach.compass.base_eval_every=2", "teach.compass.base_checkpoint_every=2",
-        "teach.total_timesteps=64", "teach.n_steps=32", "teach.batch_size=32", "teach.n_epochs=1",
-        "teach.net_arch=[16]", "teach.eval_every=64", "teach.checkpoint_every=64",
-        "teach.eval_episodes=1",
+    overrides = [f"runs_dir={tmp_path / 'runs'}", *TINY_COMPASS]
+    overrides += [
         "distill.students=[generalist]", "distill.generalist.rounds=2",
         "distill.generalist.episodes_per_round=1", "distill.generalist.epochs=2",
         "distill.generalist.hidden=[16]", "distill.generalist.eval_episodes=1",
@@ -273,6 +280,41 @@ def test_tiny_end_to_end_collect_base_specialist_generalist(tmp_path):
     assert policy.table.names == ["diffdrive", "heavy"] and policy.table.slots["heavy"] == 1
     out = tmp_path / "runs/compass-finetune/distill/generalist/finetune"
     assert load_policy(out / "heavy/policy").base.kind == "generalist"
+
+
+def test_specialists_trained_in_parallel_processes_match_one_after_another(tmp_path, monkeypatch):
+    from safetensors.numpy import load_file
+
+    from robodistill import teach_compass
+    from robodistill.stages import run_collect, run_teach
+
+    pools = []
+    real = teach_compass._train_in_processes
+    monkeypatch.setattr(teach_compass, "_train_in_processes",
+                        lambda *a: pools.append(a[-1]) or real(*a))  # fmt: skip
+
+    def teach(workers: int) -> Path:
+        cfg = load_config(None, [
+            f"runs_dir={tmp_path / 'runs'}", *TINY_COMPASS, f"name=w{workers}",
+            "teach.compass.embodiments=[diffdrive, heavy]", "teach.compass.timesteps={}",
+            f"teach.compass.workers={workers}",
+        ])  # fmt: skip
+        run_collect(cfg)
+        metrics = run_teach(cfg)
+        assert list(metrics["specialists"]) == ["diffdrive", "heavy"]  # the config's order
+        return tmp_path / "runs" / f"w{workers}" / "teach"
+
+    one, two = teach(1), teach(2)
+    assert pools == [2]  # only workers=2 went through the process pool
+    for name in ("diffdrive", "heavy"):
+        # The residual PPO's weights and observation normalizer: the same bits either way.
+        a, b = (load_file(r / f"compass/specialists/{name}/policy/residual/model.safetensors")
+                for r in (one, two))  # fmt: skip
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), name
+    # Each worker's validations reach the stage's metrics.jsonl, as whole lines.
+    rows = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
+    stages = {r.get("stage") for r in rows}
+    assert {"specialist-diffdrive", "specialist-heavy"} <= stages, stages
 
 
 def test_per_embodiment_budget_must_name_a_trained_embodiment(tmp_path):
