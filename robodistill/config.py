@@ -392,12 +392,13 @@ class CompassConfig(Section):
     """Stage 2: also give the residual policy the raw observation (besides z and the base
     action)."""
     torch_threads: int = Field(1, ge=0, le=1024)
-    """CPU threads torch uses while training (0: torch's default); per worker process."""
+    """CPU threads torch uses while training, in each worker process (0: torch's default,
+    one per core, which oversubscribes the CPU when ``workers > 1``)."""
     workers: int = Field(1, ge=1, le=256)
     """Stage 2: specialists trained at once, each in its own process (the embodiments are
-    independent; on 2 cores, 2 roughly halves stage 2). 1: one after another in this
-    process. Worker processes import robodistill afresh, so each embodiment must be
-    registered on import (the built-in ones are)."""
+    independent, and the result is the same; ``benchmarks/compass_workers.py`` measures the
+    speed-up). 1: one after another in this process. Worker processes import robodistill
+    afresh, so each embodiment must be registered on import (the built-in ones are)."""
 
     @model_validator(mode="after")
     def _budgets_name_embodiments(self) -> CompassConfig:

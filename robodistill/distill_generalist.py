@@ -353,7 +353,8 @@ def run_distill_generalist(cfg: RunConfig, stage: StageRun, teacher: str | Path 
                "specialist_success_rate": teacher_val["per_embodiment"][n]["success_rate"]}
            for n in names}  # fmt: skip
     return {"student": "generalist", "policy": str(out / "policy"), "embodiments": names,
-            "finetuned": new, "loss": g.loss, "selection": g.selection, "rounds": state["rounds_done"],
+            "finetuned": new, "loss": g.loss, "selection": g.selection,
+            "rounds": state["rounds_done"],
             "dataset_states": state["history"][-1]["dataset_states"],
             "best_round": best["round"], "best_success_rate": best["success_rate"],
             "best_return_mean": best["return_mean"],

@@ -49,9 +49,15 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
 }
 """The config sections each stage's result depends on; only they decide skip vs. refuse."""
 
-SPEED_ONLY_KEYS: tuple[tuple[str, str], ...] = (("collect", "workers"), ("eval", "workers"))
-"""Settings that change how fast a stage runs, not what it produces: an interrupted stage
-resumes with another value (every seed's episode is the same whatever the worker count)."""
+SPEED_ONLY_KEYS: tuple[tuple[str, ...], ...] = (
+    ("collect", "workers"),
+    ("eval", "workers"),
+    ("teach", "compass", "workers"),
+)
+"""Settings (paths into the config) that change how fast a stage runs, not what it produces:
+an interrupted stage resumes with another value, and a run from before a version that added
+one is not refused (every seed's episode, and every specialist, is the same whatever the
+worker count)."""
 
 RL100_ONLY_TEACH_KEYS = ("diffusion", "rl100", "offline", "online")
 """``teach`` sections only the RL-100 teacher reads: an RL teacher's stage ignores them, so
@@ -195,8 +201,12 @@ class StageRun:
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> StageRun:
         sections = self.cfg.section_dump(STAGE_SECTIONS[self.stage])
-        for section, key in SPEED_ONLY_KEYS:
-            sections.get(section, {}).pop(key, None)
+        for *path, key in SPEED_ONLY_KEYS:
+            parent = sections
+            for part in path:
+                parent = parent.get(part) if isinstance(parent, dict) else None
+            if isinstance(parent, dict):
+                parent.pop(key, None)
         teach = sections.get("teach")
         if teach and teach.get("algo") != "rl100":
             for key in RL100_ONLY_TEACH_KEYS:

@@ -438,11 +438,12 @@ def _specialist_dir(stage_dir: Path, embodiment: str) -> Path:
 
 class _MetricsAppender:
     """A worker's ``StageRun.log_metrics``: whole lines appended to the stage's
-    ``metrics.jsonl`` (each one ``write``, so lines from parallel workers do not interleave);
-    TensorBoard gets SB3's own logs in ``<specialist>/tb``."""
+    ``metrics.jsonl`` (each one ``write``, so lines from parallel workers do not interleave),
+    timed from the stage's start (``t0``: ``time.monotonic`` is system-wide). The stage's
+    TensorBoard does not get them; SB3's own logs are in ``<specialist>/tb``."""
 
-    def __init__(self, path: Path):
-        self.path, self._t0 = path, time.monotonic()
+    def __init__(self, path: Path, t0: float):
+        self.path, self._t0 = path, t0
 
     def log_metrics(self, step: int, metrics: dict[str, Any]) -> None:
         record = {"step": int(step), "time": round(time.monotonic() - self._t0, 4), **metrics}
@@ -451,13 +452,16 @@ class _MetricsAppender:
 
 
 def _train_residual_worker(cfg: RunConfig, stage_dir: Path, embodiment: str, budget: int,
-                           log_level: int) -> dict[str, Any]:  # fmt: skip
+                           log_level: int, t0: float) -> dict[str, Any]:  # fmt: skip
     """One specialist in a fresh (spawned) process: :func:`train_residual`, logging to the
-    parent's stage directory."""
+    terminal and the stage's ``stage.log`` and ``metrics.jsonl``."""
     from robodistill.envs.embodiments import EMBODIMENTS
 
-    logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s [{embodiment}] "
-                        "%(name)s: %(message)s", datefmt="%H:%M:%S")  # fmt: skip
+    fmt = f"%(asctime)s %(levelname)s [{embodiment}] %(name)s: %(message)s"
+    logging.basicConfig(level=log_level, format=fmt, datefmt="%H:%M:%S", force=True)
+    to_file = logging.FileHandler(stage_dir / "stage.log")
+    to_file.setFormatter(logging.Formatter(fmt))
+    logging.getLogger().addHandler(to_file)
     if embodiment not in EMBODIMENTS:
         raise ConfigError(f"teach.compass.workers: embodiment {embodiment!r} is registered in "
                           "the parent process only and worker processes import robodistill "
@@ -467,24 +471,38 @@ def _train_residual_worker(cfg: RunConfig, stage_dir: Path, embodiment: str, bud
         torch.set_num_threads(cfg.teach.compass.torch_threads)
     base = CompassBase.load(stage_dir / "compass" / "base" / "policy")
     out = _specialist_dir(stage_dir, embodiment)
-    return train_residual(cfg, _MetricsAppender(stage_dir / "metrics.jsonl"), base, embodiment,
-                          out, budget)  # fmt: skip
+    metrics = _MetricsAppender(stage_dir / "metrics.jsonl", t0)
+    return train_residual(cfg, metrics, base, embodiment, out, budget)
 
 
 def _train_in_processes(cfg: RunConfig, stage: StageRun, budgets: dict[str, int],
                         workers: int) -> dict[str, Any]:  # fmt: skip
-    """Stage 2 with ``workers`` processes; the biggest budgets start first so that the last
-    ones to finish are short. Results in ``budgets``' order."""
+    """Stage 2 with ``workers`` processes, one fresh process per specialist; the biggest
+    budgets start first so that the last ones to finish are short. The first error (or
+    Ctrl-C) stops every worker (their checkpoints are written atomically, so a rerun
+    resumes them). Results in ``budgets``' order."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
 
-    # spawn, not fork: a forked child would inherit torch's thread pool and open file handles.
-    ctx = multiprocessing.get_context("spawn")
     level = logging.getLogger().getEffectiveLevel()
-    with ProcessPoolExecutor(min(workers, len(budgets)), mp_context=ctx) as pool:
-        futures = {n: pool.submit(_train_residual_worker, cfg, stage.dir, n, budgets[n], level)
-                   for n in sorted(budgets, key=budgets.get, reverse=True)}  # fmt: skip
-        return {n: futures[n].result() for n in budgets}
+    # spawn, not fork: a forked child would inherit torch's thread pool and open file handles.
+    pool = multiprocessing.get_context("spawn").Pool(min(workers, len(budgets)),
+                                                     maxtasksperchild=1)  # fmt: skip
+    try:
+        jobs = {n: pool.apply_async(_train_residual_worker, (
+                    cfg, stage.dir, n, budgets[n], level, stage._t0))
+                for n in sorted(budgets, key=budgets.get, reverse=True)}  # fmt: skip
+        pool.close()
+        while not all(j.ready() for j in jobs.values()):
+            for job in jobs.values():
+                if job.ready() and not job.successful():
+                    job.get()  # re-raises the worker's error now, not after the others end
+            time.sleep(0.5)
+        return {n: jobs[n].get() for n in budgets}
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
 
 
 # -- the teach stage -----------------------------------------------------------------------
@@ -508,11 +526,14 @@ def run_teach_compass(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
         base = CompassBase.load(stage.dir / "compass" / "base" / "policy")
         base.save(stage.dir / "policy")
         budgets = {n: c.timesteps.get(n, cfg.teach.total_timesteps) for n in c.embodiments}
-        if c.workers > 1 and len(budgets) > 1:
-            specialists = _train_in_processes(cfg, stage, budgets, c.workers)
-        else:
-            specialists = {n: train_residual(cfg, stage, base, n, _specialist_dir(stage.dir, n), b)
-                           for n, b in budgets.items()}  # fmt: skip
+        todo = {n: b for n, b in budgets.items()
+                if not (_specialist_dir(stage.dir, n) / "result.json").is_file()}  # fmt: skip
+        parallel = _train_in_processes(cfg, stage, todo, c.workers) if (
+            c.workers > 1 and len(todo) > 1) else {}  # fmt: skip
+        specialists = {}
+        for n, b in budgets.items():  # done ones just return their result.json
+            specialists[n] = parallel[n] if n in parallel else train_residual(
+                cfg, stage, base, n, _specialist_dir(stage.dir, n), b)  # fmt: skip
     finally:
         torch.set_num_threads(threads)
     metrics = {"algo": "compass", "base": base_result, "specialists": specialists,

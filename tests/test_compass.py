@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -237,6 +238,7 @@ def test_tiny_end_to_end_collect_base_specialist_generalist(tmp_path):
 
     metrics = run_distill(cfg)["generalist"]
     assert metrics["rounds"] == 2 and metrics["embodiments"] == ["diffdrive"]
+    assert metrics["selection"] == "specialist_ratio"
     generalist = load_policy(metrics["policy"])
     assert generalist.kind == "generalist" and generalist.table.names == ["diffdrive"]
     state = json.loads((tmp_path / "runs/compass/distill/generalist/state.json").read_text())
@@ -282,8 +284,11 @@ def test_tiny_end_to_end_collect_base_specialist_generalist(tmp_path):
     assert load_policy(out / "heavy/policy").base.kind == "generalist"
 
 
-def test_specialists_trained_in_parallel_processes_match_one_after_another(tmp_path, monkeypatch):
+def test_specialists_trained_in_parallel_processes_match_one_after_another(tmp_path, monkeypatch,
+                                                                         caplog):  # fmt: skip
     from safetensors.numpy import load_file
+
+    caplog.set_level(logging.INFO)  # the workers log at the parent's level
 
     from robodistill import teach_compass
     from robodistill.stages import run_collect, run_teach
@@ -307,14 +312,41 @@ def test_specialists_trained_in_parallel_processes_match_one_after_another(tmp_p
     one, two = teach(1), teach(2)
     assert pools == [2]  # only workers=2 went through the process pool
     for name in ("diffdrive", "heavy"):
-        # The residual PPO's weights and observation normalizer: the same bits either way.
-        a, b = (load_file(r / f"compass/specialists/{name}/policy/residual/model.safetensors")
-                for r in (one, two))  # fmt: skip
-        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), name
+        # The residual PPO's weights and observation normalizer, the best and the last, and
+        # the validations: the same bits either way.
+        for kept in ("policy", "policy_last"):
+            a, b = (load_file(r / f"compass/specialists/{name}/{kept}/residual/model.safetensors")
+                    for r in (one, two))  # fmt: skip
+            assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), name
+        results = [json.loads((r / f"compass/specialists/{name}/result.json").read_text())
+                   for r in (one, two)]  # fmt: skip
+        assert [r.pop("wall_s") > 0 for r in results] == [True, True]
+        assert results[0] | {"policy": ""} == results[1] | {"policy": ""}
+        assert results[1]["timesteps"] >= 64
     # Each worker's validations reach the stage's metrics.jsonl, as whole lines.
     rows = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
     stages = {r.get("stage") for r in rows}
     assert {"specialist-diffdrive", "specialist-heavy"} <= stages, stages
+    assert "[heavy]" in (two / "stage.log").read_text()  # the workers' log records too
+
+
+def test_parallel_specialists_name_a_body_the_workers_cannot_see(tmp_path, monkeypatch):
+    from robodistill.config import ConfigError
+    from robodistill.envs.embodiments import ROBOT_BUILDERS
+    from robodistill.stages import run_collect, run_teach
+
+    # Registered in this process only: a spawned worker imports the built-in table.
+    mine = dataclasses.replace(EMBODIMENTS["heavy"], name="heavy-in-this-process-only")
+    monkeypatch.setitem(EMBODIMENTS, mine.name, mine)
+    monkeypatch.setitem(ROBOT_BUILDERS, mine.name, ROBOT_BUILDERS["heavy"])
+    cfg = load_config(None, [
+        f"runs_dir={tmp_path / 'runs'}", *TINY_COMPASS,
+        f"teach.compass.embodiments=[diffdrive, {mine.name}]", "teach.compass.timesteps={}",
+        "teach.compass.workers=2",
+    ])  # fmt: skip
+    run_collect(cfg)
+    with pytest.raises(ConfigError, match="registered in the parent process only.*workers: 1"):
+        run_teach(cfg)
 
 
 def test_per_embodiment_budget_must_name_a_trained_embodiment(tmp_path):

@@ -81,6 +81,19 @@ def test_rl_teachers_ignore_the_diffusion_teachers_settings(tmp_path):
         StageRun(_cfg(tmp_path, "name=rl100", "teach.rl100.il_steps=7"), "teach").__enter__()
 
 
+def test_compass_worker_count_is_speed_only_and_its_other_settings_are_not(tmp_path):
+    compass = ("name=compass", "teach.algo=compass")
+    with StageRun(_cfg(tmp_path, *compass), "teach") as stage:
+        stage.finish({})
+    # A finished stage from before `workers` existed: its fingerprint has no such key.
+    manifest = json.loads((tmp_path / "compass/teach/manifest.json").read_text())
+    assert "workers" not in manifest["config_sections"]["teach"]["compass"]
+    with StageRun(_cfg(tmp_path, *compass, "teach.compass.workers=4"), "teach") as stage:
+        assert stage.skipped
+    with pytest.raises(StageConfigMismatch, match="teach.compass.latent_dim"):
+        StageRun(_cfg(tmp_path, *compass, "teach.compass.latent_dim=7"), "teach").__enter__()
+
+
 def test_replace_dir_and_a_crash_between_its_renames(tmp_path):
     from robodistill.run import committed_dir, replace_dir
 
