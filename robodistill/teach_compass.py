@@ -475,34 +475,66 @@ def _train_residual_worker(cfg: RunConfig, stage_dir: Path, embodiment: str, bud
     return train_residual(cfg, metrics, base, embodiment, out, budget)
 
 
+def _worker_main(conn, *args) -> None:
+    """A spawned process's entry: sends ``("ok", result)`` or ``("error", exception,
+    traceback)`` back over ``conn``."""
+    import traceback
+
+    try:
+        conn.send(("ok", _train_residual_worker(*args)))
+    except BaseException as e:  # noqa: BLE001 - the parent re-raises it
+        conn.send(("error", e, traceback.format_exc()))
+    finally:
+        conn.close()
+
+
 def _train_in_processes(cfg: RunConfig, stage: StageRun, budgets: dict[str, int],
                         workers: int) -> dict[str, Any]:  # fmt: skip
-    """Stage 2 with ``workers`` processes, one fresh process per specialist; the biggest
+    """Stage 2 with at most ``workers`` processes, a fresh one per specialist; the biggest
     budgets start first so that the last ones to finish are short. The first error (or
-    Ctrl-C) stops every worker (their checkpoints are written atomically, so a rerun
-    resumes them). Results in ``budgets``' order."""
+    Ctrl-C) terminates every worker and is raised: their checkpoints are written atomically,
+    so a rerun resumes them. Results in ``budgets``' order."""
     import multiprocessing
+    from multiprocessing.connection import wait
 
-    level = logging.getLogger().getEffectiveLevel()
     # spawn, not fork: a forked child would inherit torch's thread pool and open file handles.
-    pool = multiprocessing.get_context("spawn").Pool(min(workers, len(budgets)),
-                                                     maxtasksperchild=1)  # fmt: skip
+    ctx = multiprocessing.get_context("spawn")
+    level = logging.getLogger().getEffectiveLevel()
+    queue = sorted(budgets, key=budgets.get, reverse=True)
+    running: dict[str, tuple[Any, Any]] = {}  # name -> (process, our end of its pipe)
+    results: dict[str, Any] = {}
     try:
-        jobs = {n: pool.apply_async(_train_residual_worker, (
-                    cfg, stage.dir, n, budgets[n], level, stage._t0))
-                for n in sorted(budgets, key=budgets.get, reverse=True)}  # fmt: skip
-        pool.close()
-        while not all(j.ready() for j in jobs.values()):
-            for job in jobs.values():
-                if job.ready() and not job.successful():
-                    job.get()  # re-raises the worker's error now, not after the others end
-            time.sleep(0.5)
-        return {n: jobs[n].get() for n in budgets}
-    except BaseException:
-        pool.terminate()
-        raise
+        while queue or running:
+            while queue and len(running) < workers:
+                name = queue.pop(0)
+                ours, theirs = ctx.Pipe(duplex=False)
+                process = ctx.Process(target=_worker_main, name=f"specialist-{name}", args=(
+                    theirs, cfg, stage.dir, name, budgets[name], level, stage._t0))  # fmt: skip
+                process.start()
+                theirs.close()
+                running[name] = (process, ours)
+            wait([p.sentinel for p, _ in running.values()])
+            for name, (process, conn) in list(running.items()):
+                if process.is_alive():
+                    continue
+                message = conn.recv() if conn.poll() else None
+                process.join()
+                del running[name]
+                if message is None:
+                    raise RuntimeError(f"teach.compass.workers: the process training the {name} "
+                                       f"specialist died (exit code {process.exitcode}); rerun "
+                                       "to resume it from its checkpoint")  # fmt: skip
+                if message[0] == "error":
+                    log.error("specialist %s failed:\n%s", name, message[2])
+                    raise message[1]
+                results[name] = message[1]
     finally:
-        pool.join()
+        for process, _ in running.values():
+            process.terminate()
+        for process, conn in running.values():
+            process.join()
+            conn.close()
+    return {n: results[n] for n in budgets}
 
 
 # -- the teach stage -----------------------------------------------------------------------
