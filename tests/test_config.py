@@ -96,3 +96,15 @@ def test_every_key_is_documented():
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_is_valid(path):
     load_config(path)
+
+
+def test_compass_pipeline_trains_what_the_split_configs_train():
+    # configs/pipelines/compass.yaml says its stages are those of the two split configs
+    # (same run name, so either resumes the other's run); keep them from drifting apart.
+    pipeline = load_config(ROOT / "configs/pipelines/compass.yaml", [])
+    teach = load_config(ROOT / "configs/teachers/compass_nav.yaml", [])
+    student = load_config(ROOT / "configs/students/generalist_nav.yaml", [])
+    assert pipeline.name == teach.name == student.name
+    for section, split in (("env", teach), ("collect", teach), ("teach", teach),
+                           ("distill", student)):  # fmt: skip
+        assert getattr(pipeline, section) == getattr(split, section), section
