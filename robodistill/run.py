@@ -293,6 +293,12 @@ class StageRun:
             self._tb = SummaryWriter(str(self.dir / "tb"))
         return self._tb
 
+    @property
+    def t0(self) -> float:
+        """``time.monotonic()`` when the stage (this attempt) started: ``metrics.jsonl``'s
+        ``time`` is measured from it."""
+        return self._t0
+
     def log_metrics(self, step: int, metrics: dict[str, float | int | None]) -> None:
         """Append to ``metrics.jsonl`` and TensorBoard (numeric values only go to TB)."""
         record = {"step": int(step), "time": round(time.monotonic() - self._t0, 4), **metrics}

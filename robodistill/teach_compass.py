@@ -483,7 +483,11 @@ def _worker_main(conn, *args) -> None:
     try:
         conn.send(("ok", _train_residual_worker(*args)))
     except BaseException as e:  # noqa: BLE001 - the parent re-raises it
-        conn.send(("error", e, traceback.format_exc()))
+        text = traceback.format_exc()
+        try:
+            conn.send(("error", e, text))
+        except Exception:  # an exception that does not pickle: its text still gets there
+            conn.send(("error", RuntimeError(f"{type(e).__name__}: {e}"), text))
     finally:
         conn.close()
 
@@ -509,7 +513,7 @@ def _train_in_processes(cfg: RunConfig, stage: StageRun, budgets: dict[str, int]
                 name = queue.pop(0)
                 ours, theirs = ctx.Pipe(duplex=False)
                 process = ctx.Process(target=_worker_main, name=f"specialist-{name}", args=(
-                    theirs, cfg, stage.dir, name, budgets[name], level, stage._t0))  # fmt: skip
+                    theirs, cfg, stage.dir, name, budgets[name], level, stage.t0))  # fmt: skip
                 process.start()
                 theirs.close()
                 running[name] = (process, ours)
