@@ -397,8 +397,9 @@ class CompassConfig(Section):
     workers: int = Field(1, ge=1, le=256)
     """Stage 2: specialists trained at once, each in its own process (the embodiments are
     independent, and the result is the same; 2 ran 1.6x faster on 2 cores,
-    ``benchmarks/compass_workers.py``). 1: one after another in this process. Worker processes import robodistill
-    afresh, so each embodiment must be registered on import (the built-in ones are)."""
+    ``benchmarks/compass_workers.py``). 1: one after another in this process. Worker
+    processes import robodistill afresh, so each embodiment must be registered on import
+    (the built-in ones are)."""
 
     @model_validator(mode="after")
     def _budgets_name_embodiments(self) -> CompassConfig:
