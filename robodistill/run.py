@@ -68,6 +68,13 @@ STUDENT_SECTIONS = ("dagger", "consistency", "streaming", "rti", "generalist")
 tuning (or a version adding) another student never invalidates a finished distill stage."""
 
 
+def metrics_line(step: int, t0: float, metrics: dict[str, Any]) -> str:
+    """One ``metrics.jsonl`` line: ``step``, ``time`` (s since ``t0``, a ``time.monotonic``
+    reading) and the metrics."""
+    record = {"step": int(step), "time": round(time.monotonic() - t0, 4), **metrics}
+    return json.dumps(record) + "\n"
+
+
 class StageConfigMismatch(RuntimeError):
     """A stage directory exists for a different configuration."""
 
@@ -301,8 +308,7 @@ class StageRun:
 
     def log_metrics(self, step: int, metrics: dict[str, float | int | None]) -> None:
         """Append to ``metrics.jsonl`` and TensorBoard (numeric values only go to TB)."""
-        record = {"step": int(step), "time": round(time.monotonic() - self._t0, 4), **metrics}
-        self._metrics_file.write(json.dumps(record) + "\n")
+        self._metrics_file.write(metrics_line(step, self._t0, metrics))
         self._metrics_file.flush()
         for key, value in metrics.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -53,7 +53,14 @@ from robodistill.policies import Policy
 from robodistill.policies.compass import CompassBase, CompassSpecialist, base_features
 from robodistill.policies.mlp_student import array_stats
 from robodistill.policies.sb3_policy import SB3Policy
-from robodistill.run import StageRun, committed_dir, progress, replace_dir, write_json_atomic
+from robodistill.run import (
+    StageRun,
+    committed_dir,
+    metrics_line,
+    progress,
+    replace_dir,
+    write_json_atomic,
+)
 from robodistill.store import StoreError, TrajectoryStore
 from robodistill.validation import is_better, rollout_summary
 
@@ -446,9 +453,8 @@ class _MetricsAppender:
         self.path, self._t0 = path, t0
 
     def log_metrics(self, step: int, metrics: dict[str, Any]) -> None:
-        record = {"step": int(step), "time": round(time.monotonic() - self._t0, 4), **metrics}
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(metrics_line(step, self._t0, metrics))
 
 
 def _train_residual_worker(cfg: RunConfig, stage_dir: Path, embodiment: str, budget: int,
