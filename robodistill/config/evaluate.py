@@ -1,0 +1,27 @@
+"""``eval``: evaluating the run's policies on fixed seeds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from robodistill.config.base import Section
+
+
+class EvalConfig(Section):
+    policy: str = "auto"
+    """``random``, ``expert`` (the env's privileged expert), a saved policy directory, or
+    ``auto``: the run's teacher and every student it distilled, side by side (the expert
+    when the run has no teacher)."""
+    episodes: int = Field(20, ge=1, le=1_000_000)
+    """Evaluation episodes, on fixed seeds disjoint from collection's."""
+    video_episodes: int = Field(2, ge=0, le=100)
+    """The first N evaluation episodes are also rendered to ``<run>/eval/videos/seed-<s>.mp4``."""
+    video_env_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Extra ``gymnasium.make`` arguments for the rendered episodes only (e.g. a frame size)."""
+    workers: int = Field(1, ge=1, le=1024)
+    """Ray actors running evaluation episodes in parallel; 1 runs them in this process."""
+    latency_decisions: int = Field(50, ge=0, le=1_000_000)
+    """Decisions timed per saved policy (batch 1, one torch thread; median and p99 in the
+    table); 0: no latency measurement."""

@@ -1,0 +1,60 @@
+"""The whole run: the ``env`` and ``pipeline`` sections and :class:`RunConfig`, which holds
+every section."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from robodistill.config.base import Section
+from robodistill.config.collect import CollectConfig
+from robodistill.config.deploy import ControlConfig, ExportConfig
+from robodistill.config.distill import DistillConfig
+from robodistill.config.evaluate import EvalConfig
+from robodistill.config.teach import TeachConfig
+
+Stage = Literal["collect", "teach", "distill", "eval", "export", "control"]
+ALL_STAGES: tuple[str, ...] = ("collect", "teach", "distill", "eval", "export", "control")
+
+
+class EnvConfig(Section):
+    id: str = "robodistill/Nav-v0"
+    """gymnasium id (``robodistill/Nav-v0``, ``robodistill/PushT-v0``, ``Hopper-v5``,
+    ``mypkg:MyEnv-v0`` imports mypkg). The default is Nav: its diffusion teacher learns to
+    succeed within the default pipeline's CPU budget; Push-T needs far more training (see
+    ``configs/pipelines/rl100.yaml``)."""
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments passed to ``gymnasium.make``."""
+    num_envs: int = Field(4, ge=1, le=1024)
+    """Environments stepped together in one synchronous vector env (Sync beats Async on 2 cores)."""
+    max_episode_steps: int | None = Field(None, ge=1)
+    """Episode step limit; ``null`` keeps the env's registered limit."""
+
+
+class PipelineConfig(Section):
+    stages: list[Stage] = Field(default_factory=lambda: list(ALL_STAGES))
+    """Stages ``robodistill pipeline`` runs, in this order."""
+
+
+class RunConfig(Section):
+    name: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    """Run name: artifacts go to ``<runs_dir>/<name>/<stage>/``."""
+    seed: int = Field(0, ge=0, lt=2**31 // 1_000_000)
+    """Master seed; episode ``i`` of collection uses seed ``seed*1e6 + i``, teach-time validation ``seed*1e6 + 800000 + i``, evaluation ``seed*1e6 + 900000 + i``."""
+    runs_dir: Path = Path("runs")
+    """Where run directories are created."""
+    env: EnvConfig = Field(default_factory=EnvConfig)
+    collect: CollectConfig = Field(default_factory=CollectConfig)
+    teach: TeachConfig = Field(default_factory=TeachConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    control: ControlConfig = Field(default_factory=ControlConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+
+    def section_dump(self, keys: tuple[str, ...]) -> dict[str, Any]:
+        """The JSON form of the named top-level fields (what a stage's result depends on)."""
+        full = self.model_dump(mode="json")
+        return {k: full[k] for k in keys}

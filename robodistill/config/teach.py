@@ -1,0 +1,92 @@
+"""``teach``: teacher training, and its ``teach.exploration`` intrinsic rewards."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from robodistill.config.base import EvalEpisodes, LearningRate, Section
+from robodistill.config.compass import CompassConfig
+from robodistill.config.rl100 import DiffusionConfig, OfflineRLConfig, OnlineRLConfig, RL100Config
+
+
+class ExplorationConfig(Section):
+    """Intrinsic rewards from distilling random networks (RND, or RDD's random distribution)."""
+
+    method: Literal["none", "rnd", "rdd"] = "none"
+    """``rnd``: squared error of a predictor against a fixed random target; ``rdd``: the
+    target's output is drawn from a Gaussian around it, giving a pseudo-count term too."""
+    intrinsic_coef: float = Field(1.0, ge=0.0, le=1000.0)
+    """Weight of the (normalized) intrinsic reward added to the extrinsic one."""
+    extrinsic_coef: float = Field(2.0, ge=0.0, le=1000.0)
+    """Weight of the environment's reward."""
+    embedding_dim: int = Field(64, ge=4, le=4096)
+    """Output size of the target and predictor networks."""
+    hidden: int = Field(128, ge=8, le=4096)
+    """Hidden width of the target and predictor MLPs."""
+    learning_rate: LearningRate = 1e-4
+    """Predictor learning rate."""
+    update_proportion: float = Field(0.25, gt=0.0, le=1.0)
+    """Share of each collected batch the predictor trains on (RND uses 0.25)."""
+    obs_clip: float = Field(5.0, gt=0.0, le=100.0)
+    """Normalized observations fed to the networks are clipped to [-obs_clip, obs_clip]."""
+    rdd_sigma: float = Field(0.5, gt=0.0, le=100.0)
+    """RDD: standard deviation of the Gaussian around the target's output."""
+
+
+class TeachConfig(Section):
+    """Teacher training: the RL-100 diffusion teacher (``algo: rl100``: imitation, OPE-gated
+    offline RL, online RL), RL teachers (``algo: ppo | sac``) on stable-baselines3 or RLlib,
+    or COMPASS's IL base and residual specialists (``algo: compass``)."""
+
+    algo: Literal["rl100", "ppo", "sac", "compass"] = "rl100"
+    """``rl100``: the RL-100 diffusion teacher trained on the collected demonstrations
+    (``teach.diffusion``, ``teach.rl100``); ``ppo`` / ``sac``: RL teachers from scratch;
+    ``compass``: the IL base and one residual specialist per embodiment (``teach.compass``)."""
+    backend: Literal["sb3", "rllib"] = "sb3"
+    """``sb3``: stable-baselines3 on this machine; ``rllib``: Ray RLlib, local or a cluster."""
+    total_timesteps: int = Field(100_000, ge=1, le=10**10)
+    """Environment steps to train for (summed over the vector env)."""
+    learning_rate: LearningRate = 3e-4
+    """Optimizer learning rate."""
+    gamma: float = Field(0.99, gt=0.0, le=1.0)
+    """Discount factor."""
+    n_steps: int = Field(256, ge=1, le=1_000_000)
+    """PPO: steps per env per rollout."""
+    batch_size: int = Field(64, ge=1, le=1_000_000)
+    """Minibatch size."""
+    n_epochs: int = Field(10, ge=1, le=1000)
+    """PPO: optimization epochs per rollout."""
+    buffer_size: int = Field(1_000_000, ge=1, le=100_000_000)
+    """SAC: replay buffer size."""
+    learning_starts: int = Field(1000, ge=0, le=10**9)
+    """SAC: steps before the first update."""
+    net_arch: list[int] = Field(default_factory=lambda: [64, 64])
+    """Hidden layer sizes of the policy and value networks."""
+    normalize_obs: bool = True
+    """Running observation normalization (saved inside the policy)."""
+    normalize_reward: bool = False
+    """Running return-based reward scaling during training (PPO)."""
+    eval_every: int = Field(10_000, ge=1, le=10**10)
+    """Evaluate on the fixed validation seeds every N environment steps; the best is kept."""
+    eval_episodes: EvalEpisodes = 10
+    """Episodes per evaluation."""
+    checkpoint_every: int = Field(10_000, ge=1, le=10**10)
+    """Save a resumable checkpoint every N environment steps."""
+    num_env_runners: int = Field(1, ge=0, le=1024)
+    """RLlib: env runner actors sampling in parallel (0: sample in the driver)."""
+    num_envs_per_env_runner: int | None = Field(None, ge=1, le=1024)
+    """RLlib: envs vectorized in each env runner; ``null`` uses ``env.num_envs``."""
+    exploration: ExplorationConfig = Field(default_factory=ExplorationConfig)
+    """Intrinsic-reward exploration (both backends)."""
+    diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
+    """RL-100: the diffusion policy's network, horizons and sampler."""
+    rl100: RL100Config = Field(default_factory=RL100Config)
+    """RL-100: sub-stages, demonstrations and training budget."""
+    offline: OfflineRLConfig = Field(default_factory=OfflineRLConfig)
+    """RL-100 stage 2: OPE-gated offline RL on the denoising chain."""
+    online: OnlineRLConfig = Field(default_factory=OnlineRLConfig)
+    """RL-100 stage 3: DPPO on the denoising chain in simulation."""
+    compass: CompassConfig = Field(default_factory=CompassConfig)
+    """COMPASS (``algo: compass``): the IL base with a world model and residual specialists."""
