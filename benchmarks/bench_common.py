@@ -11,8 +11,8 @@ from typing import Any
 
 def evaluate(cfg, policy, seeds: list[int], num_envs: int | None = None) -> dict[str, Any]:
     """Success rate, mean return and mean episode length of ``policy`` on ``seeds``."""
-    from robodistill.rollout import rollout
-    from robodistill.stages import summarize_episodes
+    from robodistill.core.rollout import rollout
+    from robodistill.core.summaries import summarize_episodes
 
     episodes = rollout(cfg.env.id, policy, seeds, num_envs=num_envs or cfg.env.num_envs,
                        max_episode_steps=cfg.env.max_episode_steps, env_kwargs=cfg.env.kwargs)  # fmt: skip

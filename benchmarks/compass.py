@@ -65,7 +65,7 @@ def perturbed(name: str, rng: np.random.Generator) -> str:
 
 def evaluate(cfg, policy, embodiment: str, seeds: list[int]) -> dict:
     """SR, WTT (s) and mean return of ``policy`` on ``embodiment`` over ``seeds``."""
-    from robodistill.rollout import rollout
+    from robodistill.core.rollout import rollout
 
     episodes = rollout(cfg.env.id, policy, seeds, num_envs=cfg.env.num_envs,
                        max_episode_steps=cfg.env.max_episode_steps,
@@ -147,8 +147,9 @@ def bar_chart(table: dict[str, dict[str, dict]], policies: list[str], path: Path
 
 
 def train(teach_cfg, student_cfg) -> None:
-    from robodistill.distill import run_distill
-    from robodistill.stages import run_collect, run_teach
+    from robodistill.collect import run_collect
+    from robodistill.distill.stage import run_distill
+    from robodistill.teach.stage import run_teach
 
     for name, fn, cfg in (("collect", run_collect, teach_cfg), ("teach", run_teach, teach_cfg),
                           ("distill", run_distill, student_cfg)):  # fmt: skip
@@ -159,10 +160,10 @@ def train(teach_cfg, student_cfg) -> None:
 
 def main() -> None:
     from robodistill.config import load_config
+    from robodistill.core.seeds import EVAL_SEED_OFFSET, episode_seeds
     from robodistill.envs import make_expert
     from robodistill.envs.embodiments import EMBODIMENTS
     from robodistill.policies import load_policy
-    from robodistill.stages import EVAL_SEED_OFFSET, episode_seeds
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs-dir", default="runs/benchmarks")

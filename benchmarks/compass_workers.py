@@ -26,8 +26,9 @@ TEACH_CONFIG = "configs/teachers/compass_nav.yaml"
 
 
 def main() -> None:
+    from robodistill.collect import run_collect
     from robodistill.config import load_config
-    from robodistill.stages import run_collect, run_teach
+    from robodistill.teach.stage import run_teach
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs-dir", default="runs/benchmarks")

@@ -39,7 +39,7 @@ CONFIG = "configs/students/dagger_hopper.yaml"
 
 def evaluate(cfg, policy, seeds: list[int]) -> list[float]:
     """Returns of ``policy`` on ``seeds`` (one episode each), in seed order."""
-    from robodistill.rollout import rollout
+    from robodistill.core.rollout import rollout
 
     episodes = rollout(cfg.env.id, policy, seeds, num_envs=cfg.env.num_envs,
                        max_episode_steps=cfg.env.max_episode_steps, env_kwargs=cfg.env.kwargs)  # fmt: skip
@@ -79,9 +79,10 @@ def main() -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from robodistill.config import load_config
-    from robodistill.distill import run_distill, teacher_path
+    from robodistill.core.seeds import EVAL_SEED_OFFSET, episode_seeds
+    from robodistill.distill.stage import run_distill, teacher_path
     from robodistill.policies import load_policy
-    from robodistill.stages import EVAL_SEED_OFFSET, episode_seeds, run_teach
+    from robodistill.teach.stage import run_teach
 
     cfg = load_config(args.config, [f"runs_dir={args.runs_dir}", *args.set])
     t0 = time.monotonic()
@@ -96,7 +97,7 @@ def main() -> None:
     teacher_returns = evaluate(cfg, teacher, seeds)
     student_returns = evaluate(cfg, student, seeds)
     # Observations for the latency test: states the student visits (any states would do).
-    from robodistill.rollout import rollout
+    from robodistill.core.rollout import rollout
 
     obs = rollout(cfg.env.id, student, seeds[:1])[0].data["obs"]
     latency = latencies({"teacher": teacher, "student": student}, obs, args.latency_calls)

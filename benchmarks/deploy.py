@@ -13,7 +13,7 @@ controller, for every policy kind that exports.
 * **diffusion teacher and students** (DDIM-10 teacher, its RTI warm start, consistency
   1-step and 3-step, streaming; PushT ``keypoints`` observations, D = 20; see
   ``benchmarks/deploy_students.py``): per *decision* (torch ``plan(hist)`` via
-  ``robodistill.latency.decision_latency`` / streaming ``act``; onnxruntime
+  ``robodistill.core.latency.decision_latency`` / streaming ``act``; onnxruntime
   ``OnnxPolicy.predict(hist)`` with the whole denoising loop, or the planning ``act`` call
   for RTI and ``act`` for streaming, whose state lives in ``act``) and per control step
   (``act`` averaged over the Ta = 8 steps of a chunk, what a controller sees). Also int8
@@ -81,7 +81,7 @@ def policies() -> dict:
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
     from robodistill.config import DAggerConfig
-    from robodistill.distill_dagger import label, resolve_loss
+    from robodistill.distill.dagger import label, resolve_loss
     from robodistill.policies.mlp_student import MLPStudent, array_stats
     from robodistill.policies.rllib_policy import RLlibPolicy, build_layers
     from robodistill.policies.sb3_policy import SB3Policy

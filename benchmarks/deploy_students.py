@@ -16,7 +16,7 @@ Two levels per kind, torch and onnxruntime interleaved in turns of ``BLOCK`` sam
 1 thread):
 
 * ``decision``: what the policy computes when it decides. torch: one
-  ``robodistill.latency.decision_latency`` decision (``plan(hist)`` for chunked kinds, RTI
+  ``robodistill.core.latency.decision_latency`` decision (``plan(hist)`` for chunked kinds, RTI
   warm-started; ``act`` for streaming). onnxruntime: ``OnnxPolicy.predict(hist)`` (the whole
   denoising loop is one decision), but ``OnnxPolicy.act`` for RTI (the warm start is act's
   state; only the act call that plans is timed) and for streaming (state tensors).
@@ -34,11 +34,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from robodistill.core.latency import decision_latency
 from robodistill.deploy.controller import summarize_ms
 from robodistill.deploy.export import export_policy, quantize_int8
 from robodistill.deploy.runtime import OnnxPolicy, session_options
 from robodistill.envs import make_env
-from robodistill.latency import decision_latency
 
 ENV = "robodistill/PushT-v0"
 ENV_KWARGS = {"obs_type": "keypoints"}
@@ -110,7 +110,7 @@ def first_observation() -> np.ndarray:
 def build() -> dict:
     """name -> torch policy for the five kinds of the module docstring."""
     from robodistill.config import load_config
-    from robodistill.distill_streaming import build_student
+    from robodistill.distill.streaming import build_student
     from robodistill.policies.consistency import ConsistencyStudent, inference_timesteps
     from robodistill.policies.diffusion import DiffusionPolicy, DiffusionPolicyConfig
     from robodistill.policies.normalizer import Normalizer

@@ -56,7 +56,7 @@ def run_one(
 
     torch.set_num_threads(1)
     from robodistill.config import load_config
-    from robodistill.stages import run_teach
+    from robodistill.teach.stage import run_teach
 
     name = f"{method.replace('+', '-')}-s{seed}"
     cfg = load_config(

@@ -32,18 +32,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robodistill.decisions import DecisionConfig, Decisions, decisions_from_store
+from robodistill.data.store import Episode, TrajectoryStore
 from robodistill.envs.pusht import PushTEnv
 from robodistill.envs.pusht_expert import PushTExpert
-from robodistill.offline_critics import IQLConfig, IQLCritics, train_iql
-from robodistill.ope import (
+from robodistill.teach.rl100.critics import IQLConfig, IQLCritics, train_iql
+from robodistill.teach.rl100.decisions import DecisionConfig, Decisions, decisions_from_store
+from robodistill.teach.rl100.ope import (
     DynamicsConfig,
     DynamicsEnsemble,
     OffPolicyEvaluator,
     OPEConfig,
     train_dynamics,
 )
-from robodistill.store import Episode, TrajectoryStore
 
 OBS = 5  # Push-T state: pusher x, y, block x, y, angle
 

@@ -47,10 +47,12 @@ def main() -> None:
     torch.set_num_threads(1)  # see teach.rl100.torch_threads: 1 thread is fastest on 2 cores
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
+    from robodistill.collect import run_collect
     from robodistill.config import load_config
+    from robodistill.core.latency import decision_latency
+    from robodistill.core.seeds import EVAL_SEED_OFFSET, episode_seeds
     from robodistill.envs import make_expert
-    from robodistill.latency import decision_latency
-    from robodistill.stages import EVAL_SEED_OFFSET, episode_seeds, run_collect, run_teach
+    from robodistill.teach.stage import run_teach
 
     cfg = load_config(args.config, [f"runs_dir={args.runs_dir}", *args.set])
     run = Path(cfg.runs_dir) / cfg.name

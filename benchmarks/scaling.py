@@ -1,8 +1,8 @@
 """Scaling: collection with 1 vs N workers, and RLlib PPO vs stable-baselines3 PPO.
 
 **Collection.** ``robodistill collect``'s two paths on the same seeds, both writing into a
-:class:`~robodistill.store.TrajectoryStore` in this process: 1 worker (``rollout`` here, no
-Ray) and N workers (:class:`~robodistill.parallel.ParallelRollout`: Ray actors, each with
+:class:`~robodistill.data.store.TrajectoryStore` in this process: 1 worker (``rollout`` here, no
+Ray) and N workers (:class:`~robodistill.core.parallel.ParallelRollout`: Ray actors, each with
 ``--num-envs`` envs). The actors are started once and warmed up before timing; their
 start-up (a fresh process importing torch and MuJoCo) is reported on its own line. Besides
 steps/s, the CPU seconds per 1000 steps (this process, plus the actors' processes for N
@@ -13,7 +13,7 @@ wall-clock rates.
 env, minibatch 64, 10 epochs, net [64, 64], observation normalization) for the same number
 of env steps, built the way the two ``teach`` backends build them: stable-baselines3 (a
 ``DummyVecEnv`` of ``--ppo-envs`` envs + ``VecNormalize``, all in this process) and RLlib
-(:func:`robodistill.teach_rllib.build_config`: one env-runner actor with ``--ppo-envs`` envs,
+(:func:`robodistill.teach.rl.rllib.build_config`: one env-runner actor with ``--ppo-envs`` envs,
 the learner in this process). Env steps/s of training (sampling + updates) after one
 warm-up rollout / iteration. This process uses ``--torch-threads`` (1) intra-op threads.
 
@@ -40,11 +40,11 @@ from typing import Any
 import ray
 
 from robodistill.config import load_config
-from robodistill.parallel import ParallelRollout
-from robodistill.rollout import env_spaces, rollout
-from robodistill.stages import resolve_policy
-from robodistill.store import TrajectoryStore
-from robodistill.teach_rllib import ENV_NAME, build_config, create_env, init_ray
+from robodistill.core.parallel import ParallelRollout, init_ray
+from robodistill.core.policy_specs import resolve_policy
+from robodistill.core.rollout import env_spaces, rollout
+from robodistill.data.store import TrajectoryStore
+from robodistill.teach.rl.rllib import ENV_NAME, build_config, create_env
 
 
 def _store(tmp: Path, tag: str) -> TrajectoryStore:

@@ -1,7 +1,7 @@
 """Simulator throughput: raw env steps/s vs. collection into the trajectory store.
 
 For each task: the raw rate of one env in a plain ``reset``/``step`` loop, then
-``robodistill.rollout`` + ``TrajectoryStore`` with 1, 2 and 4 envs, as a ratio to the raw
+``robodistill.core.rollout`` + ``TrajectoryStore`` with 1, 2 and 4 envs, as a ratio to the raw
 single-env rate. Both drive the env with the same deterministic probe policy (a fixed
 random projection of the observation, costing the same per step in both loops), so both
 simulate exactly the same trajectories: with random actions the simulator's own cost varies
@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from robodistill.core.rollout import rollout
+from robodistill.data.store import TrajectoryStore
 from robodistill.envs import ROBODISTILL_ENV_IDS, make_env
 from robodistill.policies import Policy
-from robodistill.rollout import rollout
-from robodistill.store import TrajectoryStore
 
 
 class ProbePolicy(Policy):

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from robodistill.sampler import SequenceSampler
-from robodistill.store import Episode, TrajectoryStore
+from robodistill.data.sampler import SequenceSampler
+from robodistill.data.store import Episode, TrajectoryStore
 
 OBS_HORIZON, PRED_HORIZON, BATCH = 2, 16, 256
 

@@ -13,7 +13,7 @@ seeds:
     consistency 1-step / 3-step
 
 and measures the per-decision latency (batch 1, one thread): in torch
-(:func:`robodistill.latency.decision_latency`: one chunk for chunked policies, one ``act``
+(:func:`robodistill.core.latency.decision_latency`: one chunk for chunked policies, one ``act``
 for the streaming student) and in onnxruntime (each exported with ``export_policy``; one
 ``OnnxPolicy.predict`` chunk, the denoising loop included, or one ``act``). Network calls
 per decision are counted from the policies' configs (streaming: measured).
@@ -77,12 +77,14 @@ def main() -> None:
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
+    from robodistill.collect import run_collect
     from robodistill.config import load_config
-    from robodistill.distill import run_distill, teacher_path
-    from robodistill.latency import decision_latency
+    from robodistill.core.latency import decision_latency
+    from robodistill.core.seeds import EVAL_SEED_OFFSET, episode_seeds
+    from robodistill.distill.stage import run_distill, teacher_path
     from robodistill.policies import load_policy
     from robodistill.policies.consistency import inference_timesteps
-    from robodistill.stages import EVAL_SEED_OFFSET, episode_seeds, run_collect, run_teach
+    from robodistill.teach.stage import run_teach
 
     cfg = load_config(args.config, [f"runs_dir={args.runs_dir}", *args.set])
     if not {"consistency", "streaming"} <= set(cfg.distill.students):

@@ -9,7 +9,7 @@ Horizons, with defaults To = 2 observations, H = 16 predicted actions, Ta = 8 ex
     executed:         |<-------- Ta -------->|                        queue   (B, Ta, A)
 
 The chunk starts at the oldest observed step (as in training windows, see
-:mod:`robodistill.sampler`), so the action for the current step ``t`` is index
+:mod:`robodistill.data.sampler`), so the action for the current step ``t`` is index
 ``To - 1``; :meth:`ChunkedPolicy.act` executes Ta actions from there, then plans again
 (receding horizon). With ``temporal_ensemble=k`` it plans at every step instead and
 averages the overlapping plans for each step with weights ``exp(k * j)`` (``j``: how far

@@ -1,6 +1,6 @@
 """Per-key normalizers whose statistics travel inside the policy checkpoint.
 
-Statistics come from :meth:`robodistill.store.TrajectoryStore.compute_stats` in this
+Statistics come from :meth:`robodistill.data.store.TrajectoryStore.compute_stats` in this
 JSON form (lists are feature-wise over the trailing feature shape)::
 
     {"obs": {"min": [...], "max": [...], "mean": [...], "std": [...], "count": N}, ...}

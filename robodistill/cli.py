@@ -150,9 +150,9 @@ def resolve_config(args: argparse.Namespace):
 def cmd_envs(args: argparse.Namespace) -> int:
     import gymnasium as gym
 
+    from robodistill.core.rollout import env_spaces
     from robodistill.envs import EXPERTS, ROBODISTILL_ENV_IDS
     from robodistill.envs.registry import embodiments
-    from robodistill.rollout import env_spaces
 
     if args.env_id:
         _, _, doc = env_spaces(args.env_id)
@@ -258,11 +258,26 @@ def setup_logging(verbose: int, quiet: bool) -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The errors a user can fix, which the CLI prints as one clear message (no traceback)."""
+    # Here, not at the top: these pull torch, zarr and onnx, and `--help` should start fast.
+    from robodistill.config import ConfigError
+    from robodistill.core.rollout import RolloutError
+    from robodistill.core.rundir import StageConfigMismatch
+    from robodistill.data.store import StoreError
+    from robodistill.deploy.export import ExportError
+    from robodistill.deploy.metadata import MetadataError
+    from robodistill.envs import EnvIdError, UnknownExpertError
+    from robodistill.policies.checkpoint import CheckpointError
+
+    return (ConfigError, EnvIdError, UnknownExpertError, CheckpointError, RolloutError,
+            StageConfigMismatch, StoreError, ExportError, MetadataError)  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose, args.quiet)
-    from robodistill.errors import USER_ERRORS
-    from robodistill.stages import StageNotBuilt
+    from robodistill.errors import StageNotBuilt
 
     handlers = {"envs": cmd_envs, "config": cmd_config, "pipeline": cmd_pipeline}
     try:
@@ -270,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StageNotBuilt as e:
         print(f"robodistill {args.command}: {e}", file=sys.stderr)
         return EXIT_NOT_BUILT
-    except USER_ERRORS as e:
+    except user_errors() as e:
         print(f"robodistill {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -1,20 +1,18 @@
-"""The errors a user can fix, which the CLI prints as one clear message (no traceback)."""
+"""Errors that the stages raise and the CLI and pipeline recognise.
+
+The CLI prints the errors a user can fix (see ``robodistill.cli.user_errors``) as one
+clear message without a traceback.
+"""
 
 from __future__ import annotations
 
-
-def _collect() -> tuple[type[BaseException], ...]:
-    from robodistill.config import ConfigError
-    from robodistill.deploy.export import ExportError
-    from robodistill.deploy.metadata import MetadataError
-    from robodistill.envs import EnvIdError, UnknownExpertError
-    from robodistill.policies.checkpoint import CheckpointError
-    from robodistill.rollout import RolloutError
-    from robodistill.run import StageConfigMismatch
-    from robodistill.store import StoreError
-
-    return (ConfigError, EnvIdError, UnknownExpertError, CheckpointError, RolloutError,
-            StageConfigMismatch, StoreError, ExportError, MetadataError)  # fmt: skip
+from robodistill.config import ConfigError
 
 
-USER_ERRORS = _collect()
+class StageNotBuilt(NotImplementedError):
+    """This stage (or variant) is not implemented in this version; nothing was run."""
+
+
+class MissingInput(ConfigError):
+    """What the stage would work on does not exist yet (no policy to export, no model to
+    run): a pipeline may report the stage as skipped rather than failed."""

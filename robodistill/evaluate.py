@@ -11,7 +11,7 @@ the report::
 
 Every policy runs on the same seeds. Per-episode rows are appended as they finish, so a
 resumed evaluation runs only the seeds missing from each policy's ``episodes.jsonl``.
-Latency is :func:`robodistill.latency.decision_latency` (batch 1, one torch thread).
+Latency is :func:`robodistill.core.latency.decision_latency` (batch 1, one torch thread).
 """
 
 from __future__ import annotations
@@ -22,24 +22,19 @@ from pathlib import Path
 from typing import Any
 
 from robodistill.config import RunConfig
-from robodistill.run import StageRun, progress, write_json_atomic
-from robodistill.stages import (
-    EVAL_SEED_OFFSET,
-    _read_jsonl,
-    _run_episodes,
-    episode_seeds,
-    policy_inputs,
-    resolve_policy,
-    summarize_episodes,
-)
-from robodistill.video import write_video
+from robodistill.core.parallel import run_episodes
+from robodistill.core.policy_specs import policy_inputs, resolve_policy
+from robodistill.core.rundir import StageRun, progress, write_json_atomic
+from robodistill.core.seeds import EVAL_SEED_OFFSET, episode_seeds
+from robodistill.core.summaries import read_jsonl, summarize_episodes
+from robodistill.core.video import write_video
 
 log = logging.getLogger(__name__)
 
 
 def eval_targets(cfg: RunConfig) -> dict[str, str]:
     """``{label: policy spec}`` that ``eval.policy`` stands for, teacher first."""
-    from robodistill.distill import teacher_path
+    from robodistill.distill.stage import teacher_path
 
     spec = cfg.eval.policy
     if spec != "auto":
@@ -88,12 +83,12 @@ def run_eval(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
 
 
 def _evaluate(cfg: RunConfig, stage: StageRun, label: str, spec: str, out_dir: Path) -> dict:
-    from robodistill.rollout import env_spaces
+    from robodistill.core.rollout import env_spaces
 
     _, action_space, env_doc = env_spaces(cfg.env.id, cfg.env.kwargs)
     out_dir.mkdir(parents=True, exist_ok=True)
     results_path = out_dir / "episodes.jsonl"
-    done = _read_jsonl(results_path)
+    done = read_jsonl(results_path)
     done_seeds = {r["seed"] for r in done}
     seeds = episode_seeds(cfg, cfg.eval.episodes, EVAL_SEED_OFFSET)
     todo = [s for s in seeds if s not in done_seeds]
@@ -124,7 +119,7 @@ def _evaluate(cfg: RunConfig, stage: StageRun, label: str, spec: str, out_dir: P
                    ([s for s in todo if s not in film], None, cfg.env.kwargs)]  # fmt: skip
         try:
             for batch_seeds, on_frames, env_kwargs in batches:
-                _run_episodes(cfg, policy, spec, batch_seeds, on_episode=record,
+                run_episodes(cfg, policy, spec, batch_seeds, on_episode=record,
                               workers=1 if on_frames else cfg.eval.workers,
                               field="eval.workers", policy_seed=cfg.seed + 1,
                               env_kwargs=env_kwargs, on_frames=on_frames)  # fmt: skip
@@ -139,8 +134,8 @@ def _evaluate(cfg: RunConfig, stage: StageRun, label: str, spec: str, out_dir: P
 
 
 def _latency(cfg: RunConfig, policy) -> dict[str, Any]:
+    from robodistill.core.latency import decision_latency
     from robodistill.envs import make_env
-    from robodistill.latency import decision_latency
 
     env = make_env(cfg.env.id, **cfg.env.kwargs)
     try:

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from robodistill.config import RunConfig
-from robodistill.deploy_stages import MissingInput
+from robodistill.core.rundir import read_manifest, write_json_atomic
+from robodistill.errors import MissingInput, StageNotBuilt
 from robodistill.report import write_report
-from robodistill.run import read_manifest, write_json_atomic
-from robodistill.stages import NOT_BUILT, STAGES, StageNotBuilt
+from robodistill.stages import NOT_BUILT, STAGES
 
 log = logging.getLogger(__name__)
 

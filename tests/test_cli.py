@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from robodistill.cli import EXIT_USAGE, main
-from robodistill.store import TrajectoryStore
+from robodistill.data.store import TrajectoryStore
 
 
 def _sets(overrides):
@@ -32,8 +32,9 @@ def test_collect_writes_store_and_manifest_then_skips(tiny_overrides, tmp_path, 
 
 
 def test_interrupted_collect_resumes_with_the_missing_seeds(tiny_overrides, tmp_path, monkeypatch):
-    # The collect stage imports rollout() when it runs, so patching the module reaches it.
-    from robodistill import rollout as rollout_mod
+    # The collect stage runs its episodes through core.parallel.run_episodes, which calls
+    # that module's rollout: patching it there reaches it.
+    from robodistill.core import parallel as rollout_mod
 
     original = rollout_mod.rollout
     calls = {"n": 0}

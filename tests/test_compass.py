@@ -13,14 +13,14 @@ import pytest
 import torch
 
 from robodistill.config import load_config
-from robodistill.distill_generalist import generalist_loss, label, selection_key
+from robodistill.distill.generalist import generalist_loss, label, selection_key
 from robodistill.envs import make_env
 from robodistill.envs.embodiments import EMBODIMENTS
 from robodistill.policies import load_policy
 from robodistill.policies.compass import CompassBase, base_features
 from robodistill.policies.generalist import EmbodimentTable, Generalist, action_mask, pad
 from robodistill.policies.mlp_student import array_stats
-from robodistill.teach_compass import make_residual_env
+from robodistill.teach.compass.teacher import make_residual_env
 
 NAV = "robodistill/Nav-v0"
 NAMES = ["holonomic", "diffdrive", "ackermann", "heavy"]
@@ -213,8 +213,9 @@ TINY_COMPASS = [
 
 
 def test_tiny_end_to_end_collect_base_specialist_generalist(tmp_path):
-    from robodistill.distill import run_distill
-    from robodistill.stages import run_collect, run_teach
+    from robodistill.collect import run_collect
+    from robodistill.distill.stage import run_distill
+    from robodistill.teach.stage import run_teach
 
     overrides = [f"runs_dir={tmp_path / 'runs'}", *TINY_COMPASS]
     overrides += [
@@ -245,7 +246,9 @@ def test_tiny_end_to_end_collect_base_specialist_generalist(tmp_path):
     assert [h["dataset_states"] for h in state["history"]] == [12, 24]
     # The rest of configs/pipelines/compass.yaml: base and generalist side by side, the
     # generalist exported with its embodiment input, and run by the controller.
-    from robodistill.stages import run_control, run_eval, run_export
+    from robodistill.control import run_control
+    from robodistill.evaluate import run_eval
+    from robodistill.export import run_export
 
     tail = load_config(None, [*overrides, "eval.episodes=1", "eval.video_episodes=0",
                               "eval.latency_decisions=2", "control.episodes=1"])  # fmt: skip
@@ -290,8 +293,9 @@ def test_specialists_trained_in_parallel_processes_match_one_after_another(tmp_p
 
     caplog.set_level(logging.INFO)  # the workers log at the parent's level
 
-    from robodistill import teach_compass
-    from robodistill.stages import run_collect, run_teach
+    from robodistill.collect import run_collect
+    from robodistill.teach.compass import teacher as teach_compass
+    from robodistill.teach.stage import run_teach
 
     pools = []
     real = teach_compass._train_in_processes
@@ -331,9 +335,10 @@ def test_specialists_trained_in_parallel_processes_match_one_after_another(tmp_p
 
 
 def test_parallel_specialists_name_a_body_the_workers_cannot_see(tmp_path, monkeypatch):
+    from robodistill.collect import run_collect
     from robodistill.config import ConfigError
     from robodistill.envs.embodiments import ROBOT_BUILDERS
-    from robodistill.stages import run_collect, run_teach
+    from robodistill.teach.stage import run_teach
 
     # Registered in this process only: a spawned worker imports the built-in table.
     mine = dataclasses.replace(EMBODIMENTS["heavy"], name="heavy-in-this-process-only")

@@ -10,16 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-from robodistill import distill, distill_consistency
+from robodistill.collect import run_collect
 from robodistill.config import ConfigError, load_config
 from robodistill.deploy.export import check_parity, export_policy
 from robodistill.deploy.runtime import OnnxPolicy
-from robodistill.distill_consistency import load_teacher, run_distill_consistency
+from robodistill.distill.consistency import load_teacher, run_distill_consistency
+from robodistill.training import loop as training_loop
+from robodistill.distill import stage as distill
 from robodistill.policies import load_policy
 from robodistill.policies.consistency import ConsistencyStudent, update_target
 from robodistill.policies.diffusion import DiffusionPolicy, DiffusionPolicyConfig
 from robodistill.policies.normalizer import Normalizer
-from robodistill.stages import run_collect, run_teach
+from robodistill.teach.stage import run_teach
 
 OBS, ACT, TO, H, TA = 3, 2, 2, 8, 4
 LOW, HIGH = [-2.0, -1.5], [2.0, 1.5]
@@ -262,20 +264,20 @@ def test_distill_stage_end_to_end_with_resume(tiny_overrides, tmp_path, monkeypa
     cfg = load_config(None, [*shared, "name=straight"])
     assert run_distill_consistency(cfg, Stage(), runs / "default/teach/policy") == metrics
 
-    original = distill_consistency.save_checkpoint
+    original = training_loop.save_checkpoint
 
     def save_then_crash(*args, **kwargs):
         original(*args, **kwargs)
         raise KeyboardInterrupt  # as if Ctrl-C arrived right after the first checkpoint
 
-    monkeypatch.setattr(distill_consistency, "save_checkpoint", save_then_crash)
+    monkeypatch.setattr(training_loop, "save_checkpoint", save_then_crash)
     resumed_cfg = load_config(None, [*shared, "name=resumed"])
     with pytest.raises(KeyboardInterrupt):
         distill.run_distill(resumed_cfg)
     resumed_dir = runs / "resumed/distill/consistency"
     assert json.loads((resumed_dir / "checkpoint/state.json").read_text())["step"] == 2
     assert not (resumed_dir / "result.json").exists()
-    monkeypatch.setattr(distill_consistency, "save_checkpoint", original)
+    monkeypatch.setattr(training_loop, "save_checkpoint", original)
     again = distill.run_distill(resumed_cfg)["consistency"]
     assert again["resumed_from_step"] == 2 and again["steps"] == 4
     # Optimizer, schedule, target, EMA and RNG states were restored: the same weights.

@@ -10,21 +10,17 @@ import torch
 from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-from robodistill import distill_dagger
 from robodistill.config import ConfigError, load_config
-from robodistill.distill import run_distill
-from robodistill.distill_dagger import (
-    beta_for_round,
-    dagger_loss,
-    label,
-    resolve_loss,
-)
+from robodistill.core.rollout import rollout
+from robodistill.distill.aggregation import beta_for_round
+from robodistill.distill.dagger import dagger_loss, label, resolve_loss
+from robodistill.distill import dagger as distill_dagger
+from robodistill.distill.stage import run_distill
 from robodistill.envs import make_env
+from robodistill.evaluate import run_eval
 from robodistill.policies import RandomPolicy, load_policy
 from robodistill.policies.mlp_student import MLPStudent, array_stats, gaussian_kl
 from robodistill.policies.sb3_policy import SB3Policy
-from robodistill.rollout import rollout
-from robodistill.stages import run_eval
 
 ENV = "Pendulum-v1"
 STEPS = 20  # episode length: every episode is exactly 20 steps (Pendulum never terminates)

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 
+from robodistill.collect import run_collect
 from robodistill.config import ConfigError, load_config
-from robodistill.distill import run_distill
-from robodistill.evaluate import add_ratios, eval_targets
-from robodistill.latency import decision_latency
+from robodistill.core.latency import decision_latency
+from robodistill.distill.stage import run_distill
+from robodistill.evaluate import add_ratios, eval_targets, run_eval
 from robodistill.policies import load_policy
 from robodistill.report import policy_table
-from robodistill.stages import run_collect, run_eval, run_teach
+from robodistill.teach.stage import run_teach
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,8 @@ from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from robodistill.config import ExplorationConfig
-from robodistill.intrinsic import (
+from robodistill.policies.exploration import RDDBonus, RNDBonus, RunningMeanStd
+from robodistill.teach.rl.exploration_sb3 import (
     ExplorationCallback,
     IntrinsicRewardVecEnv,
     exploration_state,
@@ -18,7 +19,6 @@ from robodistill.intrinsic import (
     load_exploration_state,
     wrap_exploration,
 )
-from robodistill.policies.exploration import RDDBonus, RNDBonus, RunningMeanStd
 
 OBS_DIM = 6
 CLASSES = [RNDBonus, RDDBonus]

@@ -409,7 +409,8 @@ def test_denoise_mode_runs_the_sampling_loop_in_the_runtime(tmp_path):
 # -- the export and control stages ------------------------------------------------------------
 def test_export_and_control_stages(tmp_path):
     from robodistill.config import ConfigError, load_config
-    from robodistill.deploy_stages import run_control, run_export
+    from robodistill.control import run_control
+    from robodistill.export import run_export
 
     overrides = [
         f"runs_dir={tmp_path / 'runs'}", "name=deploy", "env.id=Pendulum-v1",

@@ -16,7 +16,10 @@ from safetensors.torch import load_file  # noqa: E402
 
 import robodistill.policies.rllib_policy  # noqa: E402, F401  (registers the "rllib" kind)
 from robodistill.config import ExplorationConfig, load_config  # noqa: E402
-from robodistill.intrinsic_rllib import (  # noqa: E402
+from robodistill.core.rundir import StageRun  # noqa: E402
+from robodistill.policies import load_policy  # noqa: E402
+from robodistill.policies.rllib_policy import RLlibPolicy  # noqa: E402
+from robodistill.teach.rl.exploration_rllib import (  # noqa: E402
     CONFIG_NAME,
     GAMMA_INT,
     TENSORS_NAME,
@@ -25,10 +28,7 @@ from robodistill.intrinsic_rllib import (  # noqa: E402
     add_exploration,
     exploration_stats,
 )
-from robodistill.policies import load_policy  # noqa: E402
-from robodistill.policies.rllib_policy import RLlibPolicy  # noqa: E402
-from robodistill.run import StageRun  # noqa: E402
-from robodistill.teach_rllib import ENV_NAME, build_config, create_env, run_teach_rllib  # noqa: E402
+from robodistill.teach.rl.rllib import ENV_NAME, build_config, create_env, run_teach_rllib  # noqa: E402
 
 OBS_DIM = 3
 

@@ -12,9 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from robodistill.decisions import DecisionConfig, Decisions, build_decisions, decisions_from_store
-from robodistill.offline_critics import IQLConfig, IQLCritics, expectile_loss, train_iql
-from robodistill.ope import (
+from robodistill.data.store import Episode, TrajectoryStore
+from robodistill.teach.rl100.critics import IQLConfig, IQLCritics, expectile_loss, train_iql
+from robodistill.teach.rl100.decisions import (
+    DecisionConfig,
+    Decisions,
+    build_decisions,
+    decisions_from_store,
+)
+from robodistill.teach.rl100.ope import (
     DynamicsConfig,
     DynamicsEnsemble,
     OffPolicyEvaluator,
@@ -22,7 +28,6 @@ from robodistill.ope import (
     OPEGate,
     train_dynamics,
 )
-from robodistill.store import Episode, TrajectoryStore
 
 # ----------------------------------------------------------------------------- point mass
 SPEED, T_EP, TO, TA, GAMMA = 0.15, 24, 2, 4, 0.95

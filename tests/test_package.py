@@ -94,7 +94,7 @@ def test_deploy_runtime_works_without_torch(tmp_path):
 def test_envs_and_policies_do_not_import_training_code():
     code = (
         "import sys, robodistill.envs, robodistill.policies\n"
-        "bad = [m for m in ('robodistill.stages', 'robodistill.run', 'robodistill.store',"
+        "bad = [m for m in ('robodistill.stages', 'robodistill.core.rundir', 'robodistill.data.store',"
         " 'robodistill.pipeline') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

@@ -15,11 +15,11 @@ from gymnasium.envs.classic_control.pendulum import PendulumEnv
 ray = pytest.importorskip("ray")
 
 from robodistill.cli import main  # noqa: E402
+from robodistill.collect import run_collect  # noqa: E402
 from robodistill.config import load_config  # noqa: E402
-from robodistill.parallel import ParallelRollout, RolloutWorker, WorkerLostError  # noqa: E402
+from robodistill.core.parallel import ParallelRollout, RolloutWorker, WorkerLostError  # noqa: E402
+from robodistill.data.store import TrajectoryStore  # noqa: E402
 from robodistill.policies.checkpoint import CheckpointError  # noqa: E402
-from robodistill.stages import run_collect  # noqa: E402
-from robodistill.store import TrajectoryStore  # noqa: E402
 
 # Actors import this module by name to build the crashing env (see ray_session's PYTHONPATH).
 CRASH_ID = "robodistill-test/CrashingPendulum-v0"

@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from robodistill import rl100_online
 from robodistill.config import load_config
-from robodistill.decisions import DecisionConfig, decisions_from_store
+from robodistill.data.sampler import SequenceSampler
+from robodistill.data.store import Episode, TrajectoryStore
 from robodistill.policies.diffusion import DiffusionPolicy, DiffusionPolicyConfig
 from robodistill.policies.normalizer import Normalizer
-from robodistill.rl100_offline import OfflineRL, run_offline_rl
-from robodistill.rl100_online import CollapseDetector, dppo_loss, run_online_rl
-from robodistill.sampler import SequenceSampler
-from robodistill.store import Episode, TrajectoryStore
+from robodistill.teach.rl100 import online as rl100_online
+from robodistill.teach.rl100.decisions import DecisionConfig, decisions_from_store
+from robodistill.teach.rl100.offline import OfflineRL, run_offline_rl
+from robodistill.teach.rl100.online import CollapseDetector, dppo_loss, run_online_rl
 
 SPEED, T_EP, TO, TA, H, K = 0.15, 24, 2, 4, 6, 3
 TINY_NET = {"down_dims": (16, 32), "n_groups": 4, "step_embed_dim": 16, "kernel_size": 3}

@@ -2,8 +2,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+from robodistill.core.rollout import RolloutError, rollout
 from robodistill.policies import Policy
-from robodistill.rollout import RolloutError, rollout
 
 
 class LinearPolicy(Policy):

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from robodistill.config import load_config
-from robodistill.run import StageConfigMismatch, StageRun
+from robodistill.core.rundir import StageConfigMismatch, StageRun
 
 
 def _cfg(tmp_path, *extra):
@@ -95,7 +95,7 @@ def test_compass_worker_count_is_speed_only_and_its_other_settings_are_not(tmp_p
 
 
 def test_replace_dir_and_a_crash_between_its_renames(tmp_path):
-    from robodistill.run import committed_dir, replace_dir
+    from robodistill.core.rundir import committed_dir, replace_dir
 
     ckpt = tmp_path / "checkpoint"
     assert committed_dir(ckpt, "state.json") is None

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from robodistill.sampler import SequenceSampler
-from robodistill.store import Episode, TrajectoryStore
+from robodistill.data.sampler import SequenceSampler
+from robodistill.data.store import Episode, TrajectoryStore
 
 LENGTHS = [5, 1, 12, 3]
 

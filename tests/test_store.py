@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import zarr
 
-from robodistill.store import Episode, StoreError, TrajectoryStore
+from robodistill.data.store import Episode, StoreError, TrajectoryStore
 
 
 def make_episode(rng: np.random.Generator, t: int, i: int = 0, obs_dim: int = 4) -> Episode:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import zarr
 
-from robodistill.store import Episode, StoreError, TrajectoryStore
+from robodistill.data.store import Episode, StoreError, TrajectoryStore
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,7 +40,7 @@ import sys
 sys.path.insert(0, {repo!r})
 sys.path.insert(0, {tests!r})
 from pathlib import Path
-from robodistill.store import TrajectoryStore
+from robodistill.data.store import TrajectoryStore
 from test_store_crash import deterministic_episode
 path = Path({path!r})
 if path.exists():
@@ -125,7 +125,7 @@ def test_torn_merge_recovers(tmp_path, monkeypatch, fail_at):
     if fail_at == "_commit":  # data, meta and episode_ends written, commit point not reached
         monkeypatch.setattr(TrajectoryStore, "_commit", lambda *a: _boom())
     elif fail_at == "_write_batch_meta":  # data arrays extended, meta not
-        import robodistill.store as mod
+        import robodistill.data.store as mod
 
         real = mod._append
         monkeypatch.setattr(
@@ -172,7 +172,7 @@ def test_half_written_journal_file_is_ignored(tmp_path):
 def test_first_merge_torn_while_creating_arrays(tmp_path, monkeypatch):
     path = tmp_path / "s.zarr"
     store = TrajectoryStore.create(path, flush_every=2)
-    import robodistill.store as mod
+    import robodistill.data.store as mod
 
     real = mod._append
     monkeypatch.setattr(

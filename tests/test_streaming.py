@@ -12,18 +12,19 @@ import pytest
 import torch
 from torch import nn
 
-from robodistill import distill_streaming
+from robodistill.collect import run_collect
 from robodistill.config import ConfigError, load_config
+from robodistill.core.rundir import StageRun
+from robodistill.data.demos import load_demos
 from robodistill.deploy.export import check_parity, export_policy
 from robodistill.deploy.runtime import OnnxPolicy
-from robodistill.distill_streaming import load_teacher, run_distill_streaming
+from robodistill.training import loop as training_loop
+from robodistill.distill.streaming import load_teacher, run_distill_streaming
 from robodistill.policies import load_policy
 from robodistill.policies.diffusion_nets import ConditionalUnet1D, UnetConfig
 from robodistill.policies.normalizer import Normalizer
 from robodistill.policies.streaming import StreamingStudent, StreamingStudentConfig
-from robodistill.run import StageRun
-from robodistill.stages import run_collect
-from robodistill.teach_rl100 import build_policy, load_demos
+from robodistill.teach.rl100.teacher import build_policy
 
 OBS, ACT, TO, HB, T = 3, 2, 2, 8, 100
 LOW, HIGH = [-2.0, -1.5], [2.0, 1.5]
@@ -288,18 +289,18 @@ def test_distill_streaming_end_to_end_and_resume(tiny_overrides, tmp_path, monke
         assert run_distill_streaming(cfg, stage, teacher) == metrics
 
     # Interrupted right after the first checkpoint, then resumed: the same weights.
-    original = distill_streaming.save_train_checkpoint
+    original = training_loop.save_checkpoint
 
     def save_then_crash(*args, **kwargs):
         original(*args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(distill_streaming, "save_train_checkpoint", save_then_crash)
+    monkeypatch.setattr(training_loop, "save_checkpoint", save_then_crash)
     resumed_cfg = _cfg(tiny_overrides, teacher, demos, "name=resumed",
                        "distill.streaming.targets=teacher")  # fmt: skip
     with pytest.raises(KeyboardInterrupt):
         _distill(resumed_cfg)
-    monkeypatch.setattr(distill_streaming, "save_train_checkpoint", original)
+    monkeypatch.setattr(training_loop, "save_checkpoint", original)
     resumed = _distill(resumed_cfg)
     assert resumed["resumed_from_step"] == 3 and resumed["steps"] == 6
     a = load_policy(out / "policy_last")

@@ -8,13 +8,15 @@ import json
 import pytest
 import torch
 
-from robodistill import teach_rl100
+from robodistill.collect import run_collect
 from robodistill.config import load_config
+from robodistill.core.rundir import StageConfigMismatch
+from robodistill.data.store import StoreError
+from robodistill.evaluate import run_eval
 from robodistill.policies import load_policy
 from robodistill.policies.diffusion import DiffusionPolicy
-from robodistill.run import StageConfigMismatch
-from robodistill.stages import run_collect, run_eval, run_teach
-from robodistill.store import StoreError
+from robodistill.training import loop as training_loop
+from robodistill.teach.stage import run_teach
 
 
 @pytest.fixture(autouse=True)
@@ -68,13 +70,13 @@ def test_interrupted_imitation_resumes_exactly(tiny_overrides, tmp_path, monkeyp
     demos = f"teach.rl100.demos={tmp_path / 'runs/default/collect/demos.zarr'}"
     run_teach(_cfg(tiny_overrides, demos, "name=straight"))
 
-    original = teach_rl100.save_train_checkpoint
+    original = training_loop.save_checkpoint
 
     def save_then_crash(*args, **kwargs):
         original(*args, **kwargs)
         raise KeyboardInterrupt  # as if Ctrl-C arrived right after the first checkpoint
 
-    monkeypatch.setattr(teach_rl100, "save_train_checkpoint", save_then_crash)
+    monkeypatch.setattr(training_loop, "save_checkpoint", save_then_crash)
     resumed_cfg = _cfg(tiny_overrides, demos, "name=resumed")
     with pytest.raises(KeyboardInterrupt):
         run_teach(resumed_cfg)
@@ -83,7 +85,7 @@ def test_interrupted_imitation_resumes_exactly(tiny_overrides, tmp_path, monkeyp
     assert json.loads((run_dir / "il/checkpoint/state.json").read_text())["step"] == 2
     assert not (run_dir / "il/result.json").exists()
 
-    monkeypatch.setattr(teach_rl100, "save_train_checkpoint", original)
+    monkeypatch.setattr(training_loop, "save_checkpoint", original)
     metrics = run_teach(resumed_cfg)
     assert metrics["il"]["resumed_from_step"] == 2 and metrics["il"]["steps"] == 4
     # Optimizer, LR schedule, EMA and RNG states were restored: the same weights as a run

@@ -5,8 +5,9 @@ import json
 import pytest
 import torch
 
+from robodistill.collect import run_collect
 from robodistill.config import load_config
-from robodistill.stages import run_collect, run_teach
+from robodistill.teach.stage import run_teach
 
 TINY_RL = [
     "teach.rl100.stages=[il, offline, online]",

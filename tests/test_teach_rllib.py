@@ -12,10 +12,10 @@ ray = pytest.importorskip("ray")
 
 import robodistill.policies.rllib_policy  # noqa: E402, F401  (registers the "rllib" kind)
 from robodistill.config import load_config  # noqa: E402
+from robodistill.core.rundir import StageRun  # noqa: E402
 from robodistill.policies import load_policy  # noqa: E402
 from robodistill.policies.rllib_policy import RLlibPolicy  # noqa: E402
-from robodistill.run import StageRun  # noqa: E402
-from robodistill.teach_rllib import (  # noqa: E402
+from robodistill.teach.rl.rllib import (  # noqa: E402
     ENV_NAME,
     build_config,
     create_env,

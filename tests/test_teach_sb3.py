@@ -13,13 +13,13 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 import robodistill.policies.sb3_policy  # noqa: F401  (registers the "sb3" kind)
-from robodistill import teach_sb3
 from robodistill.config import load_config
+from robodistill.core.rundir import StageRun
 from robodistill.envs import make_env
 from robodistill.policies import load_policy
 from robodistill.policies.sb3_policy import SB3Policy
-from robodistill.run import StageRun
-from robodistill.teach_sb3 import run_teach_sb3
+from robodistill.teach.rl import sb3 as teach_sb3
+from robodistill.teach.rl.sb3 import run_teach_sb3
 
 
 def _teach(overrides: list[str]):
@@ -105,7 +105,7 @@ def test_teach_stage_finishes(algo, steps, tmp_path):
 @pytest.mark.parametrize("exploration", ["none", "rnd"])
 def test_teach_resumes_from_checkpoint(exploration, tmp_path, monkeypatch):
     if exploration != "none":
-        pytest.importorskip("robodistill.intrinsic")
+        pytest.importorskip("robodistill.teach.rl.exploration_sb3")
     overrides = _pendulum(
         tmp_path,
         "ppo",
@@ -172,7 +172,7 @@ def test_ppo_learns_inverted_pendulum(tmp_path):
 
 
 def test_teach_with_exploration_checkpoints_its_state(tmp_path):
-    pytest.importorskip("robodistill.intrinsic")
+    pytest.importorskip("robodistill.teach.rl.exploration_sb3")
     overrides = _pendulum(
         tmp_path, "ppo", 256, "teach.exploration.method=rnd", "teach.checkpoint_every=128"
     )

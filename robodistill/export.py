@@ -1,0 +1,171 @@
+"""The ``export`` stage: the run's policy to ONNX.
+
+``run_export`` writes ``<run>/export/policy.onnx`` (and ``policy.int8.onnx`` with
+``export.quantize``), checks it with ``onnx.checker`` and torch/onnxruntime parity on random
+and real observations, and times it. The ONNX work itself lives in
+:mod:`robodistill.deploy.export`; this module is the stage around it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from robodistill.config import ConfigError, RunConfig
+from robodistill.core.rollout import env_spaces
+from robodistill.core.rundir import StageRun, directory_digest
+from robodistill.core.seeds import EVAL_SEED_OFFSET, episode_seeds
+from robodistill.errors import MissingInput, StageNotBuilt
+from robodistill.policies import load_policy
+
+log = logging.getLogger(__name__)
+
+ONNX_NAME, INT8_NAME = "policy.onnx", "policy.int8.onnx"
+
+
+def run_dir(cfg: RunConfig) -> Path:
+    """``<runs_dir>/<name>``."""
+    return Path(cfg.runs_dir) / cfg.name
+
+
+def export_policy_dir(cfg: RunConfig) -> Path:
+    """The policy directory ``export.policy`` names (``auto``: the first student of
+    ``distill.students`` this run distilled, else the run's teacher)."""
+    if cfg.export.policy != "auto":
+        path = Path(cfg.export.policy)
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"export.policy: {path} is not a saved policy directory (no "
+                              "config.json); give a directory written by teach or distill")  # fmt: skip
+        return path
+    distilled = run_dir(cfg) / "distill"
+    candidates = [distilled / s / "policy" for s in cfg.distill.students]
+    candidates.append(run_dir(cfg) / "teach" / "policy")
+    for path in candidates:
+        if (path / "config.json").is_file():
+            return path
+    raise MissingInput(
+        f"export.policy: auto found no policy in {' or '.join(map(str, candidates))}; run "
+        "`robodistill teach` (or distill) for this run first, or set export.policy=DIR"
+    )
+
+
+def real_observations(cfg: RunConfig, policy, steps: int) -> np.ndarray:
+    """Up to ``steps`` observations the policy itself meets in ``env.id`` (evaluation seeds)."""
+    from robodistill.envs import make_env
+
+    if steps == 0:
+        return np.zeros((0, 0), np.float32)
+    env = make_env(cfg.env.id, max_episode_steps=cfg.env.max_episode_steps, **cfg.env.kwargs)
+    out: list[np.ndarray] = []
+    try:
+        for seed in episode_seeds(cfg, steps, EVAL_SEED_OFFSET):
+            obs, _ = env.reset(seed=seed)
+            policy.reset()
+            done = False
+            while not done and len(out) < steps:
+                out.append(np.asarray(obs, np.float32).ravel())
+                action = policy.act(np.asarray(obs, np.float32)[None])[0]
+                obs, _, terminated, truncated, _ = env.step(action)
+                done = terminated or truncated
+            if len(out) >= steps:
+                break
+    finally:
+        env.close()
+    return np.stack(out)
+
+
+def run_export(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
+    """Export the policy to ONNX, check parity, time it (and its int8 version)."""
+    # Lazy: onnx and onnxruntime are optional extras ([export], [deploy]).
+    from robodistill.deploy.export import check_parity, export_policy, random_observations
+    from robodistill.deploy.runtime import OnnxPolicy, time_act
+
+    policy_dir = export_policy_dir(cfg)
+    digest = directory_digest(policy_dir)
+    inputs = {"policy_digest": digest, "env_id": cfg.env.id, "env_kwargs": cfg.env.kwargs}
+    policy = load_policy(policy_dir)
+    try:
+        spec = policy.onnx_spec()
+    except NotImplementedError as e:
+        # Checked before the stage directory exists: nothing half-done is left behind.
+        raise StageNotBuilt(f"{e} (policy {policy_dir}). Nothing was exported.") from e
+    with StageRun(cfg, "export", overwrite=overwrite, inputs=inputs) as stage:
+        if stage.skipped:
+            return stage.manifest["metrics"]
+        _, _, env_doc = env_spaces(cfg.env.id, cfg.env.kwargs)
+        observation = spec["metadata"]["observation"]
+        if int(np.prod(observation["shape"])) != int(
+            np.prod(env_doc["observation_space"]["shape"])
+        ):
+            raise ConfigError(
+                f"env.id: {cfg.env.id} observations have shape "
+                f"{env_doc['observation_space']['shape']} but the policy in {policy_dir} takes "
+                f"{observation['shape']}; set env.id to the environment it was trained on"
+            )
+        observation["layout"] = observation.get("layout") or env_doc["observation_layout"]
+        extra = {
+            "env_id": cfg.env.id,
+            "control_rate_hz": env_doc["control_rate_hz"],
+            "source": {
+                "run": cfg.name,
+                "policy_dir": str(policy_dir),
+                "policy_digest": digest,
+                "seed": cfg.seed,
+            },  # fmt: skip
+        }
+        path = stage.dir / ONNX_NAME
+        doc = export_policy(policy, path, opset=cfg.export.opset, exporter=cfg.export.exporter,
+                            metadata=extra, spec=spec)  # fmt: skip
+        log.info("export: wrote %s (%d bytes)", path, path.stat().st_size)
+        real = real_observations(cfg, policy, cfg.export.parity_real_steps)
+        parity = check_parity(policy, path, real, n_random=cfg.export.parity_random,
+                              tol=cfg.export.parity_tol, seed=cfg.seed, spec=spec)  # fmt: skip
+        sample = real[:1] if len(real) else random_observations(doc, 1, np.random.default_rng(0))
+        latency = time_act(OnnxPolicy(path), sample, calls=cfg.export.latency_calls)
+        metrics: dict[str, Any] = {
+            "model": str(path), "bytes": path.stat().st_size, "policy_kind": doc["policy_kind"],
+            "mode": doc["mode"], "opset": cfg.export.opset, "exporter": cfg.export.exporter,
+            "parity": parity, "parity_tol": cfg.export.parity_tol,
+            "real_observations": int(len(real)), "latency_ms": latency,
+        }  # fmt: skip
+        if cfg.export.quantize:
+            metrics["int8"] = _quantized(path, stage.dir / INT8_NAME, doc, real, cfg, latency)
+        log.info("export: %s", json.dumps(metrics))
+        stage.finish(metrics)
+        return metrics
+
+
+def _quantized(path: Path, qpath: Path, doc, real, cfg: RunConfig, latency) -> dict[str, Any]:
+    """Accuracy (against the float ONNX model) and latency of the int8 model."""
+    # Lazy: onnx and onnxruntime are optional extras ([export], [deploy]).
+    from robodistill.deploy.export import quantize_int8, random_observations
+    from robodistill.deploy.runtime import OnnxPolicy, time_act
+
+    quantize_int8(path, qpath)
+    obs = random_observations(doc, cfg.export.parity_random, np.random.default_rng(cfg.seed))
+    if len(real):
+        obs = np.concatenate([obs, real.reshape(len(real), -1)])
+    full, q = OnnxPolicy(path, seed=cfg.seed), OnnxPolicy(qpath, seed=cfg.seed)
+
+    def first_action(policy: OnnxPolicy, o: np.ndarray) -> np.ndarray:
+        # A fresh episode per observation: one inference each, and both models (seeded
+        # alike) draw the same noise for it.
+        policy.reset()
+        return policy.act(o[None])
+
+    diff = np.abs(np.concatenate([first_action(full, o) - first_action(q, o) for o in obs]))
+    q_latency = time_act(q, obs[:1], calls=cfg.export.latency_calls)
+    action_range = full.action_high - full.action_low
+    finite = np.isfinite(action_range)
+    return {
+        "model": str(qpath), "bytes": qpath.stat().st_size,
+        "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+        "max_diff_of_range": float((diff.reshape(len(diff), -1)[:, finite]
+                                    / action_range[finite]).max()) if finite.any() else None,
+        "latency_ms": q_latency,
+        "speedup_median": round(latency["median"] / q_latency["median"], 3),
+    }  # fmt: skip

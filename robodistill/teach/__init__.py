@@ -1,0 +1,2 @@
+"""The ``teach`` stage: RL teachers (``rl/``), the RL-100 diffusion teacher (``rl100/``)
+and COMPASS embodiment specialists (``compass/``)."""

@@ -1,0 +1,2 @@
+"""COMPASS: an imitation-learned base with a world model, and a residual PPO specialist per
+embodiment."""

@@ -1,0 +1,1 @@
+"""RL teachers on stable-baselines3 and Ray RLlib, each with RND / RDD exploration."""

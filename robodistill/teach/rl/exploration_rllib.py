@@ -1,0 +1,361 @@
+"""Intrinsic rewards (RND / RDD) for the RLlib backend: a learner connector piece.
+
+::
+
+    config = build_config(cfg)                      # teach_rllib: the PPOConfig
+    add_exploration(config, cfg.teach.exploration, seed=cfg.seed)
+    algo = config.build_algo()
+    algo.train()                                    # rewards mixed, predictor trained
+    save_exploration(algo, ckpt_dir)                # exploration.safetensors + .json
+    load_exploration(algo, ckpt_dir)                # on --resume
+
+**Where the predictor lives: in the Learner.** :class:`IntrinsicRewardConnector` is a
+``ConnectorV2`` piece of the Learner's connector pipeline (RLlib's extension point for
+turning episodes into a train batch; RLlib's own curiosity examples put their intrinsic
+rewards there). :class:`IntrinsicPPOTorchLearner` (the PPO learner, set with
+``config.learners(learner_class=...)``) inserts it right before
+``AddOneTsToEpisodesAndTruncate``, i.e. before anything else touches the episodes and long
+before ``GeneralAdvantageEstimation`` computes value targets. Each ``Learner.update`` call
+(one per PPO iteration) then
+
+1. takes every transition's *next* observation from the sampled episode chunks,
+2. computes the raw bonus with the current predictor (the one trained on earlier batches,
+   as in the SB3 wrapper, where a rollout's bonuses come from the previous update),
+3. normalises it by the running std of the intrinsic return and writes
+   ``extrinsic_coef * r_ext + intrinsic_coef * r_int`` back into the episodes' rewards
+   (so the mixed reward is what the train batch, GAE and the value head see),
+4. updates the input normaliser on the batch and trains the predictor on an
+   ``update_proportion`` share of it (RND's order),
+5. logs ``exploration_*`` metrics into the learner's ``MetricsLogger``.
+
+Why there rather than in the env runners: there is exactly one predictor, it sees every
+transition of every env runner (local or on a cluster), and nothing has to be
+synchronized: env runners keep sampling with the policy only, the bonus never crosses
+the network, and adding env runners does not add predictor copies that would drift
+apart. The costs are a bonus forward pass plus ``update_proportion`` of a backward pass
+per iteration on the learner, and that the bonus only exists at update time (env
+runners' ``episode_return_mean`` stays the extrinsic return, which is what we report
+anyway). With ``num_learners > 1`` every learner would hold its own predictor trained
+on its shard, so :func:`add_exploration` refuses that.
+
+**Checkpoints.** RLlib checkpoints only a learner's RLModule and optimizer, not its
+connector pieces, so the exploration state is written next to RLlib's files as
+``exploration.safetensors`` (predictor, target, RDD's prior and residual, the input and
+return normalisers, Adam's moments, the update-subset RNG state) plus
+``exploration.json`` (the bonus module's constructor arguments), read back without
+pickle. A resumed run continues with identical predictor weights and statistics.
+
+Semantics compared with :mod:`robodistill.teach.rl.exploration_sb3` (the stable-baselines3 wrapper):
+
+* Same: one value head on the mixed reward (PPO's single critic and ``gamma``); the bonus
+  is computed on the next observation (RLlib keeps the true final observation of an
+  episode, so no ``terminal_observation`` special case is needed); ``r_int = b / std(R)``
+  with ``R_t = GAMMA_INT * R_{t-1} + b_t`` and no centring; the predictor trains once per
+  PPO iteration on the batch's next observations; the same bonus modules, coefficients and
+  seeding.
+* Different, because RLlib's episode chunks do not say which vector-env slot produced
+  them: the intrinsic return ``R`` is carried across the chunks of one episode (by episode
+  id) but restarts at 0 when a new episode starts, where SB3's wrapper carries it across
+  resets of the same env (non-episodic). Only the *scale* estimate ``std(R)`` is affected,
+  and only for episodes not much longer than ``1 / (1 - GAMMA_INT) = 100`` steps, whose
+  partial sums make the std smaller and ``r_int`` somewhat larger.
+* The return normaliser is updated with the whole batch before dividing (SB3: per vector
+  step), a difference within one batch only.
+* The input normaliser is initialised from the first train batch instead of a separate
+  random-action warm-up (the first batch comes from the untrained, near-random policy).
+* With ``teach.normalize_obs`` the episodes hold RLlib's ``MeanStdFilter`` output, so the
+  bonus sees filtered observations (clipped to ±10) and its own normaliser sits on top of
+  that; SB3's wrapper sits below ``VecNormalize`` and sees raw observations.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
+from ray.rllib.connectors.connector_v2 import ConnectorV2
+from ray.rllib.connectors.learner import AddOneTsToEpisodesAndTruncate
+from ray.rllib.core import DEFAULT_MODULE_ID
+from safetensors.torch import load_file, save_file
+
+from robodistill.config import ExplorationConfig
+from robodistill.policies.exploration import GAMMA_INT, RNDBonus, RunningMeanStd, bonus_from_config
+
+LEARNER_CONFIG_KEY = "robodistill_exploration"
+"""Key of the exploration settings in ``config.learner_config_dict``."""
+
+TENSORS_NAME, CONFIG_NAME = "exploration.safetensors", "exploration.json"
+METRIC_PREFIX = "exploration_"
+MAX_TRACKED_EPISODES = 10_000
+"""Most ongoing episodes whose intrinsic return is carried to their next chunk; older
+entries (episodes of an env runner that died) are dropped."""
+
+
+class IntrinsicRewardConnector(ConnectorV2):
+    """Learner connector piece: mixes the exploration bonus into the episodes' rewards and
+    trains the predictor on the same batch (see the module docstring).
+
+    Args:
+        exploration: ``ExplorationConfig`` fields as a plain dict (``method`` rnd | rdd).
+        obs_dim: flattened observation size.
+        seed: seeds the bonus module's weights and its update-subset generator without
+            touching torch's global RNG.
+        gamma_int: discount of the intrinsic return used for normalisation.
+    """
+
+    def __init__(
+        self,
+        input_observation_space=None,
+        input_action_space=None,
+        *,
+        exploration: dict[str, Any],
+        obs_dim: int,
+        seed: int = 0,
+        gamma_int: float = GAMMA_INT,
+        **kwargs,
+    ):
+        super().__init__(input_observation_space, input_action_space, **kwargs)
+        cfg = ExplorationConfig(**exploration)
+        if cfg.method == "none":
+            raise ValueError("IntrinsicRewardConnector needs exploration.method rnd or rdd")
+        self.method = cfg.method
+        self.intrinsic_coef = float(cfg.intrinsic_coef)
+        self.extrinsic_coef = float(cfg.extrinsic_coef)
+        self.gamma_int = float(gamma_int)
+        self.bonus: RNDBonus = bonus_from_config(cfg, obs_dim, seed)
+        self.return_rms = RunningMeanStd(())
+        self._carry: dict[str, float] = {}  # episode id -> R at the end of its last chunk
+        self.last_stats: dict[str, float] = {}
+
+    # -- the connector call ---------------------------------------------------------------
+    def __call__(self, *, rl_module, batch, episodes, explore=None, shared_data=None,
+                 metrics=None, **kwargs):  # fmt: skip
+        chunks = list(self.single_agent_episode_iterator(episodes, agents_that_stepped_only=False))
+        lens = [len(ep) for ep in chunks]
+        if sum(lens) == 0:
+            return batch
+        # Next observation of every transition: observations[1:] of each chunk (a chunk of
+        # L steps holds L + 1 observations, the last being the true final one).
+        next_obs = np.concatenate(
+            [
+                np.asarray(ep.get_observations(slice(1, None)), np.float32).reshape(n, -1)
+                for ep, n in zip(chunks, lens, strict=True)
+                if n
+            ]
+        )
+        initialising = float(self.bonus.obs_rms.count) < 1.0
+        if initialising:  # RND initialises the input statistics before the first bonus
+            self.bonus.update_obs_stats(next_obs)
+        terms = {
+            k: v.cpu().numpy().astype(np.float64)
+            for k, v in self.bonus.bonus_terms(next_obs).items()
+        }
+        raw = sum(terms.values())  # what bonus() returns, kept in parts for the metrics
+        returns = self._intrinsic_returns(chunks, lens, raw)
+        self.return_rms.update(torch.as_tensor(returns))
+        r_int = raw / (float(self.return_rms.std) + 1e-8)
+        r_ext_all = []
+        start = 0
+        for ep, n in zip(chunks, lens, strict=True):
+            if n:
+                # A copy: get_rewards() may return a view that set_rewards overwrites.
+                r_ext = np.array(ep.get_rewards(), np.float64)
+                r_ext_all.append(r_ext)
+                mixed = self.extrinsic_coef * r_ext + self.intrinsic_coef * r_int[start : start + n]
+                _make_rewards_writable(ep)
+                with warnings.catch_warnings():
+                    # RLlib checks rewards[0] (a numpy scalar) against the episode's reward
+                    # Box, and gymnasium warns about casting it to an array: noise only.
+                    warnings.filterwarnings("ignore", message=".*Casting input x to numpy")
+                    ep.set_rewards(new_data=mixed.astype(np.float32), at_indices=slice(0, n))
+                start += n
+        # RND's order: input statistics first, then the predictor (on a random share).
+        if not initialising:
+            self.bonus.update_obs_stats(next_obs)
+        with torch.enable_grad():  # the learner may call its pipeline under no_grad
+            train = self.bonus.update(next_obs)
+        stats = {
+            "predictor_loss": train["predictor_loss"],
+            "bonus_raw_mean": float(raw.mean()),
+            "r_int_mean": float(r_int.mean()),
+            "r_ext_mean": float(np.concatenate(r_ext_all).mean()),
+            "return_std": float(self.return_rms.std),
+        }
+        if "pseudo_count" in terms:  # RDD: the count-like part of the bonus
+            stats["pseudo_count_mean"] = float(terms["pseudo_count"].mean())
+        self.last_stats = stats
+        if metrics is not None:
+            for key, value in stats.items():
+                # Under the module id: PPO treats every other top-level key of the learner
+                # results as a module to sync. window=1: report this iteration's value.
+                metrics.log_value((DEFAULT_MODULE_ID, METRIC_PREFIX + key), value, window=1)
+        return batch
+
+    def _intrinsic_returns(self, chunks, lens, raw: np.ndarray) -> np.ndarray:
+        """``R_t = gamma_int * R_{t-1} + b_t`` per episode, carried across its chunks."""
+        out = np.empty_like(raw)
+        start = 0
+        for ep, n in zip(chunks, lens, strict=True):
+            ret = self._carry.pop(ep.id_, 0.0)
+            for t in range(start, start + n):
+                ret = self.gamma_int * ret + raw[t]
+                out[t] = ret
+            if not ep.is_done:
+                self._carry[ep.id_] = ret
+            start += n
+        while len(self._carry) > MAX_TRACKED_EPISODES:  # dicts iterate oldest first
+            self._carry.pop(next(iter(self._carry)))
+        return out
+
+    # -- state ----------------------------------------------------------------------------
+    def bonus_config(self) -> dict[str, Any]:
+        """What rebuilds the bonus module (written to ``exploration.json``)."""
+        return {"method": self.method, "gamma_int": self.gamma_int, **self.bonus.config()}
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Everything that makes a resumed run continue identically, as named tensors."""
+        out = {f"bonus.{k}": v.detach().cpu().clone() for k, v in self.bonus.state_dict().items()}
+        out |= {f"return_rms.{k}": v.clone() for k, v in self.return_rms.state_dict().items()}
+        for idx, slots in self.bonus.optimizer.state_dict()["state"].items():
+            for name, value in slots.items():
+                out[f"adam.{idx}.{name}"] = torch.as_tensor(value).detach().cpu().clone()
+        out["generator"] = self.bonus._gen.get_state()
+        return out
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        def part(prefix: str) -> dict[str, torch.Tensor]:
+            return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+        self.bonus.load_state_dict(part("bonus."))
+        self.return_rms.load_state_dict(part("return_rms."))
+        adam: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in part("adam.").items():
+            idx, name = key.split(".", 1)
+            adam.setdefault(int(idx), {})[name] = value
+        optim = self.bonus.optimizer.state_dict()
+        optim["state"] = adam
+        self.bonus.optimizer.load_state_dict(optim)
+        self.bonus._gen.set_state(tensors["generator"])
+        self._carry.clear()  # the env runners start new episodes after a resume
+
+
+def _make_rewards_writable(episode) -> None:
+    """Episodes from remote env runners come out of Ray's object store, whose numpy arrays
+    are read-only views; give the reward buffer its own copy before overwriting it."""
+    data = episode.rewards.data
+    if isinstance(data, np.ndarray) and not data.flags.writeable:
+        episode.rewards.data = data.copy()
+
+
+class IntrinsicPPOTorchLearner(PPOTorchLearner):
+    """RLlib's PPO torch learner with :class:`IntrinsicRewardConnector` at the head of its
+    learner connector pipeline (the pattern of RLlib's ``PPOTorchLearnerWithCuriosity``
+    example). Settings come from ``config.learner_config_dict[LEARNER_CONFIG_KEY]``."""
+
+    def build(self) -> None:
+        super().build()
+        settings = self.config.learner_config_dict[LEARNER_CONFIG_KEY]
+        if (
+            self._learner_connector is None
+            or not self.config.add_default_connectors_to_learner_pipeline
+        ):
+            raise ValueError("intrinsic rewards need RLlib's default learner connector pipeline")
+        space = self.module[DEFAULT_MODULE_ID].observation_space
+        # Before AddOneTsToEpisodesAndTruncate: the episodes are still as sampled (original
+        # ids and lengths, no bootstrap step appended), and GAE runs last on our rewards.
+        self._learner_connector.insert_before(
+            AddOneTsToEpisodesAndTruncate,
+            IntrinsicRewardConnector(
+                exploration=settings["exploration"],
+                obs_dim=int(np.prod(space.shape)),
+                seed=int(settings["seed"]),
+            ),
+        )
+
+
+def add_exploration(config, exploration: ExplorationConfig, seed: int):
+    """Configure ``config`` (a ``PPOConfig``) for ``exploration``; ``method: none`` leaves it
+    unchanged. Returns ``config``."""
+    if exploration.method == "none":
+        return config
+    if (config.num_learners or 0) > 1:
+        raise ValueError(
+            "intrinsic rewards on RLlib keep one predictor in the learner; num_learners > 1 "
+            "would train one copy per learner"
+        )
+    return config.learners(
+        learner_class=IntrinsicPPOTorchLearner,
+        learner_config_dict={
+            LEARNER_CONFIG_KEY: {"exploration": exploration.model_dump(), "seed": int(seed)}
+        },
+    )
+
+
+def find_connector(learner) -> IntrinsicRewardConnector | None:
+    """The learner's :class:`IntrinsicRewardConnector`, or None."""
+    pipeline = getattr(learner, "_learner_connector", None)
+    for piece in getattr(pipeline, "connectors", ()):
+        if isinstance(piece, IntrinsicRewardConnector):
+            return piece
+    return None
+
+
+def _on_learner(algo, func):
+    """``func(connector)`` on the (single) learner, local or remote; its result."""
+
+    def call(learner):
+        connector = find_connector(learner)
+        return None if connector is None else func(connector)
+
+    (result,) = [r.get() for r in algo.learner_group.foreach_learner(call)]
+    return result
+
+
+def exploration_state(algo) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+    """``(bonus_config, tensors)`` of the learner's connector, or None without one."""
+    return _on_learner(algo, lambda c: (c.bonus_config(), c.state_tensors()))
+
+
+def exploration_stats(algo) -> dict[str, float]:
+    """The connector's statistics from its last update (empty before the first)."""
+    return _on_learner(algo, lambda c: dict(c.last_stats)) or {}
+
+
+def save_exploration(algo, directory: str | os.PathLike) -> bool:
+    """Write ``exploration.safetensors`` + ``exploration.json`` into ``directory``;
+    ``False`` (nothing written) when the algorithm has no exploration connector."""
+    state = exploration_state(algo)
+    if state is None:
+        return False
+    config, tensors = state
+    directory = Path(directory)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(directory / TENSORS_NAME))
+    (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return True
+
+
+def load_exploration(algo, directory: str | os.PathLike) -> None:
+    """Restore what :func:`save_exploration` wrote into the learner's connector. Raises
+    ``ValueError`` when the files are missing or were written for another bonus module."""
+    directory = Path(directory)
+    current = exploration_state(algo)
+    if current is None:
+        raise ValueError("load_exploration: the algorithm has no intrinsic-reward connector")
+    files = [directory / TENSORS_NAME, directory / CONFIG_NAME]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise ValueError(f"exploration state missing in the checkpoint: {', '.join(missing)}")
+    saved = json.loads(files[1].read_text())
+    if saved != current[0]:
+        changed = sorted(
+            k for k in saved.keys() | current[0].keys() if saved.get(k) != current[0].get(k)
+        )
+        raise ValueError(f"{files[1]} was written for another bonus module (differs in {changed})")
+    tensors = load_file(str(files[0]))
+    _on_learner(algo, lambda c: c.load_state_tensors(tensors))

@@ -1,0 +1,209 @@
+"""The one gradient-step training loop.
+
+A trainer (the RL-100 imitation teacher, the consistency and streaming students, the COMPASS
+base, and any trainer added later) is a small :class:`Trainer`: it owns its policy, its
+optimizer (from its config's preset), its random streams, and it computes one batch's loss.
+:func:`train` does everything else, once for all of them::
+
+    result = train(cfg, stage, trainer, out=stage.dir / "consistency", keeper=keeper)
+
+- resume: the last checkpoint in ``out/checkpoint`` (policy, optimizer, scheduler, EMA,
+  numpy and torch RNG states, the trainer's extra tensors) is restored first, so a resumed
+  run draws the same batches and noise and ends with the same weights as one that never
+  stopped;
+- per step: loss, backward, optimizer and scheduler step, the trainer's ``after_step``
+  (e.g. a target network), the EMA;
+- every ``log_every`` steps a metrics row (mean of each logged part since the last row, the
+  learning rate, the EMA decay, steps/s) and the progress bar's postfix;
+- every ``eval_every`` steps validation through the one
+  :class:`~robodistill.training.selection.BestPolicyKeeper`, which keeps the best policy;
+- every ``checkpoint_every`` steps a checkpoint (:mod:`robodistill.training.checkpoint`);
+- at the end: a final validation if the last step was not validated (a resume after the
+  last checkpoint), ``out/policy_last``, and ``out/result.json`` with the common fields and
+  the trainer's own. ``result.json`` present = done: a later call returns it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from robodistill.core.rundir import StageRun, progress, write_json_atomic
+from robodistill.training.checkpoint import finished_result, restore_checkpoint, save_checkpoint
+from robodistill.training.optim import torch_threads
+from robodistill.training.selection import BestPolicyKeeper
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoopSettings:
+    """How long and how often; read from the trainer's config section."""
+
+    steps: int
+    """Gradient steps in all."""
+    eval_every: int
+    """Validate (and maybe keep) the policy every this many steps, and after the last."""
+    checkpoint_every: int
+    """Write a resumable checkpoint every this many steps, and after the last."""
+    log_every: int
+    """Log a metrics row every this many steps, and after the last."""
+    torch_threads: int | None = None
+    """torch threads while training (``None`` / 0: unchanged); see
+    :func:`robodistill.training.optim.torch_threads`."""
+
+
+class Trainer:
+    """What a gradient-step trainer supplies to :func:`train`. Subclasses set the
+    attributes in ``__init__`` and write :meth:`loss`; the other hooks have defaults."""
+
+    name: str
+    """The ``stage`` field of its metrics rows and the prefix of its log lines."""
+    policy: Any
+    """The policy being trained: ``net`` (the trained module), ``save(dir)``,
+    ``type(policy).load(dir)``; optionally ``ema_net`` + ``load_ema(ema)`` and ``normalizer``."""
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: Any = None
+    """A torch / diffusers scheduler stepped after every optimizer step, or ``None``."""
+    ema: Any = None
+    """A diffusers ``EMAModel`` over ``policy.net`` stepped after every step, or ``None``."""
+    rng: np.random.Generator
+    """The trainer's batch stream (saved in checkpoints)."""
+    gen: torch.Generator | None = None
+    """The trainer's torch noise stream (saved in checkpoints), or ``None``."""
+    device: torch.device = torch.device("cpu")
+    eval_keys: tuple[str, ...] = ()
+    """Keys of a validation result kept in ``evals`` beside step, success and return."""
+
+    def loss(self) -> tuple[torch.Tensor, dict[str, float]]:
+        """One batch: the loss to minimize and its logged parts (``"loss"`` among them)."""
+        raise NotImplementedError
+
+    def after_step(self) -> None:
+        """Called after each optimizer step (e.g. to move a target network)."""
+
+    def acting_policy(self) -> Any:
+        """The policy as it acts and is saved: the EMA weights when there is an EMA."""
+        if self.ema is not None:
+            self.policy.load_ema(self.ema)
+        return self.policy
+
+    def extra_tensors(self) -> dict[str, torch.Tensor]:
+        """Further state to checkpoint (e.g. a target network), keys unique to the trainer."""
+        return {}
+
+    def load_extra_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`extra_tensors` saved."""
+
+    def result_fields(self) -> dict[str, Any]:
+        """The trainer's own fields of ``result.json``."""
+        return {}
+
+
+def train(cfg, stage: StageRun, trainer: Trainer, settings: LoopSettings, out: Path,
+          keeper: BestPolicyKeeper, tag: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Train ``trainer`` for ``settings.steps`` steps in ``out`` (module docstring); returns
+    its ``result.json``. ``tag`` is recorded with each validation result (e.g. which
+    sub-stage made a policy, when several share one keeper)."""
+    if (done := finished_result(out)) is not None:
+        log.info("%s: already done in %s", trainer.name, out)
+        return done
+    with torch_threads(settings.torch_threads):
+        return _train(cfg, stage, trainer, settings, out, keeper, tag or {})
+
+
+def _train(cfg, stage: StageRun, trainer: Trainer, settings: LoopSettings, out: Path,
+           keeper: BestPolicyKeeper, tag: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    t0 = time.monotonic()
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / "checkpoint"
+    state = restore_checkpoint(ckpt, trainer)
+    step = state["step"] if state else 0
+    evals: list[dict[str, Any]] = state["evals"] if state else []
+    logged: dict[str, float] = (state or {}).get("logged", {})
+    if state:
+        log.info("%s: resumed from %s at step %d", trainer.name, ckpt, step)
+    resumed_from = step
+    keys = ("step", "success_rate", "return_mean", *trainer.eval_keys)
+    row_tag = {"stage": trainer.name}
+
+    def evaluate() -> None:
+        policy = trainer.acting_policy()
+        policy.net.eval()
+        result, row = keeper.evaluate(policy, step, tag)
+        policy.net.train()
+        stage.log_metrics(step, row_tag | row)
+        evals.append({k: result.get(k) for k in keys})
+        log.info("%s: eval at step %d: %s", trainer.name, step, json.dumps(row))
+
+    trainer.policy.net.train()
+    bar = progress(settings.steps, f"{trainer.name} {cfg.env.id}", initial=step, unit="step")
+    sums: dict[str, float] = {}
+    count, t_train = 0, time.monotonic()
+    try:
+        while step < settings.steps:
+            loss, parts = trainer.loss()
+            trainer.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            trainer.optimizer.step()
+            lr = trainer.optimizer.param_groups[0]["lr"]  # the rate this step used
+            if trainer.lr_scheduler is not None:
+                trainer.lr_scheduler.step()
+            trainer.after_step()
+            if trainer.ema is not None:
+                trainer.ema.step(trainer.policy.net.parameters())
+            step += 1
+            count += 1
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.update(1)
+            last = step == settings.steps
+            if step % settings.log_every == 0 or last:
+                logged = {k: v / count for k, v in sums.items()}
+                rate = (step - resumed_from) / max(time.monotonic() - t_train, 1e-9)
+                row = {**logged, "lr": lr, "steps_per_s": round(rate, 3)}
+                if trainer.ema is not None:
+                    row["ema_decay"] = trainer.ema.cur_decay_value
+                stage.log_metrics(step, row_tag | row)
+                bar.set_postfix(loss=f"{logged.get('loss', float('nan')):.4f}", refresh=False)
+                sums, count = {}, 0
+            if step % settings.eval_every == 0 or last:
+                evaluate()
+            if step % settings.checkpoint_every == 0 or last:
+                save_checkpoint(ckpt, trainer, {"step": step, "evals": evals, "logged": logged})
+    finally:
+        bar.close()
+    if not evals or evals[-1]["step"] != step:  # resumed after the last step's checkpoint
+        evaluate()
+    train_s = time.monotonic() - t_train
+    trainer.acting_policy().save(out / "policy_last")
+    best = keeper.best
+    result = {
+        "steps": step,
+        "resumed_from_step": resumed_from,
+        "final_loss": logged.get("loss"),
+        **{f"final_{k}_loss": v for k, v in logged.items() if k != "loss"},
+        "evals": evals,
+        "final_success_rate": evals[-1]["success_rate"],
+        "best_success_rate": best["success_rate"],
+        "best_return_mean": best["return_mean"],
+        "best_step": best["step"],
+        "policy": str(keeper.directory / "policy"),
+        "policy_last": str(out / "policy_last"),
+        "num_parameters": sum(p.numel() for p in trainer.policy.net.parameters()),
+        "device": str(trainer.device),
+        **trainer.result_fields(),
+        "train_s": round(train_s, 1),
+        "steps_per_s": round((step - resumed_from) / max(train_s, 1e-9), 2),
+        "wall_s": round(time.monotonic() - t0, 1),
+    }
+    write_json_atomic(out / "result.json", result)
+    log.info("%s: %s", trainer.name, json.dumps({k: v for k, v in result.items() if k != "evals"}))
+    return result

@@ -1,0 +1,283 @@
+"""stable-baselines3 helpers every SB3 trainer shares: callbacks (validation through the one
+best-policy keeper, training success counts, checkpoints, progress) and resumable
+checkpoints of SB3 models in safetensors + JSON.
+
+The exploration wrapper (``explore_venv`` below) is duck-typed: anything with
+``state_tensors()`` and ``load_state_tensors(tensors)``, e.g.
+:class:`robodistill.teach.rl.exploration_sb3.IntrinsicRewardVecEnv`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from stable_baselines3 import PPO, SAC
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import VecNormalize
+
+from robodistill.config import RunConfig
+from robodistill.core.rundir import StageRun, progress, write_json_atomic
+from robodistill.policies.sb3_policy import SB3Policy
+from robodistill.training.selection import BestPolicyKeeper
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+STATE_NAME, TENSORS_NAME, OPTIMIZERS_NAME = "state.json", "tensors.safetensors", "optimizers.pt"
+
+
+# -- callbacks -------------------------------------------------------------------------------
+# Evaluation and checkpoints run at the start of a rollout: SB3 has just applied the previous
+# rollout's update (PPO: after train(); SAC: after each step's gradient steps), so the policy,
+# the optimizers and num_timesteps describe the same moment.
+
+
+class EvalCallback(BaseCallback):
+    """Every ``teach.eval_every`` steps: roll the deterministic policy out on the fixed
+    validation seeds, log, and save it to ``stage.dir/policy`` when it is the best so far
+    (:class:`robodistill.training.selection.BestPolicyKeeper`)."""
+
+    def __init__(self, cfg: RunConfig, stage: StageRun, vec_normalize: VecNormalize | None):
+        super().__init__()
+        self.stage, self.vec_normalize = stage, vec_normalize
+        self.every = cfg.teach.eval_every
+        self.keeper = BestPolicyKeeper(cfg, stage.dir)
+        self.last: dict[str, Any] | None = None
+        self.last_step = -1
+
+    def state(self) -> dict[str, Any]:
+        out = {"last_eval_step": self.last_step, "best": self.keeper.best}
+        if getattr(self, "train_success", None) is not None:
+            out["first_success_step"] = self.train_success.first_success_step
+        return out
+
+    def _on_training_start(self) -> None:
+        # Resume: the next evaluation is the next multiple of eval_every after the checkpoint.
+        self.next_at = (self.num_timesteps // self.every + 1) * self.every
+
+    def _on_rollout_start(self) -> None:
+        if self.num_timesteps >= self.next_at:
+            self.evaluate()
+            self.next_at = (self.num_timesteps // self.every + 1) * self.every
+
+    def _on_step(self) -> bool:
+        return True
+
+    def evaluate(self) -> dict[str, Any]:
+        step = int(self.model.num_timesteps)
+        policy = SB3Policy.from_model(self.model, self.vec_normalize)
+        result, row = self.keeper.evaluate(policy, step)
+        infos = list(self.model.ep_info_buffer or [])
+        if infos:  # training episodes (Monitor's raw returns, before any reward scaling)
+            row["train_return_mean"] = float(np.mean([i["r"] for i in infos]))
+        self.stage.log_metrics(step, row)
+        if getattr(self.model, "_logger", None) is not None:  # None when learn() never ran
+            for key, value in row.items():
+                if value is not None:
+                    self.logger.record(key.replace("eval_", "eval/", 1), value)
+        log.info("teach: eval at %d steps: %s", step, json.dumps(row))
+        self.last, self.last_step = result, step
+        return result
+
+
+class TrainSuccessCallback(BaseCallback):
+    """Counts finished training episodes (Monitor's ``info["episode"]``) and those that
+    reached the goal (``info["is_success"]``); at the end of each rollout logs a row
+    ``{"train_success": ..., "train_episodes": ...}`` (counts since the previous row) to
+    ``stage.log_metrics``. ``first_success_step`` is the first env step (``num_timesteps``
+    after that vector step) at which a training episode succeeded, ``None`` if none has;
+    it survives resumes through the checkpoint's state. The totals count this run only."""
+
+    def __init__(self, stage: StageRun, first_success_step: int | None = None):
+        super().__init__()
+        self.stage = stage
+        self.first_success_step = first_success_step
+        self.episodes = self.successes = 0
+        self.total_episodes = self.total_successes = 0
+
+    def _on_step(self) -> bool:
+        for info in self.locals.get("infos", ()):
+            if "episode" not in info:
+                continue
+            self.episodes += 1
+            if info.get("is_success"):
+                self.successes += 1
+                if self.first_success_step is None:
+                    self.first_success_step = int(self.num_timesteps)
+        return True
+
+    def _on_rollout_end(self) -> None:
+        self.flush()
+
+    def flush(self) -> None:
+        if self.episodes == 0 and self.successes == 0:
+            return
+        self.stage.log_metrics(
+            int(self.num_timesteps),
+            {"train_success": self.successes, "train_episodes": self.episodes},
+        )
+        self.total_episodes += self.episodes
+        self.total_successes += self.successes
+        self.episodes = self.successes = 0
+
+
+class CheckpointCallback(BaseCallback):
+    """Every ``checkpoint_every`` steps: write a resumable checkpoint (see save_checkpoint)."""
+
+    def __init__(self, directory: Path, every: int, vec_normalize, explore_venv, evaluator,
+                 last_step: int = 0):  # fmt: skip
+        super().__init__()
+        self.directory, self.every = directory, every
+        self.vec_normalize, self.explore_venv, self.evaluator = (
+            vec_normalize,
+            explore_venv,
+            evaluator,
+        )
+        self.next_at = (last_step // every + 1) * every
+
+    def _on_rollout_start(self) -> None:
+        if self.num_timesteps >= self.next_at:
+            # Looked up at call time so tests can wrap it to simulate a crash after a save.
+            save_checkpoint(self.directory, self.model, self.vec_normalize, self.explore_venv,
+                            self.evaluator.state())  # fmt: skip
+            self.next_at = (self.num_timesteps // self.every + 1) * self.every
+
+    def _on_step(self) -> bool:
+        return True
+
+
+class ProgressCallback(BaseCallback):
+    """``robodistill.core.rundir.progress`` bar over environment steps (silent when not a TTY);
+    SB3's own ``progress_bar=True`` would need ``rich``."""
+
+    def __init__(self, total: int, desc: str):
+        super().__init__()
+        self.total, self.desc, self.bar = total, desc, None
+
+    def _on_training_start(self) -> None:
+        self.bar = progress(self.total, self.desc, initial=self.num_timesteps, unit="step")
+
+    def _on_step(self) -> bool:
+        self.bar.update(self.training_env.num_envs)
+        return True
+
+    def _on_training_end(self) -> None:
+        self.bar.close()
+
+
+# -- checkpoints -----------------------------------------------------------------------------
+
+
+def _optimizers(model) -> dict[str, torch.optim.Optimizer]:
+    if isinstance(model, PPO):
+        return {"policy": model.policy.optimizer}
+    optims = {"actor": model.actor.optimizer, "critic": model.critic.optimizer}
+    if model.ent_coef_optimizer is not None:
+        optims["ent_coef"] = model.ent_coef_optimizer
+    return optims
+
+
+def _vecnorm_tensors(vec_normalize: VecNormalize) -> dict[str, torch.Tensor]:
+    out = {}
+    for name in ("obs_rms", "ret_rms"):
+        rms = getattr(vec_normalize, name)
+        out[f"vecnormalize.{name}.mean"] = torch.as_tensor(np.asarray(rms.mean, np.float64))
+        out[f"vecnormalize.{name}.var"] = torch.as_tensor(np.asarray(rms.var, np.float64))
+        out[f"vecnormalize.{name}.count"] = torch.tensor(float(rms.count), dtype=torch.float64)
+    return out
+
+
+def save_checkpoint(
+    directory: Path, model, vec_normalize, explore_venv, extra: dict[str, Any]
+) -> Path:
+    """Write ``state.json`` + ``tensors.safetensors`` + ``optimizers.pt`` to ``directory``.
+
+    Tensors: the SB3 policy's ``state_dict`` (``policy.*``; SAC's critic target included),
+    SAC's ``log_ent_coef``, VecNormalize's ``obs_rms``/``ret_rms`` mean/var/count, the
+    exploration state (``exploration.*``). Optimizer state dicts go through ``torch.save``
+    and load with ``weights_only=True``. The replay buffer is not saved (module docstring).
+    The new checkpoint is built in a temporary directory and renamed into place; the old
+    one is moved aside first and deleted last, so a crash leaves one complete checkpoint.
+    """
+    tensors = {f"policy.{k}": v.detach().clone() for k, v in model.policy.state_dict().items()}
+    if isinstance(model, SAC) and model.ent_coef_optimizer is not None:
+        tensors["sac.log_ent_coef"] = model.log_ent_coef.detach().clone()
+    if vec_normalize is not None:
+        tensors |= _vecnorm_tensors(vec_normalize)
+    if explore_venv is not None:
+        for k, v in explore_venv.state_tensors().items():
+            tensors[f"exploration.{k}"] = torch.as_tensor(v).detach().clone()
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "algo": "ppo" if isinstance(model, PPO) else "sac",
+        "num_timesteps": int(model.num_timesteps),
+        "n_updates": int(model._n_updates),
+        "episode_num": int(model._episode_num),
+        "exploration": explore_venv is not None,
+        **extra,
+    }
+    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    old = directory.with_name(f".{directory.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.cpu().contiguous() for k, v in tensors.items()}, str(tmp / TENSORS_NAME))
+    torch.save({k: o.state_dict() for k, o in _optimizers(model).items()}, tmp / OPTIMIZERS_NAME)
+    write_json_atomic(tmp / STATE_NAME, state)
+    shutil.rmtree(old, ignore_errors=True)
+    if directory.exists():
+        os.replace(directory, old)
+    os.replace(tmp, directory)
+    shutil.rmtree(old, ignore_errors=True)
+    return directory
+
+
+def restore_checkpoint(directory: Path, model, vec_normalize, explore_venv) -> dict | None:
+    """Load a checkpoint written by :func:`save_checkpoint` into ``model`` and the wrappers.
+
+    Returns its ``state.json`` contents, or ``None`` when there is no checkpoint.
+    """
+    if not (directory / STATE_NAME).is_file():
+        # A crash between the two renames of save_checkpoint leaves only the previous one.
+        aside = directory.with_name(f".{directory.name}.old")
+        if not (aside / STATE_NAME).is_file():
+            return None
+        directory = aside
+    state = json.loads((directory / STATE_NAME).read_text())
+    algo = "ppo" if isinstance(model, PPO) else "sac"
+    if state.get("format") != CHECKPOINT_FORMAT or state.get("algo") != algo:
+        raise RuntimeError(
+            f"{directory} holds a {state.get('algo')!r} checkpoint of format "
+            f"{state.get('format')!r}; this run trains {algo!r} (format {CHECKPOINT_FORMAT})"
+        )
+    tensors = load_file(str(directory / TENSORS_NAME))
+    policy_sd = {k[len("policy.") :]: v for k, v in tensors.items() if k.startswith("policy.")}
+    model.policy.load_state_dict(policy_sd, strict=True)
+    optim_states = torch.load(directory / OPTIMIZERS_NAME, weights_only=True)
+    for name, optimizer in _optimizers(model).items():
+        optimizer.load_state_dict(optim_states[name])
+    if "sac.log_ent_coef" in tensors:
+        with torch.no_grad():
+            model.log_ent_coef.copy_(tensors["sac.log_ent_coef"])
+    if vec_normalize is not None:
+        for name in ("obs_rms", "ret_rms"):
+            rms = getattr(vec_normalize, name)
+            rms.mean = tensors[f"vecnormalize.{name}.mean"].numpy().copy()
+            rms.var = tensors[f"vecnormalize.{name}.var"].numpy().copy()
+            rms.count = float(tensors[f"vecnormalize.{name}.count"])
+    if explore_venv is not None and state.get("exploration"):
+        prefix = "exploration."
+        explore_venv.load_state_tensors(
+            {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        )
+    model.num_timesteps = int(state["num_timesteps"])
+    model._n_updates = int(state["n_updates"])  # SAC's target-network schedule counts these
+    model._episode_num = int(state["episode_num"])
+    return state
