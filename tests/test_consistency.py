@@ -14,14 +14,14 @@ from robodistill.collect import run_collect
 from robodistill.config import ConfigError, load_config
 from robodistill.deploy.export import check_parity, export_policy
 from robodistill.deploy.runtime import OnnxPolicy
-from robodistill.distill.consistency import load_teacher, run_distill_consistency
-from robodistill.training import loop as training_loop
 from robodistill.distill import stage as distill
+from robodistill.distill.consistency import load_teacher, run_distill_consistency
 from robodistill.policies import load_policy
 from robodistill.policies.consistency import ConsistencyStudent, update_target
 from robodistill.policies.diffusion import DiffusionPolicy, DiffusionPolicyConfig
 from robodistill.policies.normalizer import Normalizer
 from robodistill.teach.stage import run_teach
+from robodistill.training import loop as training_loop
 
 OBS, ACT, TO, H, TA = 3, 2, 2, 8, 4
 LOW, HIGH = [-2.0, -1.5], [2.0, 1.5]

@@ -12,9 +12,9 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from robodistill.config import ConfigError, load_config
 from robodistill.core.rollout import rollout
+from robodistill.distill import dagger as distill_dagger
 from robodistill.distill.aggregation import beta_for_round
 from robodistill.distill.dagger import dagger_loss, label, resolve_loss
-from robodistill.distill import dagger as distill_dagger
 from robodistill.distill.stage import run_distill
 from robodistill.envs import make_env
 from robodistill.evaluate import run_eval

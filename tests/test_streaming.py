@@ -18,13 +18,13 @@ from robodistill.core.rundir import StageRun
 from robodistill.data.demos import load_demos
 from robodistill.deploy.export import check_parity, export_policy
 from robodistill.deploy.runtime import OnnxPolicy
-from robodistill.training import loop as training_loop
 from robodistill.distill.streaming import load_teacher, run_distill_streaming
 from robodistill.policies import load_policy
 from robodistill.policies.diffusion_nets import ConditionalUnet1D, UnetConfig
 from robodistill.policies.normalizer import Normalizer
 from robodistill.policies.streaming import StreamingStudent, StreamingStudentConfig
-from robodistill.teach.rl100.teacher import build_policy
+from robodistill.teach.rl100.imitation import build_policy
+from robodistill.training import loop as training_loop
 
 OBS, ACT, TO, HB, T = 3, 2, 2, 8, 100
 LOW, HIGH = [-2.0, -1.5], [2.0, 1.5]

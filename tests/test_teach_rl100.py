@@ -15,8 +15,8 @@ from robodistill.data.store import StoreError
 from robodistill.evaluate import run_eval
 from robodistill.policies import load_policy
 from robodistill.policies.diffusion import DiffusionPolicy
-from robodistill.training import loop as training_loop
 from robodistill.teach.stage import run_teach
+from robodistill.training import loop as training_loop
 
 
 @pytest.fixture(autouse=True)

@@ -56,7 +56,8 @@ from robodistill.distill.aggregation import (
 )
 from robodistill.policies.generalist import EmbodimentTable, Generalist, pad
 from robodistill.policies.mlp_student import array_stats, gaussian_kl
-from robodistill.teach.compass.teacher import embodiment_kwargs, train_residual, validate
+from robodistill.teach.compass.evaluation import embodiment_kwargs, validate
+from robodistill.teach.compass.teacher import train_residual
 from robodistill.training import epochs
 
 log = logging.getLogger(__name__)

@@ -32,26 +32,25 @@ Artifacts in ``<run>/distill/streaming/``::
 from __future__ import annotations
 
 import copy
-import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from diffusers.optimization import get_scheduler
 
 from robodistill.config import ConfigError, RunConfig
 from robodistill.core.rundir import StageRun, progress, write_json_atomic
+from robodistill.core.seeds import RNGStream, stream_rng
 from robodistill.data.demos import demos_path, load_demos
 from robodistill.data.sampler import SequenceSampler
-from robodistill.data.store import StoreError
 from robodistill.policies.checkpoint import CheckpointError
 from robodistill.policies.diffusion import DiffusionPolicy
 from robodistill.policies.streaming import StreamingStudent, StreamingStudentConfig
-from robodistill.training.checkpoint import save_train_checkpoint
-from robodistill.training.selection import is_better, rollout_summary
+from robodistill.training.checkpoint import finished_result
+from robodistill.training.loop import LoopSettings, Trainer, train
+from robodistill.training.optim import adamw_with_schedule, torch_threads
+from robodistill.training.selection import BestPolicyKeeper, rollout_summary
 
 log = logging.getLogger(__name__)
 
@@ -148,205 +147,83 @@ def validate(cfg: RunConfig, policy: StreamingStudent, seeds: list[int]) -> dict
     return result | {"network_calls_per_decision": policy.measured_calls_per_decision}
 
 
+class StreamingTrainer(Trainer):
+    """The streaming student on demonstration windows or the teacher's chunks (module
+    docstring)."""
+
+    name = "streaming"
+    eval_keys = ("network_calls_per_decision",)
+
+    def __init__(self, cfg: RunConfig, teacher_dir: Path):
+        sc = self.sc = cfg.distill.streaming
+        self.teacher_dir = teacher_dir
+        teacher = load_teacher(teacher_dir)
+        data, _, _ = load_demos(cfg)
+        tc = teacher.config
+        if (data["obs"].shape[1], data["action"].shape[1]) != (tc.obs_dim, tc.action_dim):
+            raise ConfigError(f"distill.teacher: {teacher_dir} acts on obs/action of size "
+                              f"{tc.obs_dim}/{tc.action_dim}, but the demonstrations have "
+                              f"{data['obs'].shape[1]}/{data['action'].shape[1]}")  # fmt: skip
+        self.to, hb = tc.obs_horizon, sc.buffer_horizon
+        self.sampler = SequenceSampler(data, data["episode_ends"], obs_horizon=self.to,
+                                       pred_horizon=self.to - 1 + hb)  # fmt: skip
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self.policy = build_student(teacher, cfg)
+        self.init = init_from_teacher(self.policy, teacher) if sc.init_from_teacher else None
+        self.targets = None
+        if sc.targets == "teacher":
+            if tc.pred_horizon - self.to + 1 < hb:
+                log.warning("distill: streaming buffer_horizon %d exceeds the teacher's %d "
+                            "actions from the current step; the tail repeats its last action "
+                            "(as padding)", hb, tc.pred_horizon - self.to + 1)  # fmt: skip
+            self.targets = teacher_targets(teacher, self.sampler, hb, cfg.seed)
+        del teacher
+        self.policy.net.train()
+        self.optimizer, self.lr_scheduler = adamw_with_schedule(
+            self.policy.net.parameters(), sc.learning_rate, WEIGHT_DECAY, sc.warmup_steps, sc.steps
+        )
+        self.ema = self.policy.make_ema(decay=sc.ema_decay)
+        self.rng = stream_rng(cfg.seed, RNGStream.STUDENT_BATCHES)
+        self.gen = torch.Generator().manual_seed(cfg.seed)  # levels and noise
+        self.demos = str(demos_path(cfg))
+
+    def loss(self) -> tuple[torch.Tensor, dict[str, float]]:
+        to = self.to
+        idx = self.rng.integers(0, len(self.sampler), size=self.sc.batch_size)
+        window = self.sampler.get_batch(idx)
+        batch = {"obs": window["obs"], "action": window["action"][:, to - 1 :],
+                 "action_is_pad": window["action_is_pad"][:, to - 1 :]}  # fmt: skip
+        if self.targets is not None:
+            batch["action"], batch["action_is_pad"] = self.targets[0][idx], self.targets[1][idx]
+        loss, _ = self.policy.compute_loss(batch, generator=self.gen)
+        return loss, {"loss": float(loss.detach())}
+
+    def result_fields(self) -> dict[str, Any]:
+        sc, student = self.sc, self.policy
+        return {"student": "streaming", "teacher": str(self.teacher_dir), "targets": sc.targets,
+                "buffer_horizon": sc.buffer_horizon, "calls_per_step": sc.calls_per_step,
+                "network_calls_per_decision": student.network_calls_per_decision,
+                "init_from_teacher": self.init, "demos": self.demos,
+                "windows": len(self.sampler)}  # fmt: skip
+
+
 def run_distill_streaming(cfg: RunConfig, stage: StageRun, teacher: Path) -> dict[str, Any]:
     """Train the streaming student of ``teacher`` in ``stage.dir / "streaming"``; returns the
     metrics (also in ``result.json``). Resumes from the last checkpoint."""
-    out = stage.dir / "streaming"
-    if (out / "result.json").is_file():
-        log.info("distill: streaming already done in %s", out)
-        return json.loads((out / "result.json").read_text())
-    out.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    if cfg.distill.streaming.torch_threads:
-        torch.set_num_threads(cfg.distill.streaming.torch_threads)
-    try:
-        return _train(cfg, stage, Path(teacher), out)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _train(cfg: RunConfig, stage: StageRun, teacher_dir: Path, out: Path) -> dict[str, Any]:
-    from robodistill.core.seeds import VALIDATION_SEED_OFFSET, episode_seeds
-
-    t0 = time.monotonic()
     sc = cfg.distill.streaming
-    teacher = load_teacher(teacher_dir)
-    data, _, _ = load_demos(cfg)
-    tc = teacher.config
-    if (data["obs"].shape[1], data["action"].shape[1]) != (tc.obs_dim, tc.action_dim):
-        raise ConfigError(f"distill.teacher: {teacher_dir} acts on obs/action of size "
-                          f"{tc.obs_dim}/{tc.action_dim}, but the demonstrations have "
-                          f"{data['obs'].shape[1]}/{data['action'].shape[1]}")  # fmt: skip
-    to, hb = tc.obs_horizon, sc.buffer_horizon
-    sampler = SequenceSampler(data, data["episode_ends"], obs_horizon=to, pred_horizon=to - 1 + hb)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        student = build_student(teacher, cfg)
-    init = init_from_teacher(student, teacher) if sc.init_from_teacher else None
-    targets = None
-    if sc.targets == "teacher":
-        if tc.pred_horizon - to + 1 < hb:
-            log.warning("distill: streaming buffer_horizon %d exceeds the teacher's %d actions "
-                        "from the current step; the tail repeats its last action (as padding)",
-                        hb, tc.pred_horizon - to + 1)  # fmt: skip
-        targets = teacher_targets(teacher, sampler, hb, cfg.seed)
-    del teacher
-    student.net.train()
-    # Betas (0.95, 0.999) as the teacher: a shorter first-moment memory suits the noisy loss.
-    optimizer = torch.optim.AdamW(student.net.parameters(), lr=sc.learning_rate,
-                                  betas=(0.95, 0.999), weight_decay=WEIGHT_DECAY)  # fmt: skip
-    lr_scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=sc.warmup_steps,
-                                 num_training_steps=sc.steps)  # fmt: skip
-    ema = student.make_ema(decay=sc.ema_decay)
-    rng = np.random.default_rng([cfg.seed, 6])  # batches
-    gen = torch.Generator().manual_seed(cfg.seed)  # levels and noise
-
-    ckpt = out / "checkpoint"
-    state = restore_checkpoint(ckpt, student, optimizer, lr_scheduler, ema, rng, gen)
-    step = state["step"] if state else 0
-    evals: list[dict[str, Any]] = state["evals"] if state else []
-    resumed_from = step
-    if state:
-        log.info("distill: streaming resumed from %s at step %d", ckpt, step)
-    seeds = episode_seeds(cfg, sc.eval_episodes, VALIDATION_SEED_OFFSET)
-    best_path = out / "best.json"
-    best = json.loads(best_path.read_text()) if best_path.is_file() else None
-
-    def evaluate() -> None:
-        nonlocal best
-        student.load_ema(ema)
-        result = validate(cfg, student, seeds) | {"step": step}
-        if is_better(result, best):
-            student.save(out / "policy")
-            best = result
-            write_json_atomic(best_path, result)  # after policy/: it always describes it
-        row = {f"eval_{k}": v for k, v in result.items() if k not in ("step", "episodes")}
-        stage.log_metrics(step, {"stage": "streaming", **row,
-                                 "eval_best_return_mean": best["return_mean"]})  # fmt: skip
-        evals.append({k: result[k] for k in ("step", "success_rate", "return_mean",
-                                             "network_calls_per_decision")})  # fmt: skip
-
-    bar = progress(sc.steps, f"distill streaming {cfg.env.id}", initial=step, unit="step")
-    losses: list[float] = []
-    t_train = time.monotonic()
-    try:
-        while step < sc.steps:
-            idx = rng.integers(0, len(sampler), size=sc.batch_size)
-            window = sampler.get_batch(idx)
-            batch = {"obs": window["obs"], "action": window["action"][:, to - 1 :],
-                     "action_is_pad": window["action_is_pad"][:, to - 1 :]}  # fmt: skip
-            if targets is not None:
-                batch["action"], batch["action_is_pad"] = targets[0][idx], targets[1][idx]
-            loss, _ = student.compute_loss(batch, generator=gen)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            lr = optimizer.param_groups[0]["lr"]
-            lr_scheduler.step()
-            ema.step(student.net.parameters())
-            step += 1
-            losses.append(float(loss.detach()))
-            bar.update(1)
-            if step % sc.log_every == 0 or step == sc.steps:
-                rate = (step - resumed_from) / max(time.monotonic() - t_train, 1e-9)
-                stage.log_metrics(step, {"stage": "streaming", "loss": float(np.mean(losses)),
-                                         "lr": lr, "ema_decay": ema.cur_decay_value,
-                                         "steps_per_s": round(rate, 3)})  # fmt: skip
-                bar.set_postfix(loss=f"{np.mean(losses):.4f}", refresh=False)
-                losses.clear()
-            if step % sc.eval_every == 0 or step == sc.steps:
-                evaluate()
-            if step % sc.checkpoint_every == 0 or step == sc.steps:
-                student.load_ema(ema)
-                save_train_checkpoint(ckpt, student, optimizer, lr_scheduler, ema, rng, gen,
-                                      {"step": step, "evals": evals})  # fmt: skip
-    finally:
-        bar.close()
-    if not evals or evals[-1]["step"] != step:  # resumed after the last step's checkpoint
-        evaluate()
-    train_s = time.monotonic() - t_train
-    student.load_ema(ema)
-    student.save(out / "policy_last")
-    result = {
-        "student": "streaming",
-        "policy": str(out / "policy"),
-        "policy_last": str(out / "policy_last"),
-        "teacher": str(teacher_dir),
-        "targets": sc.targets,
-        "buffer_horizon": hb,
-        "calls_per_step": sc.calls_per_step,
-        "steps": step,
-        "resumed_from_step": resumed_from,
-        "final_loss": _last_logged_loss(stage.dir),
-        "evals": evals,
-        "best_success_rate": best["success_rate"],
-        "best_return_mean": best["return_mean"],
-        "best_step": best["step"],
-        "network_calls_per_decision": student.network_calls_per_decision,
-        "network_calls_per_decision_measured": float(
-            np.mean([e["network_calls_per_decision"] for e in evals])
-        ),
-        "init_from_teacher": init,
-        "num_parameters": student.num_parameters,
-        "demos": str(demos_path(cfg)),
-        "windows": len(sampler),
-        "train_s": round(train_s, 1),
-        "steps_per_s": round((step - resumed_from) / max(train_s, 1e-9), 2),
-        "wall_s": round(time.monotonic() - t0, 1),
-    }
+    out = stage.dir / "streaming"
+    if (done := finished_result(out)) is not None:
+        return done
+    with torch_threads(sc.torch_threads):
+        trainer = StreamingTrainer(cfg, Path(teacher))
+    keeper = BestPolicyKeeper(cfg, out, sc.eval_episodes,
+                              validate=lambda policy, seeds: validate(cfg, policy, seeds))  # fmt: skip
+    settings = LoopSettings(steps=sc.steps, eval_every=sc.eval_every,
+                            checkpoint_every=sc.checkpoint_every, log_every=sc.log_every,
+                            torch_threads=sc.torch_threads)  # fmt: skip
+    result = train(cfg, stage, trainer, settings, out, keeper)
+    calls = [e["network_calls_per_decision"] for e in result["evals"]]
+    result["network_calls_per_decision_measured"] = float(np.mean(calls))
     write_json_atomic(out / "result.json", result)
-    log.info("distill: streaming %s", json.dumps(result))
     return result
-
-
-def _last_logged_loss(stage_dir: Path) -> float | None:
-    """The last logged mean loss of this student (metrics.jsonl survives resumes)."""
-    path, loss = stage_dir / "metrics.jsonl", None
-    for line in path.read_text().splitlines() if path.is_file() else ():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if row.get("stage") == "streaming" and "loss" in row:
-            loss = row["loss"]
-    return loss
-
-
-def restore_checkpoint(directory: Path, policy: StreamingStudent, optimizer, lr_scheduler, ema,
-                       rng: np.random.Generator, gen: torch.Generator) -> dict[str, Any] | None:  # fmt: skip
-    """Load ``teach_rl100.save_train_checkpoint``'s files (written for this student) into
-    the given objects; returns the state document, or ``None`` when there is none."""
-    from safetensors.torch import load_file
-
-    from robodistill.training.checkpoint import (
-        CHECKPOINT_FORMAT,
-        OPTIMIZER_NAME,
-        POLICY_DIR,
-        STATE_NAME,
-        load_optimizer_state,
-    )
-
-    if not (directory / STATE_NAME).is_file():
-        directory = directory.with_name(f".{directory.name}.old")  # a crash between renames
-        if not (directory / STATE_NAME).is_file():
-            return None
-    state = json.loads((directory / STATE_NAME).read_text())
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise StoreError(f"{directory} is a training checkpoint of format {state.get('format')!r}; "
-                         f"this version reads {CHECKPOINT_FORMAT}")  # fmt: skip
-    saved = StreamingStudent.load(directory / POLICY_DIR)
-    if saved.config.to_dict() != policy.config.to_dict():
-        raise StoreError(f"{directory} was trained with another student config; move "
-                         f"{directory.parent} aside (or use --overwrite) to start over")  # fmt: skip
-    for name in ("net", "ema_net", "normalizer"):
-        getattr(policy, name).load_state_dict(getattr(saved, name).state_dict())
-    ema.load_state_dict({
-        "optimization_step": int(state["ema_optimization_step"]),
-        "shadow_params": [p.detach().clone() for p in policy.ema_net.parameters()],
-    })  # fmt: skip
-    tensors = load_file(str(directory / OPTIMIZER_NAME))
-    gen.set_state(tensors.pop("rng.torch"))
-    load_optimizer_state(optimizer, tensors, state["optimizer"])
-    lr_scheduler.load_state_dict(state["lr_scheduler"])
-    rng.bit_generator.state = state["rng_numpy"]
-    return state

@@ -10,7 +10,7 @@ Artifacts in ``<run>/teach/``::
 
     policy/                           the IL base (what ``eval`` shows as the teacher)
     compass/base/                     stage 1
-      checkpoint/                     resumable: policy/, optimizer.pt, state.json
+      checkpoint/                     resumable (robodistill.training.checkpoint)
       policy/  best.json              best base by validation success on base_embodiment
       result.json                     present = done
     compass/specialists/<embodiment>/ stage 2, one per teach.compass.embodiments
@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -50,165 +48,21 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 from robodistill.config import ConfigError, RunConfig
 from robodistill.core.rundir import (
     StageRun,
-    committed_dir,
     metrics_line,
-    progress,
-    replace_dir,
     write_json_atomic,
 )
-from robodistill.data.demos import load_transitions
-from robodistill.data.store import StoreError
 from robodistill.envs import make_env
 from robodistill.policies import Policy
 from robodistill.policies.compass import CompassBase, CompassSpecialist, base_features
-from robodistill.policies.mlp_student import array_stats
 from robodistill.policies.sb3_policy import SB3Policy
-from robodistill.training.selection import is_better, rollout_summary
+from robodistill.teach.compass.base import run_base
+from robodistill.teach.compass.evaluation import embodiment_kwargs, validate
+from robodistill.training.selection import is_better
 
 log = logging.getLogger(__name__)
 
 
 # -- shared helpers ------------------------------------------------------------------------
-
-
-def embodiment_kwargs(cfg: RunConfig, embodiment: str) -> dict[str, Any]:
-    """``env.kwargs`` with ``embodiment`` set (the env id must take that keyword)."""
-    return {**cfg.env.kwargs, "embodiment": embodiment}
-
-
-def validate(cfg: RunConfig, policy: Policy, embodiment: str, seeds: list[int]) -> dict[str, Any]:
-    """Roll ``policy`` out on ``embodiment`` and ``seeds``: the summary (return, length, success)
-    plus ``travel_steps`` (mean length of the successful episodes, None without one)."""
-    out, episodes = rollout_summary(cfg, policy, seeds, f"compass-{embodiment}",
-                                    embodiment_kwargs(cfg, embodiment))  # fmt: skip
-    done = [e.length for e in episodes if e.success]
-    out["travel_steps"] = float(np.mean(done)) if done else None
-    return out
-
-
-# -- stage 1: the IL base ------------------------------------------------------------------
-
-
-def base_loss(base: CompassBase, batch: dict[str, torch.Tensor], bc_loss: str,
-              wm_coef: float) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
-    """Stage 1's loss on a batch (obs, action, next_obs (B, ·), has_next (B,)): imitation of
-    the expert action by the policy head + the world model's next-latent and next-observation
-    prediction errors. Returns the total and its parts."""
-    net = base.net
-    z = net.latent(batch["obs"])
-    mean, log_std = net.head(z)
-    err = net.normalizer.normalize("action", mean) - net.normalizer.normalize(
-        "action", batch["action"]
-    )
-    if bc_loss == "nll":  # Gaussian NLL in normalized units (drops the constant)
-        bc = (0.5 * err.pow(2) * torch.exp(-2 * net.log_std) + net.log_std).sum(-1).mean()
-    else:
-        bc = err.pow(2).mean()
-    parts = {"bc": float(bc.detach())}
-    total = bc
-    valid = batch["has_next"]
-    if wm_coef > 0 and bool(valid.any()):
-        z_pred = net.predict_next(z[valid], batch["action"][valid])
-        with torch.no_grad():  # the target latent is a fixed point, as in latent world models
-            z_next = net.latent(batch["next_obs"][valid])
-        latent = (z_pred - z_next).pow(2).mean()
-        recon = (net.decode(z_pred) - net.normalized_obs(batch["next_obs"][valid])).pow(2).mean()
-        total = total + wm_coef * (latent + recon)
-        parts |= {"latent": float(latent.detach()), "obs_pred": float(recon.detach())}
-    return total, parts
-
-
-def run_base(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
-    """Stage 1: train the base (module docstring) into ``teach/compass/base``; resumable."""
-    from robodistill.core.rollout import env_spaces
-    from robodistill.core.seeds import VALIDATION_SEED_OFFSET, episode_seeds
-
-    c = cfg.teach.compass
-    sub = stage.dir / "compass" / "base"
-    if (sub / "result.json").is_file():
-        return json.loads((sub / "result.json").read_text())
-    sub.mkdir(parents=True, exist_ok=True)
-    t0 = time.monotonic()
-    data, demo_info = load_transitions(cfg)
-    obs_space, act_space, _ = env_spaces(cfg.env.id, embodiment_kwargs(cfg, c.base_embodiment))
-    if data["obs"].shape[1] != int(np.prod(obs_space.shape)):
-        raise StoreError(f"{demo_info['demos']} has observations of size {data['obs'].shape[1]}, "
-                         f"{cfg.env.id} gives {obs_space.shape}; collect with the same env")  # fmt: skip
-    base = CompassBase.build(obs_space, act_space, array_stats(data["obs"]),
-                             array_stats(data["action"]), c.hidden, c.latent_dim, c.activation,
-                             seed=cfg.seed)  # fmt: skip
-    base.net.train()
-    optimizer = torch.optim.Adam(base.net.parameters(), lr=c.base_learning_rate)
-    rng = np.random.default_rng([cfg.seed, 7])
-    seeds = episode_seeds(cfg, cfg.teach.eval_episodes, VALIDATION_SEED_OFFSET)
-
-    # -- resume ----------------------------------------------------------------------------
-    ckpt = sub / "checkpoint"
-    state = {"step": 0, "best": None, "evals": []}
-    if (saved := committed_dir(ckpt, "state.json")) is not None:
-        state = json.loads((saved / "state.json").read_text())
-        base.net.load_state_dict(CompassBase.load(saved / "policy").net.state_dict())
-        optimizer.load_state_dict(torch.load(saved / "optimizer.pt", weights_only=True))
-        rng.bit_generator.state = state.pop("rng")
-        log.info("teach: compass base resumed at step %d", state["step"])
-    resumed_from = state["step"]
-
-    def evaluate() -> None:
-        base.net.eval()
-        result = validate(cfg, base, c.base_embodiment, seeds) | {"step": state["step"]}
-        base.net.train()
-        if is_better(result, state["best"]):
-            base.save(sub / "policy")
-            write_json_atomic(sub / "best.json", result)
-            state["best"] = result
-        state["evals"].append({k: result[k] for k in ("step", "success_rate", "return_mean")})
-        stage.log_metrics(state["step"], {"stage": "compass_base", **{
-            f"eval_{k}": result[k] for k in ("success_rate", "return_mean")}})  # fmt: skip
-
-    def checkpoint() -> None:
-        tmp = ckpt.with_name(f".{ckpt.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        base.save(tmp / "policy")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        write_json_atomic(tmp / "state.json", {**state, "rng": rng.bit_generator.state})
-        replace_dir(tmp, ckpt)
-
-    tensors = {k: torch.from_numpy(v) for k, v in data.items()}
-    bar = progress(c.base_steps, "teach compass base", initial=state["step"], unit="step")
-    losses: list[dict[str, float]] = []
-    try:
-        while state["step"] < c.base_steps:
-            idx = torch.from_numpy(rng.integers(len(data["obs"]), size=c.base_batch_size))
-            loss, parts = base_loss(base, {k: v[idx] for k, v in tensors.items()}, c.bc_loss,
-                                    c.world_model_coef)  # fmt: skip
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            state["step"] += 1
-            losses.append(parts)
-            bar.update(1)
-            step = state["step"]
-            if step % 50 == 0 or step == c.base_steps:
-                row = {k: float(np.mean([p[k] for p in losses if k in p])) for k in losses[-1]}
-                stage.log_metrics(step, {"stage": "compass_base", **row})
-                losses.clear()
-            if step % c.base_eval_every == 0 or step == c.base_steps:
-                evaluate()
-            if step % c.base_checkpoint_every == 0 or step == c.base_steps:
-                checkpoint()
-    finally:
-        bar.close()
-    if state["best"] is None:  # resumed after the final checkpoint of a run that had no eval
-        evaluate()
-    base.net.eval()
-    base.save(sub / "policy_last")
-    result = {"steps": state["step"], "resumed_from_step": resumed_from, **demo_info,
-              "best_success_rate": state["best"]["success_rate"],
-              "best_return_mean": state["best"]["return_mean"], "best_step": state["best"]["step"],
-              "evals": state["evals"], "policy": str(sub / "policy"),
-              "wall_s": round(time.monotonic() - t0, 2)}  # fmt: skip
-    write_json_atomic(sub / "result.json", result)
-    return result
 
 
 # -- stage 2: residual specialists ---------------------------------------------------------

@@ -46,7 +46,6 @@ from robodistill.training.selection import BestPolicyKeeper
 log = logging.getLogger(__name__)
 
 
-
 def run_teach_rl100(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
     """Run ``teach.rl100.stages`` in order; returns the teach stage's metrics.
 
