@@ -110,3 +110,21 @@ def test_normalizer_modes():
     bad = {"obs": STATS["obs"] | {"max": [np.nan, 1.0, 5.0]}}
     with pytest.raises(ValueError, match="NaN or inf"):
         Normalizer.from_stats(bad)
+
+
+@pytest.mark.parametrize("legacy", ["optimizer.pt", "optimizers.pt"])
+def test_a_pickled_optimizer_of_an_older_version_is_a_clear_error(tmp_path, legacy):
+    """The COMPASS base (optimizer.pt) and SB3 teachers (optimizers.pt) kept their optimizers
+    with torch.save before the one checkpoint format: such a run is refused, never unpickled."""
+    from robodistill.data.store import StoreError
+    from robodistill.training import checkpoint, sb3
+
+    ckpt = tmp_path / "checkpoint"
+    ckpt.mkdir()
+    (ckpt / "state.json").write_text(json.dumps({"format": 1, "step": 3, "algo": "ppo"}))
+    (ckpt / legacy).write_bytes(b"\x80\x04not a real pickle")
+    restore = checkpoint.restore_checkpoint if legacy == "optimizer.pt" else (
+        lambda d, trainer: sb3.restore_checkpoint(d, trainer, None, None))  # fmt: skip
+    with pytest.raises(StoreError, match=r"--overwrite") as err:
+        restore(ckpt, None)
+    assert str(ckpt) in str(err.value)

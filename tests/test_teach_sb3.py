@@ -20,6 +20,7 @@ from robodistill.policies import load_policy
 from robodistill.policies.sb3_policy import SB3Policy
 from robodistill.teach.rl import sb3 as teach_sb3
 from robodistill.teach.rl.sb3 import run_teach_sb3
+from robodistill.training import sb3 as sb3_training
 
 
 def _teach(overrides: list[str]):
@@ -114,16 +115,16 @@ def test_teach_resumes_from_checkpoint(exploration, tmp_path, monkeypatch):
         f"teach.exploration.method={exploration}",
     )
     ckpt = tmp_path / "runs" / "default" / "teach" / "checkpoint"
-    original_save = teach_sb3.save_checkpoint
+    original_save = sb3_training.save_checkpoint  # the checkpoint callback's
 
     def save_then_crash(*args, **kwargs):
         original_save(*args, **kwargs)
         raise KeyboardInterrupt  # as if Ctrl-C arrived right after the first checkpoint
 
-    monkeypatch.setattr(teach_sb3, "save_checkpoint", save_then_crash)
+    monkeypatch.setattr(sb3_training, "save_checkpoint", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
         _teach(overrides)
-    monkeypatch.setattr(teach_sb3, "save_checkpoint", original_save)
+    monkeypatch.setattr(sb3_training, "save_checkpoint", original_save)
     manifest = json.loads((ckpt.parent / "manifest.json").read_text())
     assert manifest["status"] == "interrupted"
     saved_steps = json.loads((ckpt / "state.json").read_text())["num_timesteps"]

@@ -25,13 +25,17 @@ from stable_baselines3.common.vec_env import VecNormalize
 
 from robodistill.config import RunConfig
 from robodistill.core.rundir import StageRun, progress, write_json_atomic
+from robodistill.data.store import StoreError
 from robodistill.policies.sb3_policy import SB3Policy
+from robodistill.training.checkpoint import load_optimizer_state, optimizer_state
 from robodistill.training.selection import BestPolicyKeeper
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
-STATE_NAME, TENSORS_NAME, OPTIMIZERS_NAME = "state.json", "tensors.safetensors", "optimizers.pt"
+STATE_NAME, TENSORS_NAME = "state.json", "tensors.safetensors"
+LEGACY_OPTIMIZERS_NAME = "optimizers.pt"
+"""Where checkpoints before the one checkpoint format kept the optimizers (a pickle)."""
 
 
 # -- callbacks -------------------------------------------------------------------------------
@@ -198,12 +202,12 @@ def _vecnorm_tensors(vec_normalize: VecNormalize) -> dict[str, torch.Tensor]:
 def save_checkpoint(
     directory: Path, model, vec_normalize, explore_venv, extra: dict[str, Any]
 ) -> Path:
-    """Write ``state.json`` + ``tensors.safetensors`` + ``optimizers.pt`` to ``directory``.
+    """Write ``state.json`` + ``tensors.safetensors`` to ``directory``.
 
     Tensors: the SB3 policy's ``state_dict`` (``policy.*``; SAC's critic target included),
     SAC's ``log_ent_coef``, VecNormalize's ``obs_rms``/``ret_rms`` mean/var/count, the
-    exploration state (``exploration.*``). Optimizer state dicts go through ``torch.save``
-    and load with ``weights_only=True``. The replay buffer is not saved (module docstring).
+    exploration state (``exploration.*``), each optimizer's tensors (``optimizer.<name>.*``;
+    their scalars go to ``state.json``). The replay buffer is not saved (module docstring).
     The new checkpoint is built in a temporary directory and renamed into place; the old
     one is moved aside first and deleted last, so a crash leaves one complete checkpoint.
     """
@@ -215,8 +219,13 @@ def save_checkpoint(
     if explore_venv is not None:
         for k, v in explore_venv.state_tensors().items():
             tensors[f"exploration.{k}"] = torch.as_tensor(v).detach().clone()
+    optimizers = {}
+    for name, optimizer in _optimizers(model).items():
+        optim_tensors, optimizers[name] = optimizer_state(optimizer)
+        tensors |= {f"optimizer.{name}.{k}": v for k, v in optim_tensors.items()}
     state = {
         "format": CHECKPOINT_FORMAT,
+        "optimizers": optimizers,
         "algo": "ppo" if isinstance(model, PPO) else "sac",
         "num_timesteps": int(model.num_timesteps),
         "n_updates": int(model._n_updates),
@@ -229,7 +238,6 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({k: v.cpu().contiguous() for k, v in tensors.items()}, str(tmp / TENSORS_NAME))
-    torch.save({k: o.state_dict() for k, o in _optimizers(model).items()}, tmp / OPTIMIZERS_NAME)
     write_json_atomic(tmp / STATE_NAME, state)
     shutil.rmtree(old, ignore_errors=True)
     if directory.exists():
@@ -251,6 +259,12 @@ def restore_checkpoint(directory: Path, model, vec_normalize, explore_venv) -> d
             return None
         directory = aside
     state = json.loads((directory / STATE_NAME).read_text())
+    if (directory / LEGACY_OPTIMIZERS_NAME).is_file() or "optimizers" not in state:
+        raise StoreError(
+            f"{directory} keeps its optimizers in {LEGACY_OPTIMIZERS_NAME} (a pickle, written by "
+            "an older version); this version reads safetensors + JSON only. Re-run the stage "
+            "with --overwrite to start it over"
+        )
     algo = "ppo" if isinstance(model, PPO) else "sac"
     if state.get("format") != CHECKPOINT_FORMAT or state.get("algo") != algo:
         raise RuntimeError(
@@ -260,9 +274,12 @@ def restore_checkpoint(directory: Path, model, vec_normalize, explore_venv) -> d
     tensors = load_file(str(directory / TENSORS_NAME))
     policy_sd = {k[len("policy.") :]: v for k, v in tensors.items() if k.startswith("policy.")}
     model.policy.load_state_dict(policy_sd, strict=True)
-    optim_states = torch.load(directory / OPTIMIZERS_NAME, weights_only=True)
     for name, optimizer in _optimizers(model).items():
-        optimizer.load_state_dict(optim_states[name])
+        prefix = f"optimizer.{name}."
+        load_optimizer_state(
+            optimizer, {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)},
+            state["optimizers"][name],
+        )  # fmt: skip
     if "sac.log_ent_coef" in tensors:
         with torch.no_grad():
             model.log_ent_coef.copy_(tensors["sac.log_ent_coef"])
