@@ -26,36 +26,39 @@ EXIT_OK, EXIT_USAGE, EXIT_NOT_BUILT, EXIT_INTERRUPTED = 0, 2, 3, 130
 log = logging.getLogger("robodistill")
 
 # Shortcut flags: (flag, dotted key, type, help) per command. ``--video`` alone means 3.
+_ENV = ("--env", "env.id", str, "environment id")
+_NUM_ENVS = ("--num-envs", "env.num_envs", int, "environments stepped together")
+_SEED = ("--seed", "seed", int, "master seed")
 SHORTCUTS: dict[str, list[tuple[str, str, type, str]]] = {
     "collect": [
-        ("--env", "env.id", str, "environment id"),
+        _ENV,
         ("--policy", "collect.policy", str, "'random' or a policy directory"),
         ("--episodes", "collect.episodes", int, "episodes to store"),
-        ("--num-envs", "env.num_envs", int, "environments stepped together"),
+        _NUM_ENVS,
         ("--workers", "collect.workers", int, "Ray actors collecting in parallel"),
-        ("--seed", "seed", int, "master seed"),
+        _SEED,
     ],
     "eval": [
-        ("--env", "env.id", str, "environment id"),
+        _ENV,
         ("--policy", "eval.policy", str, "'random' or a policy directory"),
         ("--episodes", "eval.episodes", int, "evaluation episodes"),
         ("--video", "eval.video_episodes", int, "render the first N episodes to MP4"),
-        ("--num-envs", "env.num_envs", int, "environments stepped together"),
+        _NUM_ENVS,
         ("--workers", "eval.workers", int, "Ray actors evaluating in parallel"),
-        ("--seed", "seed", int, "master seed"),
+        _SEED,
     ],
     "teach": [
-        ("--env", "env.id", str, "environment id"),
+        _ENV,
         ("--algo", "teach.algo", str, "rl100, ppo or sac"),
         ("--backend", "teach.backend", str, "sb3 or rllib"),
         ("--steps", "teach.total_timesteps", int, "environment steps to train for"),
-        ("--num-envs", "env.num_envs", int, "environments stepped together"),
-        ("--seed", "seed", int, "master seed"),
+        _NUM_ENVS,
+        _SEED,
     ],
     "distill": [
         ("--teacher", "distill.teacher", str, "teacher policy directory (default: the run's)"),
-        ("--env", "env.id", str, "environment id"),
-        ("--seed", "seed", int, "master seed"),
+        _ENV,
+        _SEED,
     ],
     "export": [
         ("--policy", "export.policy", str, "policy directory (default: the run's student/teacher)"),
@@ -63,14 +66,14 @@ SHORTCUTS: dict[str, list[tuple[str, str, type, str]]] = {
         ("--opset", "export.opset", int, "ONNX opset (>= 17)"),
     ],
     "control": [
-        ("--env", "env.id", str, "environment id"),
+        _ENV,
         ("--hz", "control.hz", float, "control rate in Hz (default: the env's)"),
         ("--episodes", "control.episodes", int, "episodes to run"),
         ("--on-fault", "control.on_fault", str, "continue or stop"),
         ("--realtime", "control.realtime_priority", int, "SCHED_FIFO priority (1-99)"),
-        ("--seed", "seed", int, "master seed"),
+        _SEED,
     ],
-    "pipeline": [("--seed", "seed", int, "master seed")],
+    "pipeline": [_SEED],
 }
 CONFIG_COMMANDS = ("collect", "teach", "distill", "eval", "export", "control", "pipeline", "config")
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from robodistill.config import RunConfig
+from robodistill.core.summaries import read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -93,16 +95,20 @@ def policy_table(table: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _rows(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut short by a crash
-    return rows
+def _save_plot(path: Path, draw: Callable[[Any], None]) -> Path:
+    """A 6 x 3.5 inch figure with one axes that ``draw`` fills, a legend, saved to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    draw(ax)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def plot_learning_curves(run_dir: Path) -> Path | None:
@@ -110,7 +116,7 @@ def plot_learning_curves(run_dir: Path) -> Path | None:
     ``distill`` ``metrics.jsonl`` rows with a ``loss``; one line per sub-stage/student)."""
     series: dict[str, tuple[list[float], list[float]]] = {}
     for stage in ("teach", "distill"):
-        for r in _rows(run_dir / stage / "metrics.jsonl"):
+        for r in read_jsonl(run_dir / stage / "metrics.jsonl"):
             if isinstance(r.get("loss"), (int, float)) and isinstance(r.get("step"), int):
                 label = f"{stage}: {r['stage']}" if r.get("stage") else stage
                 xs, ys = series.setdefault(label, ([], []))
@@ -118,23 +124,15 @@ def plot_learning_curves(run_dir: Path) -> Path | None:
                 ys.append(float(r["loss"]))
     if not series:
         return None
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def draw(ax: Any) -> None:
+        for label, (xs, ys) in series.items():
+            ax.plot(xs, ys, label=label)
+        ax.set_yscale("log")
+        ax.set_xlabel("gradient step")
+        ax.set_ylabel("training loss")
 
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    for label, (xs, ys) in series.items():
-        ax.plot(xs, ys, label=label)
-    ax.set_yscale("log")
-    ax.set_xlabel("gradient step")
-    ax.set_ylabel("training loss")
-    ax.legend()
-    fig.tight_layout()
-    path = run_dir / "learning_curves.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_plot(run_dir / "learning_curves.png", draw)
 
 
 def plot_returns(run_dir: Path, stages: list[str]) -> Path | None:
@@ -142,25 +140,17 @@ def plot_returns(run_dir: Path, stages: list[str]) -> Path | None:
     stage's rows are split by the policy they belong to."""
     series: dict[str, list[float]] = {}
     for stage in stages:
-        for r in _rows(run_dir / stage / "metrics.jsonl"):
+        for r in read_jsonl(run_dir / stage / "metrics.jsonl"):
             if isinstance(r.get("return"), (int, float)):
                 label = f"{stage}: {r['policy']}" if r.get("policy") else stage
                 series.setdefault(label, []).append(float(r["return"]))
     if not series:
         return None
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def draw(ax: Any) -> None:
+        for stage, returns in series.items():
+            ax.hist(returns, bins=20, alpha=0.6, label=f"{stage} ({len(returns)} episodes)")
+        ax.set_xlabel("episode return")
+        ax.set_ylabel("episodes")
 
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    for stage, returns in series.items():
-        ax.hist(returns, bins=20, alpha=0.6, label=f"{stage} ({len(returns)} episodes)")
-    ax.set_xlabel("episode return")
-    ax.set_ylabel("episodes")
-    ax.legend()
-    fig.tight_layout()
-    path = run_dir / "returns.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save_plot(run_dir / "returns.png", draw)

@@ -6,20 +6,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from robodistill.config.base import (
-    Activation,
-    BatchSize,
-    EvalEpisodes,
-    Fraction,
-    LearningRate,
-    Section,
-    Steps,
-    TorchThreads,
-    WarmupSteps,
-)
+from robodistill.config import base
 
 
-class DAggerConfig(Section):
+class DAggerConfig(base.Section):
     """DAgger: an MLP student learns the teacher's labels on the states it visits itself."""
 
     rounds: int = Field(8, ge=1, le=1000)
@@ -30,42 +20,42 @@ class DAggerConfig(Section):
     """Probability β that the teacher, not the student, acts at a step of round i:
     ``exponential``: β = beta_decay**i; ``linear``: β = max(0, 1 - beta_decay * i). β is 1
     in round 0 either way."""
-    beta_decay: Fraction = 0.5
+    beta_decay: base.Fraction = 0.5
     """Rate of the β schedule (0 with ``exponential``: only the student acts after round 0)."""
     epochs: int = Field(20, ge=1, le=10_000)
     """Passes over the aggregated dataset (all rounds so far) after each round."""
     batch_size: int = Field(256, ge=1, le=1_000_000)
     """Minibatch size."""
-    learning_rate: LearningRate = 1e-3
+    learning_rate: base.LearningRate = 1e-3
     """Adam learning rate (a fresh optimizer each round; the weights carry over)."""
     hidden: list[int] = Field(default_factory=lambda: [256, 256], min_length=1, max_length=16)
     """Hidden layer sizes of the student MLP."""
-    activation: Activation = "Tanh"
+    activation: base.Activation = "Tanh"
     """Hidden activation of the student MLP."""
     loss: Literal["auto", "mse", "kl"] = "auto"
     """``mse`` on the teacher's deterministic actions; ``kl``: KL(teacher ‖ student) between
     diagonal Gaussians (Gaussian head); ``auto``: ``kl`` when the teacher has a Gaussian
     (SB3 / RLlib teachers), else ``mse``."""
-    eval_episodes: EvalEpisodes = 10
+    eval_episodes: base.EvalEpisodes = 10
     """Validation episodes after each round (fixed validation seeds); the best student is kept."""
     obs_clip: float = Field(10.0, gt=0.0, le=1e6)
     """Normalized observations are clipped to ±obs_clip inside the student."""
 
 
-class ConsistencyConfig(Section):
+class ConsistencyConfig(base.Section):
     """Consistency distillation of the diffusion teacher into a one-step student (Consistency
     Policy / RL-100's consistency head): ``f(x_t, t) = c_skip(t) x_t + c_out(t) F(x_t, t)``
     trained to agree with an EMA target at the teacher's next ODE (DDIM) step."""
 
-    steps: Steps = 1000
+    steps: base.Steps = 1000
     """Gradient steps."""
-    batch_size: BatchSize = 64
+    batch_size: base.BatchSize = 64
     """Demonstration windows per gradient step."""
-    learning_rate: LearningRate = 1e-3
+    learning_rate: base.LearningRate = 1e-3
     """AdamW peak learning rate. The teacher's weights predict noise, not the consistency
     function, so the student has far to go: on Nav, 500 steps at 1e-4 (ode_steps 50, target
     EMA 0.95) reached 0 % validation success, at 1e-3 (ode_steps 20, 0.9) 70 %."""
-    warmup_steps: WarmupSteps = 100
+    warmup_steps: base.WarmupSteps = 100
     """Linear learning-rate warm-up, then cosine decay."""
     init_from_teacher: bool = True
     """Start the student's network from the teacher's EMA weights (same architecture)."""
@@ -75,7 +65,7 @@ class ConsistencyConfig(Section):
     target_ema: float = Field(0.9, ge=0.0, lt=1.0)
     """mu: decay of the target network theta^- (consistency distillation's EMA; 0 is
     improved consistency training's stop-gradient target)."""
-    ema_decay: Fraction = 0.999
+    ema_decay: base.Fraction = 0.999
     """Decay of the evaluation EMA of the student's weights (what ``act`` uses)."""
     loss: Literal["mse", "pseudo_huber"] = "pseudo_huber"
     """Distance between student and target outputs (pseudo-Huber: iCT's choice)."""
@@ -86,19 +76,19 @@ class ConsistencyConfig(Section):
     inference_steps: int = Field(1, ge=1, le=8)
     """Network calls per chunk at inference: 1, or 2-3 chained (denoise, re-noise to an
     intermediate timestep, denoise again)."""
-    eval_every: Steps = 500
+    eval_every: base.Steps = 500
     """Validate on the validation seeds every N steps and at the end; the best is kept."""
-    eval_episodes: EvalEpisodes = 10
+    eval_episodes: base.EvalEpisodes = 10
     """Validation episodes per evaluation."""
-    checkpoint_every: Steps = 250
+    checkpoint_every: base.Steps = 250
     """Save a resumable training checkpoint every N steps."""
-    log_every: Steps = 50
+    log_every: base.Steps = 50
     """Log mean losses every N steps."""
-    torch_threads: TorchThreads = 1
+    torch_threads: base.TorchThreads = 1
     """CPU threads torch uses while training (0: torch's default)."""
 
 
-class StreamingConfig(Section):
+class StreamingConfig(base.Section):
     """Streaming Diffusion Policy student: an action buffer whose noise level rises along
     the horizon; every control step executes the clean first action, shifts, appends fresh
     noise and denoises the whole buffer by one slot with per-element timesteps."""
@@ -111,33 +101,33 @@ class StreamingConfig(Section):
     targets: Literal["demos", "teacher"] = "demos"
     """Training chunks: the demonstrations' actions, or the teacher's DDIM chunks on the
     demonstrations' observations (a pure distillation)."""
-    steps: Steps = 1000
+    steps: base.Steps = 1000
     """Gradient steps (on Nav: validation success 0.9 / 0.7 / 0.6 at 500 / 1000 / 1500
     steps, teacher 0.5; the best checkpoint is kept, so 1000 keeps the default pipeline
     within its time budget)."""
-    batch_size: BatchSize = 64
+    batch_size: base.BatchSize = 64
     """Windows per gradient step."""
-    learning_rate: LearningRate = 1e-3
+    learning_rate: base.LearningRate = 1e-3
     """AdamW peak learning rate (warm-up, then cosine)."""
-    warmup_steps: WarmupSteps = 100
+    warmup_steps: base.WarmupSteps = 100
     """Linear learning-rate warm-up steps."""
     init_from_teacher: bool = True
     """Copy every teacher weight whose name and shape match (all but the input layers)."""
-    ema_decay: Fraction = 0.999
+    ema_decay: base.Fraction = 0.999
     """Upper bound of the evaluation EMA's decay."""
-    eval_every: Steps = 500
+    eval_every: base.Steps = 500
     """Validate every N steps and at the end; the best is kept."""
-    eval_episodes: EvalEpisodes = 10
+    eval_episodes: base.EvalEpisodes = 10
     """Validation episodes per evaluation."""
-    checkpoint_every: Steps = 250
+    checkpoint_every: base.Steps = 250
     """Save a resumable training checkpoint every N steps."""
-    log_every: Steps = 50
+    log_every: base.Steps = 50
     """Log mean losses every N steps."""
-    torch_threads: TorchThreads = 1
+    torch_threads: base.TorchThreads = 1
     """CPU threads torch uses while training (0: torch's default)."""
 
 
-class RTIConfig(Section):
+class RTIConfig(base.Section):
     """RTI warm start (training-free): each new chunk starts from the previous plan shifted
     by the executed actions, re-noised to an intermediate timestep, and denoised a few steps."""
 
@@ -146,11 +136,11 @@ class RTIConfig(Section):
     discrete_dims: list[int] = Field(default_factory=list)
     """Action dimensions that are discrete (e.g. a gripper): their shifted values are scaled
     to the action range's extreme they are closest to before re-noising (RTI's rule)."""
-    eval_episodes: EvalEpisodes = 10
+    eval_episodes: base.EvalEpisodes = 10
     """Validation episodes reported for the warm-started policy."""
 
 
-class GeneralistConfig(Section):
+class GeneralistConfig(base.Section):
     """COMPASS stage 3: DAgger from the residual specialists into one embodiment-conditioned
     generalist (``distill.students: [generalist]``; ``distill.teacher`` is the COMPASS teach
     directory, see :mod:`robodistill.distill_generalist`)."""
@@ -164,17 +154,17 @@ class GeneralistConfig(Section):
     """Episodes per embodiment per round."""
     beta_schedule: Literal["exponential", "linear"] = "exponential"
     """Schedule of the probability β that the specialist acts (as ``distill.dagger``)."""
-    beta_decay: Fraction = 0.5
+    beta_decay: base.Fraction = 0.5
     """Rate of the β schedule (β is 1 in round 0)."""
     epochs: int = Field(20, ge=1, le=10_000)
     """Passes over the aggregated dataset after each round."""
     batch_size: int = Field(256, ge=1, le=1_000_000)
     """Minibatch size."""
-    learning_rate: LearningRate = 1e-3
+    learning_rate: base.LearningRate = 1e-3
     """Adam learning rate (a fresh optimizer each round)."""
     hidden: list[int] = Field(default_factory=lambda: [256, 256], min_length=1, max_length=16)
     """Hidden widths of the generalist MLP."""
-    activation: Activation = "Tanh"
+    activation: base.Activation = "Tanh"
     """Hidden activation of the generalist MLP."""
     embedding: Literal["onehot", "learned"] = "onehot"
     """Embodiment code: the one-hot of its table slot fed to the MLP, or a learned
@@ -186,7 +176,7 @@ class GeneralistConfig(Section):
     loss: Literal["kl", "mse"] = "kl"
     """``kl``: KL(specialist ‖ generalist) between diagonal Gaussians; ``mse`` on the
     specialist's mean; either summed over the embodiment's unmasked action dims only."""
-    eval_episodes: EvalEpisodes = 6
+    eval_episodes: base.EvalEpisodes = 6
     """Validation episodes per embodiment after each round (the specialists play the same
     seeds once, before round 0); ``selection`` picks the generalist that is kept."""
     selection: Literal["specialist_ratio", "mean_success"] = "specialist_ratio"
@@ -208,7 +198,7 @@ class GeneralistConfig(Section):
     """Fine-tuning: PPO steps of each new embodiment's residual on the generalist."""
 
 
-class DistillConfig(Section):
+class DistillConfig(base.Section):
     """Student distillation: fast students of a diffusion teacher, a DAgger student of an RL
     teacher, and COMPASS's cross-embodiment generalist of the residual specialists."""
 

@@ -7,18 +7,10 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from robodistill.config.base import (
-    BatchSize,
-    Fraction,
-    LearningRate,
-    Section,
-    Steps,
-    TorchThreads,
-    WarmupSteps,
-)
+from robodistill.config import base
 
 
-class DiffusionConfig(Section):
+class DiffusionConfig(base.Section):
     """The diffusion policy (RL-100's teacher): a 1-D temporal UNet with FiLM conditioning on
     the observation history, DDPM training, DDIM sampling, receding-horizon execution."""
 
@@ -91,7 +83,7 @@ class DiffusionConfig(Section):
         return self
 
 
-class RL100Config(Section):
+class RL100Config(base.Section):
     """RL-100 training schedule. Sub-stages run in order inside ``teach``: ``il`` imitates
     the demonstrations; offline and online RL on the denoising chain come next."""
 
@@ -103,39 +95,39 @@ class RL100Config(Section):
     DPPO in simulation, ``teach.online``)."""
     demos: str | None = None
     """Trajectory store to imitate; ``null``: this run's ``<runs_dir>/<name>/collect/demos.zarr``."""
-    il_steps: Steps = 3000
+    il_steps: base.Steps = 3000
     """Imitation: gradient steps (3000 at batch 64 with the default network: about 7 min on
     a 2-core CPU, evaluations included; measured 406 s on PushT, 456 s on Nav)."""
-    batch_size: BatchSize = 64
+    batch_size: base.BatchSize = 64
     """Imitation: windows per gradient step."""
-    learning_rate: LearningRate = 1e-3
+    learning_rate: base.LearningRate = 1e-3
     """Imitation: AdamW peak learning rate."""
-    weight_decay: Fraction = 1e-6
+    weight_decay: base.Fraction = 1e-6
     """Imitation: AdamW weight decay."""
-    warmup_steps: WarmupSteps = 200
+    warmup_steps: base.WarmupSteps = 200
     """Imitation: linear learning-rate warm-up steps before the schedule."""
     lr_schedule: Literal["cosine", "constant_with_warmup", "linear"] = "cosine"
     """diffusers ``get_scheduler`` name for the learning rate after warm-up."""
-    ema_decay: Fraction = 0.9999
+    ema_decay: base.Fraction = 0.9999
     """Upper bound of the EMA decay (weights used for evaluation)."""
     ema_power: float = Field(0.75, gt=0.0, le=1.0)
     """EMA warm-up: decay after n updates is min(ema_decay, 1 - (1 + n) ** -ema_power)."""
-    eval_every: Steps = 1000
+    eval_every: base.Steps = 1000
     """Evaluate the EMA policy on the validation seeds (``teach.eval_episodes``) every N
     gradient steps and at the end; the best by success rate is kept."""
-    checkpoint_every: Steps = 500
+    checkpoint_every: base.Steps = 500
     """Save a resumable training checkpoint every N gradient steps."""
-    log_every: Steps = 50
+    log_every: base.Steps = 50
     """Log the mean loss and learning rate every N gradient steps."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train: ``auto`` picks CUDA when available."""
-    torch_threads: TorchThreads = 1
+    torch_threads: base.TorchThreads = 1
     """CPU threads torch uses while training (0: torch's default, one per core). On the
     2-core machine a second thread sped the default network up by only 5-20 % when idle, and
     made it 10-40x slower when other processes competed (OpenMP threads spin waiting)."""
 
 
-class OfflineRLConfig(Section):
+class OfflineRLConfig(base.Section):
     """RL-100 stage 2: PPO-style clipped updates over the denoising chain, advantages from
     IQL critics on the store, each round of updates gated by off-policy evaluation."""
 
@@ -143,9 +135,9 @@ class OfflineRLConfig(Section):
     """Gate rounds: each runs ``updates_per_round`` updates, then OPE accepts or rejects."""
     updates_per_round: int = Field(50, ge=1, le=100_000)
     """K: gradient steps between two OPE evaluations (RL-100's code: 50)."""
-    batch_size: BatchSize = 64
+    batch_size: base.BatchSize = 64
     """Decision states per update; each gets one chain sampled by the reference policy."""
-    learning_rate: LearningRate = 1e-5
+    learning_rate: base.LearningRate = 1e-5
     """Adam learning rate of the diffusion network (small: the update must stay near the
     reference policy)."""
     clip: float = Field(0.2, gt=0.0, le=10.0)
@@ -154,13 +146,13 @@ class OfflineRLConfig(Section):
     """Gradient norm clip of each update."""
     gamma: float = Field(0.99, gt=0.0, le=1.0)
     """Per env-step discount of the decision transitions (a chunk of Ta steps: gamma**Ta)."""
-    iql_steps: Steps = 5000
+    iql_steps: base.Steps = 5000
     """Gradient steps of the IQL critics."""
     iql_expectile: float = Field(0.7, gt=0.0, lt=1.0)
     """IQL expectile for V (RL-100: 0.7)."""
     critic_hidden: list[int] = Field(default_factory=lambda: [256, 256], min_length=1)
     """Hidden widths of the IQL Q and V networks."""
-    dynamics_steps: Steps = 3000
+    dynamics_steps: base.Steps = 3000
     """Gradient steps of the dynamics ensemble."""
     dynamics_members: int = Field(7, ge=1, le=64)
     """Dynamics ensemble members (RL-100: 7)."""
@@ -192,7 +184,7 @@ class OfflineRLConfig(Section):
     """Seeds critics, model, OPE start states and the chains' noise."""
 
 
-class OnlineRLConfig(Section):
+class OnlineRLConfig(base.Section):
     """RL-100 stage 3: DPPO (PPO on the denoising chain) in simulation, starting from the
     offline stage's policy; only the last denoising steps are fine-tuned."""
 
@@ -220,17 +212,17 @@ class OnlineRLConfig(Section):
     """Iterations at the start that train only the value network (DPPO's critic warm-up):
     the first advantages come from a value net fitted to the starting policy, not from
     random weights."""
-    actor_lr: LearningRate = 3e-6
+    actor_lr: base.LearningRate = 3e-6
     """Adam learning rate of the diffusion network (RL-100: 3e-6)."""
-    critic_lr: LearningRate = 3e-4
+    critic_lr: base.LearningRate = 3e-4
     """Adam learning rate of the value network (RL-100: 3e-4)."""
     epochs: int = Field(10, ge=1, le=1000)
     """PPO epochs over each iteration's batch."""
-    minibatch_size: BatchSize = 64
+    minibatch_size: base.BatchSize = 64
     """Decisions per PPO minibatch."""
     gamma: float = Field(0.99, gt=0.0, le=1.0)
     """Per env-step discount; a decision of n steps discounts by gamma**n."""
-    gae_lambda: Fraction = 0.95
+    gae_lambda: base.Fraction = 0.95
     """GAE lambda over decisions."""
     target_kl: float | None = Field(0.02, gt=0.0, le=10.0)
     """Stop an iteration's epochs once the approximate KL (per denoising step) exceeds it."""
@@ -240,7 +232,7 @@ class OnlineRLConfig(Section):
     """Hidden widths of the value MLP on the flattened observation history."""
     eval_every: int = Field(5, ge=1, le=10**7)
     """Evaluate on the validation seeds (``teach.eval_episodes``) every N iterations."""
-    collapse_fraction: Fraction = 0.5
+    collapse_fraction: base.Fraction = 0.5
     """Collapse: the score falls below best - (1 - fraction) * |best| ..."""
     collapse_patience: int = Field(3, ge=1, le=1000)
     """... in this many consecutive evaluations: stop and keep the best checkpoint."""

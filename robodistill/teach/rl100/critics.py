@@ -43,6 +43,16 @@ log = logging.getLogger(__name__)
 CRITICS_KIND = "critics/iql"
 
 
+def check_fields(config: object, checks: Sequence[tuple[str, bool, str]]) -> None:
+    """Raise ``ValueError("<Class>.<name> must be <want>, got <value>")`` for the first
+    ``(name, ok, want)`` of ``checks`` that is not ok."""
+    for name, ok, want in checks:
+        if not ok:
+            raise ValueError(
+                f"{type(config).__name__}.{name} must be {want}, got {getattr(config, name)!r}"
+            )
+
+
 @dataclass
 class IQLConfig:
     """Implicit Q-learning hyper-parameters (defaults follow the IQL paper's locomotion set)."""
@@ -75,9 +85,7 @@ class IQLConfig:
             ("log_every", self.log_every >= 1, ">= 1"),
             ("hidden", len(self.hidden) > 0 and min(self.hidden) >= 1, "non-empty positive"),
         ]
-        for name, ok, want in checks:
-            if not ok:
-                raise ValueError(f"IQLConfig.{name} must be {want}, got {getattr(self, name)!r}")
+        check_fields(self, checks)
 
 
 def mlp(in_dim: int, hidden: Sequence[int], out_dim: int) -> nn.Sequential:

@@ -27,7 +27,7 @@ from robodistill.policies.checkpoint import (
     load_state_dict_strict,
     save_checkpoint,
 )
-from robodistill.teach.rl100.critics import Standardizer, flat_batch
+from robodistill.teach.rl100.critics import Standardizer, check_fields, flat_batch
 from robodistill.teach.rl100.decisions import Decisions
 
 log = logging.getLogger(__name__)
@@ -80,11 +80,7 @@ class DynamicsConfig:
             ("done_weight", self.done_weight >= 0, ">= 0"),
             ("hidden", len(self.hidden) > 0 and min(self.hidden) >= 1, "non-empty positive"),
         ]
-        for name, ok, want in checks:
-            if not ok:
-                raise ValueError(
-                    f"DynamicsConfig.{name} must be {want}, got {getattr(self, name)!r}"
-                )
+        check_fields(self, checks)
 
 
 class EnsembleLinear(nn.Module):

@@ -52,7 +52,12 @@ from robodistill.config import ConfigError
 from robodistill.core.rundir import write_json_atomic
 from robodistill.policies.diffusion import DiffusionPolicy
 from robodistill.teach.rl100.critics import mlp
-from robodistill.teach.rl100.offline import clipped_surrogate, executed_chunk, sync_ema
+from robodistill.teach.rl100.offline import (
+    clipped_surrogate,
+    executed_chunk,
+    finished_result,
+    sync_ema,
+)
 
 log = logging.getLogger(__name__)
 
@@ -205,10 +210,8 @@ def run_online_rl(cfg, stage, policy_dir, out_dir) -> dict[str, Any]:
     from robodistill.training.selection import BestPolicyKeeper
 
     out_dir = Path(out_dir)
-    if (out_dir / "result.json").is_file():
-        log.info("teach: rl100 online already done in %s", out_dir)
-        return json.loads((out_dir / "result.json").read_text())
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if (done := finished_result(out_dir, "online")) is not None:
+        return done
     t0 = time.monotonic()
     o = cfg.teach.online
     ckpt = out_dir / "checkpoint"
