@@ -159,7 +159,5 @@ def run_distill_consistency(cfg: RunConfig, stage: StageRun, teacher: str | Path
     with torch_threads(cc.torch_threads):
         trainer = ConsistencyTrainer(cfg, Path(teacher))
     keeper = BestPolicyKeeper(cfg, out, cc.eval_episodes, source="distill-consistency")
-    settings = LoopSettings(steps=cc.steps, eval_every=cc.eval_every,
-                            checkpoint_every=cc.checkpoint_every, log_every=cc.log_every,
-                            torch_threads=cc.torch_threads)  # fmt: skip
+    settings = LoopSettings.of(cc)
     return train(cfg, stage, trainer, settings, out, keeper)

@@ -219,9 +219,7 @@ def run_distill_streaming(cfg: RunConfig, stage: StageRun, teacher: Path) -> dic
         trainer = StreamingTrainer(cfg, Path(teacher))
     keeper = BestPolicyKeeper(cfg, out, sc.eval_episodes,
                               validate=lambda policy, seeds: validate(cfg, policy, seeds))  # fmt: skip
-    settings = LoopSettings(steps=sc.steps, eval_every=sc.eval_every,
-                            checkpoint_every=sc.checkpoint_every, log_every=sc.log_every,
-                            torch_threads=sc.torch_threads)  # fmt: skip
+    settings = LoopSettings.of(sc)
     result = train(cfg, stage, trainer, settings, out, keeper)
     calls = [e["network_calls_per_decision"] for e in result["evals"]]
     result["network_calls_per_decision_measured"] = float(np.mean(calls))

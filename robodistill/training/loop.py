@@ -59,6 +59,14 @@ class LoopSettings:
     """torch threads while training (``None`` / 0: unchanged); see
     :func:`robodistill.training.optim.torch_threads`."""
 
+    @classmethod
+    def of(cls, section: Any) -> LoopSettings:
+        """From a config section with ``steps``, ``eval_every``, ``checkpoint_every``,
+        ``log_every`` and ``torch_threads`` (the students')."""
+        return cls(steps=section.steps, eval_every=section.eval_every,
+                   checkpoint_every=section.checkpoint_every, log_every=section.log_every,
+                   torch_threads=section.torch_threads)  # fmt: skip
+
 
 class Trainer:
     """What a gradient-step trainer supplies to :func:`train`. Subclasses set the

@@ -44,15 +44,38 @@ LEGACY_OPTIMIZERS_NAME = "optimizers.pt"
 # the optimizers and num_timesteps describe the same moment.
 
 
-class EvalCallback(BaseCallback):
+class EveryNSteps(BaseCallback):
+    """Calls :meth:`due` at the start of the first rollout after each multiple of ``every``
+    env steps (after a resume: the next multiple after the steps already done)."""
+
+    def __init__(self, every: int):
+        super().__init__()
+        self.every = every
+        self.next_at = every
+
+    def due(self) -> None:
+        raise NotImplementedError
+
+    def _on_training_start(self) -> None:
+        self.next_at = (self.num_timesteps // self.every + 1) * self.every
+
+    def _on_rollout_start(self) -> None:
+        if self.num_timesteps >= self.next_at:
+            self.due()
+            self.next_at = (self.num_timesteps // self.every + 1) * self.every
+
+    def _on_step(self) -> bool:
+        return True
+
+
+class EvalCallback(EveryNSteps):
     """Every ``teach.eval_every`` steps: roll the deterministic policy out on the fixed
     validation seeds, log, and save it to ``stage.dir/policy`` when it is the best so far
     (:class:`robodistill.training.selection.BestPolicyKeeper`)."""
 
     def __init__(self, cfg: RunConfig, stage: StageRun, vec_normalize: VecNormalize | None):
-        super().__init__()
+        super().__init__(cfg.teach.eval_every)
         self.stage, self.vec_normalize = stage, vec_normalize
-        self.every = cfg.teach.eval_every
         self.keeper = BestPolicyKeeper(cfg, stage.dir)
         self.last: dict[str, Any] | None = None
         self.last_step = -1
@@ -63,17 +86,8 @@ class EvalCallback(BaseCallback):
             out["first_success_step"] = self.train_success.first_success_step
         return out
 
-    def _on_training_start(self) -> None:
-        # Resume: the next evaluation is the next multiple of eval_every after the checkpoint.
-        self.next_at = (self.num_timesteps // self.every + 1) * self.every
-
-    def _on_rollout_start(self) -> None:
-        if self.num_timesteps >= self.next_at:
-            self.evaluate()
-            self.next_at = (self.num_timesteps // self.every + 1) * self.every
-
-    def _on_step(self) -> bool:
-        return True
+    def due(self) -> None:
+        self.evaluate()
 
     def evaluate(self) -> dict[str, Any]:
         step = int(self.model.num_timesteps)
@@ -133,29 +147,18 @@ class TrainSuccessCallback(BaseCallback):
         self.episodes = self.successes = 0
 
 
-class CheckpointCallback(BaseCallback):
+class CheckpointCallback(EveryNSteps):
     """Every ``checkpoint_every`` steps: write a resumable checkpoint (see save_checkpoint)."""
 
-    def __init__(self, directory: Path, every: int, vec_normalize, explore_venv, evaluator,
-                 last_step: int = 0):  # fmt: skip
-        super().__init__()
-        self.directory, self.every = directory, every
-        self.vec_normalize, self.explore_venv, self.evaluator = (
-            vec_normalize,
-            explore_venv,
-            evaluator,
-        )
-        self.next_at = (last_step // every + 1) * every
+    def __init__(self, directory: Path, every: int, vec_normalize, explore_venv, evaluator):
+        super().__init__(every)
+        self.directory, self.vec_normalize = directory, vec_normalize
+        self.explore_venv, self.evaluator = explore_venv, evaluator
 
-    def _on_rollout_start(self) -> None:
-        if self.num_timesteps >= self.next_at:
-            # Looked up at call time so tests can wrap it to simulate a crash after a save.
-            save_checkpoint(self.directory, self.model, self.vec_normalize, self.explore_venv,
-                            self.evaluator.state())  # fmt: skip
-            self.next_at = (self.num_timesteps // self.every + 1) * self.every
-
-    def _on_step(self) -> bool:
-        return True
+    def due(self) -> None:
+        # Looked up at call time so tests can wrap it to simulate a crash after a save.
+        save_checkpoint(self.directory, self.model, self.vec_normalize, self.explore_venv,
+                        self.evaluator.state())  # fmt: skip
 
 
 class ProgressCallback(BaseCallback):

@@ -41,7 +41,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 from stable_baselines3 import PPO
-from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
@@ -57,7 +57,14 @@ from robodistill.policies.compass import CompassBase, CompassSpecialist, base_fe
 from robodistill.policies.sb3_policy import SB3Policy
 from robodistill.teach.compass.base import run_base
 from robodistill.teach.compass.evaluation import embodiment_kwargs, validate
-from robodistill.training.selection import is_better
+from robodistill.training.checkpoint import finished_result
+from robodistill.training.sb3 import (
+    CheckpointCallback,
+    EveryNSteps,
+    restore_checkpoint,
+    save_checkpoint,
+)
+from robodistill.training.selection import BestPolicyKeeper
 
 log = logging.getLogger(__name__)
 
@@ -134,21 +141,24 @@ def make_residual_env(cfg: RunConfig, base: Policy, embodiment: str) -> gym.Env:
     return BaseFeaturesWrapper(ResidualActionWrapper(env, base, c.residual_limit), c.residual_obs)
 
 
-class _SpecialistKeeper(BaseCallback):
+class _SpecialistKeeper(EveryNSteps):
     """Every ``teach.eval_every`` steps validates the specialist and keeps the best in
-    ``out/policy`` + ``out/best.json``; ``state()`` goes into PPO's checkpoints."""
+    ``out/policy`` + ``out/best.json`` (the one keeper); ``state()`` goes into PPO's
+    checkpoints."""
 
     def __init__(self, cfg: RunConfig, out: Path, base: Policy, embodiment: str, vec_normalize,
                  stage: StageRun | _MetricsAppender):  # fmt: skip
-        from robodistill.core.seeds import VALIDATION_SEED_OFFSET, episode_seeds
-
-        super().__init__()
-        self.cfg, self.out, self.base, self.embodiment = cfg, out, base, embodiment
+        super().__init__(cfg.teach.eval_every)
+        self.cfg, self.base, self.embodiment = cfg, base, embodiment
         self.vec_normalize, self.stage = vec_normalize, stage
-        self.seeds = episode_seeds(cfg, cfg.teach.eval_episodes, VALIDATION_SEED_OFFSET)
-        best = out / "best.json"
-        self.best = json.loads(best.read_text()) if best.is_file() else None
+        self.keeper = BestPolicyKeeper(
+            cfg, out, validate=lambda policy, seeds: validate(cfg, policy, embodiment, seeds)
+        )
         self.last_step = -1
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        return self.keeper.best
 
     def specialist(self, model) -> CompassSpecialist:
         residual = SB3Policy.from_model(model, self.vec_normalize)
@@ -160,28 +170,16 @@ class _SpecialistKeeper(BaseCallback):
         return {"best": self.best, "last_eval_step": self.last_step}
 
     def _on_training_start(self) -> None:
-        every = self.cfg.teach.eval_every
-        self.next_at = (self.num_timesteps // every + 1) * every
+        super()._on_training_start()
         if self.best is None:  # the step-0 specialist is the base (a near-zero residual)
             self.evaluate(self.model)
 
-    def _on_rollout_start(self) -> None:
-        if self.num_timesteps >= self.next_at:
-            self.evaluate(self.model)
-            every = self.cfg.teach.eval_every
-            self.next_at = (self.num_timesteps // every + 1) * every
-
-    def _on_step(self) -> bool:
-        return True
+    def due(self) -> None:
+        self.evaluate(self.model)
 
     def evaluate(self, model) -> dict[str, Any]:
         step = int(model.num_timesteps)
-        policy = self.specialist(model)
-        result = validate(self.cfg, policy, self.embodiment, self.seeds) | {"step": step}
-        if is_better(result, self.best):
-            policy.save(self.out / "policy")
-            write_json_atomic(self.out / "best.json", result)
-            self.best = result
+        result, _ = self.keeper.evaluate(self.specialist(model), step)
         self.stage.log_metrics(step, {"stage": f"specialist-{self.embodiment}", **{
             f"eval_{k}": result[k] for k in ("success_rate", "return_mean")}})  # fmt: skip
         log.info("teach: compass %s specialist at %d steps: success %s, return %.2f",
@@ -195,10 +193,8 @@ def train_residual(cfg: RunConfig, stage: StageRun | _MetricsAppender, base: Pol
     """Stage 2 for one embodiment: PPO on the residual (module docstring) into ``out``;
     resumable (``teach_sb3``'s checkpoints) and skipped once ``out/result.json`` exists.
     ``stage`` only receives the validation metrics (``log_metrics``)."""
-    from robodistill.training.sb3 import CheckpointCallback, restore_checkpoint, save_checkpoint
-
-    if (out / "result.json").is_file():
-        return json.loads((out / "result.json").read_text())
+    if (done := finished_result(out)) is not None:
+        return done
     out.mkdir(parents=True, exist_ok=True)
     teach, c, t0 = cfg.teach, cfg.teach.compass, time.monotonic()
 
@@ -221,8 +217,7 @@ def train_residual(cfg: RunConfig, stage: StageRun | _MetricsAppender, base: Pol
     state = restore_checkpoint(ckpt, model, vec_normalize, None)
     resumed_from = model.num_timesteps if state is not None else 0
     keeper = _SpecialistKeeper(cfg, out, base, embodiment, vec_normalize, stage)
-    checkpointer = CheckpointCallback(ckpt, teach.checkpoint_every, vec_normalize, None, keeper,
-                                      last_step=resumed_from)  # fmt: skip
+    checkpointer = CheckpointCallback(ckpt, teach.checkpoint_every, vec_normalize, None, keeper)
     remaining = total_timesteps - model.num_timesteps
     if remaining > 0:
         model.learn(remaining, callback=CallbackList([keeper, checkpointer]),

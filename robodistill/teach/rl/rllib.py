@@ -53,6 +53,7 @@ from robodistill.core.parallel import init_ray
 from robodistill.core.rundir import StageRun, write_json_atomic
 from robodistill.envs import make_env
 from robodistill.policies.rllib_policy import RLlibPolicy
+from robodistill.teach.rl.metrics import teacher_metrics
 from robodistill.training.selection import BestPolicyKeeper
 
 log = logging.getLogger(__name__)
@@ -317,24 +318,11 @@ def run_teach_rllib(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
 
             ray.shutdown()
     wall = time.monotonic() - t0
-    best = keeper.best or {}
-    metrics = {
-        "algo": teach.algo,
-        "backend": "rllib",
-        "timesteps": int(steps),
-        "resumed_from_timesteps": int(resumed_from),
-        "final_success_rate": final["success_rate"],
-        "final_return_mean": final["return_mean"],
-        "best_success_rate": best.get("success_rate"),
-        "best_return_mean": best.get("return_mean"),
-        "best_step": best.get("step"),
-        "first_success_step": first_success,
-        "train_episodes": total_episodes,
-        "train_successes": total_successes,
-        "policy": str(stage.dir / "policy"),
-        "policy_last": str(stage.dir / "policy_last"),
-        "wall_s": round(wall, 3),
-        "steps_per_s": round(steps_this_run / max(train_seconds, 1e-9), 2),
-    }
+    metrics = {"backend": "rllib"} | teacher_metrics(
+        teach.algo, steps, resumed_from, final, keeper.best, stage.dir,
+        first_success_step=first_success, train_episodes=total_episodes,
+        train_successes=total_successes, wall_s=wall,
+        steps_per_s=steps_this_run / max(train_seconds, 1e-9),
+    )  # fmt: skip
     log.info("teach: %s", json.dumps(metrics))
     return metrics

@@ -42,6 +42,7 @@ from robodistill.core.rundir import StageRun
 from robodistill.envs import make_env
 from robodistill.policies.sb3_policy import SB3Policy
 from robodistill.teach.rl.exploration_sb3 import find_exploration_env, wrap_exploration
+from robodistill.teach.rl.metrics import teacher_metrics
 from robodistill.training.sb3 import (
     CheckpointCallback,
     EvalCallback,
@@ -116,9 +117,8 @@ def run_teach_sb3(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
     # -- callbacks -------------------------------------------------------------------------
     evaluator = EvalCallback(cfg, stage, vec_normalize)
     checkpointer = CheckpointCallback(
-        ckpt_dir, teach.checkpoint_every, vec_normalize, explore_venv, evaluator,
-        last_step=resumed_from,
-    )  # fmt: skip
+        ckpt_dir, teach.checkpoint_every, vec_normalize, explore_venv, evaluator
+    )
     bar = ProgressCallback(teach.total_timesteps, f"teach {teach.algo} {cfg.env.id}")
     successes = TrainSuccessCallback(stage, (state or {}).get("first_success_step"))
     evaluator.train_success = successes  # its first_success_step goes into checkpoints
@@ -149,23 +149,11 @@ def run_teach_sb3(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
     save_checkpoint(ckpt_dir, model, vec_normalize, explore_venv, evaluator.state())
     venv.close()
     wall = time.monotonic() - t0
-    best = evaluator.keeper.best or {}
-    metrics = {
-        "algo": teach.algo,
-        "timesteps": int(model.num_timesteps),
-        "resumed_from_timesteps": int(resumed_from),
-        "final_success_rate": final["success_rate"],
-        "final_return_mean": final["return_mean"],
-        "best_success_rate": best.get("success_rate"),
-        "best_return_mean": best.get("return_mean"),
-        "best_step": best.get("step"),
-        "first_success_step": successes.first_success_step,
-        "train_episodes": successes.total_episodes,
-        "train_successes": successes.total_successes,
-        "policy": str(stage.dir / "policy"),
-        "policy_last": str(stage.dir / "policy_last"),
-        "wall_s": round(wall, 3),
-        "steps_per_s": round(steps_this_run / max(train_seconds, 1e-9), 2),
-    }
+    metrics = teacher_metrics(
+        teach.algo, model.num_timesteps, resumed_from, final, evaluator.keeper.best, stage.dir,
+        first_success_step=successes.first_success_step,
+        train_episodes=successes.total_episodes, train_successes=successes.total_successes,
+        wall_s=wall, steps_per_s=steps_this_run / max(train_seconds, 1e-9),
+    )  # fmt: skip
     log.info("teach: %s", json.dumps(metrics))
     return metrics
