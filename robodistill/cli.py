@@ -29,24 +29,23 @@ log = logging.getLogger("robodistill")
 _ENV = ("--env", "env.id", str, "environment id")
 _NUM_ENVS = ("--num-envs", "env.num_envs", int, "environments stepped together")
 _SEED = ("--seed", "seed", int, "master seed")
+
+
+def _rollout_flags(section: str, episodes: str, workers: str, *extra: tuple) -> list[tuple]:
+    """The shortcuts of a stage that rolls a policy out (collect, eval)."""
+    return [_ENV, ("--policy", f"{section}.policy", str, "'random' or a policy directory"),
+            ("--episodes", f"{section}.episodes", int, episodes), *extra, _NUM_ENVS,
+            ("--workers", f"{section}.workers", int, workers), _SEED]  # fmt: skip
+
+
 SHORTCUTS: dict[str, list[tuple[str, str, type, str]]] = {
-    "collect": [
-        _ENV,
-        ("--policy", "collect.policy", str, "'random' or a policy directory"),
-        ("--episodes", "collect.episodes", int, "episodes to store"),
-        _NUM_ENVS,
-        ("--workers", "collect.workers", int, "Ray actors collecting in parallel"),
-        _SEED,
-    ],
-    "eval": [
-        _ENV,
-        ("--policy", "eval.policy", str, "'random' or a policy directory"),
-        ("--episodes", "eval.episodes", int, "evaluation episodes"),
+    "collect": _rollout_flags("collect", "episodes to store", "Ray actors collecting in parallel"),
+    "eval": _rollout_flags(
+        "eval",
+        "evaluation episodes",
+        "Ray actors evaluating in parallel",
         ("--video", "eval.video_episodes", int, "render the first N episodes to MP4"),
-        _NUM_ENVS,
-        ("--workers", "eval.workers", int, "Ray actors evaluating in parallel"),
-        _SEED,
-    ],
+    ),  # fmt: skip
     "teach": [
         _ENV,
         ("--algo", "teach.algo", str, "rl100, ppo or sac"),

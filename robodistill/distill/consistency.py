@@ -45,10 +45,8 @@ from robodistill.data.store import StoreError
 from robodistill.policies import load_policy
 from robodistill.policies.consistency import ConsistencyStudent, update_target
 from robodistill.policies.diffusion import DiffusionPolicy
-from robodistill.training.checkpoint import finished_result
-from robodistill.training.loop import LoopSettings, Trainer, train
-from robodistill.training.optim import adamw_with_schedule, resolve_device, torch_threads
-from robodistill.training.selection import BestPolicyKeeper
+from robodistill.training.loop import Trainer, train_student
+from robodistill.training.optim import adamw_with_schedule, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -152,12 +150,6 @@ class ConsistencyTrainer(Trainer):
 def run_distill_consistency(cfg: RunConfig, stage: StageRun, teacher: str | Path) -> dict[str, Any]:
     """Distill the diffusion policy at ``teacher`` into a :class:`ConsistencyStudent` in
     ``stage.dir / "consistency"``; returns the student's metrics (module docstring)."""
-    cc = cfg.distill.consistency
-    out = stage.dir / "consistency"
-    if (done := finished_result(out)) is not None:
-        return done
-    with torch_threads(cc.torch_threads):
-        trainer = ConsistencyTrainer(cfg, Path(teacher))
-    keeper = BestPolicyKeeper(cfg, out, cc.eval_episodes, source="distill-consistency")
-    settings = LoopSettings.of(cc)
-    return train(cfg, stage, trainer, settings, out, keeper)
+    return train_student(cfg, stage, stage.dir / "consistency", cfg.distill.consistency,
+                         lambda: ConsistencyTrainer(cfg, Path(teacher)),
+                         source="distill-consistency")  # fmt: skip

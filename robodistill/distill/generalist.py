@@ -48,12 +48,7 @@ import torch
 from robodistill.config import ConfigError, RunConfig
 from robodistill.core.rundir import StageRun, directory_digest, progress, write_json_atomic
 from robodistill.core.seeds import DAGGER_SEED_OFFSET
-from robodistill.distill.aggregation import (
-    MixturePolicy,
-    beta_for_round,
-    load_dataset,
-    save_dataset,
-)
+from robodistill.distill import aggregation
 from robodistill.policies.generalist import EmbodimentTable, Generalist, pad
 from robodistill.policies.mlp_student import array_stats, gaussian_kl
 from robodistill.teach.compass.evaluation import embodiment_kwargs, validate
@@ -259,7 +254,7 @@ def run_distill_generalist(cfg: RunConfig, stage: StageRun, teacher: str | Path 
     student: Generalist | None = start
     data: dict[str, np.ndarray] = {}
     if state is not None:
-        data = load_dataset(dataset_path, state["rounds_done"])
+        data = aggregation.load_dataset(dataset_path, state["rounds_done"])
         student = Generalist.load(out / state["student"])
         log.info("generalist: resuming after round %d", state["rounds_done"] - 1)
     else:
@@ -274,14 +269,16 @@ def run_distill_generalist(cfg: RunConfig, stage: StageRun, teacher: str | Path 
     bar = progress(g.rounds, "generalist", initial=state["rounds_done"], unit="round")
     try:
         for i in range(state["rounds_done"], g.rounds):
-            beta = beta_for_round(g, i)
+            beta = aggregation.beta_for_round(g, i)
             seeds = episode_seeds(
                 cfg, g.episodes_per_round, DAGGER_SEED_OFFSET + i * g.episodes_per_round
             )
             parts = []
             for k, name in enumerate(names):
                 acting = None if student is None else student.for_embodiment(name)
-                mixture = MixturePolicy(teachers[name], acting, beta, seed=[cfg.seed, i, k])
+                mixture = aggregation.MixturePolicy(
+                    teachers[name], acting, beta, seed=[cfg.seed, i, k]
+                )
                 episodes = rollout(cfg.env.id, mixture, seeds, num_envs=cfg.env.num_envs,
                                    max_episode_steps=cfg.env.max_episode_steps,
                                    env_kwargs=embodiment_kwargs(cfg, name),
@@ -313,7 +310,7 @@ def run_distill_generalist(cfg: RunConfig, stage: StageRun, teacher: str | Path 
                 result, state["teachers"], g.selection
             ) > selection_key(state["best"], state["teachers"], g.selection)
             round_dir = f"rounds/round-{i:03d}"
-            save_dataset(dataset_path, data)
+            aggregation.save_dataset(dataset_path, data)
             student.for_embodiment(names[0]).save(out / round_dir)
             if improved:
                 student.save(out / "policy")

@@ -47,10 +47,9 @@ from robodistill.data.sampler import SequenceSampler
 from robodistill.policies.checkpoint import CheckpointError
 from robodistill.policies.diffusion import DiffusionPolicy
 from robodistill.policies.streaming import StreamingStudent, StreamingStudentConfig
-from robodistill.training.checkpoint import finished_result
-from robodistill.training.loop import LoopSettings, Trainer, train
-from robodistill.training.optim import adamw_with_schedule, torch_threads
-from robodistill.training.selection import BestPolicyKeeper, rollout_summary
+from robodistill.training.loop import Trainer, train_student
+from robodistill.training.optim import adamw_with_schedule
+from robodistill.training.selection import rollout_summary
 
 log = logging.getLogger(__name__)
 
@@ -211,17 +210,12 @@ class StreamingTrainer(Trainer):
 def run_distill_streaming(cfg: RunConfig, stage: StageRun, teacher: Path) -> dict[str, Any]:
     """Train the streaming student of ``teacher`` in ``stage.dir / "streaming"``; returns the
     metrics (also in ``result.json``). Resumes from the last checkpoint."""
-    sc = cfg.distill.streaming
     out = stage.dir / "streaming"
-    if (done := finished_result(out)) is not None:
-        return done
-    with torch_threads(sc.torch_threads):
-        trainer = StreamingTrainer(cfg, Path(teacher))
-    keeper = BestPolicyKeeper(cfg, out, sc.eval_episodes,
-                              validate=lambda policy, seeds: validate(cfg, policy, seeds))  # fmt: skip
-    settings = LoopSettings.of(sc)
-    result = train(cfg, stage, trainer, settings, out, keeper)
-    calls = [e["network_calls_per_decision"] for e in result["evals"]]
-    result["network_calls_per_decision_measured"] = float(np.mean(calls))
-    write_json_atomic(out / "result.json", result)
+    result = train_student(cfg, stage, out, cfg.distill.streaming,
+                           lambda: StreamingTrainer(cfg, Path(teacher)),
+                           validate=lambda policy, seeds: validate(cfg, policy, seeds))  # fmt: skip
+    if "network_calls_per_decision_measured" not in result:
+        calls = [e["network_calls_per_decision"] for e in result["evals"]]
+        result["network_calls_per_decision_measured"] = float(np.mean(calls))
+        write_json_atomic(out / "result.json", result)
     return result

@@ -127,6 +127,20 @@ def train(cfg, stage: StageRun, trainer: Trainer, settings: LoopSettings, out: P
         return _train(cfg, stage, trainer, settings, out, keeper, tag or {})
 
 
+def train_student(cfg, stage: StageRun, out: Path, section: Any, make_trainer,
+                  **keeper_kwargs: Any) -> dict[str, Any]:  # fmt: skip
+    """:func:`train` for a trainer whose config ``section`` has the loop's settings (see
+    :meth:`LoopSettings.of`) and ``eval_episodes``: a finished ``out`` returns its result
+    before ``make_trainer()`` loads anything; the trainer is built with the section's
+    threads; ``keeper_kwargs`` go to the :class:`BestPolicyKeeper` over ``out``."""
+    if (done := finished_result(out)) is not None:
+        return done
+    with torch_threads(section.torch_threads):
+        trainer = make_trainer()
+    keeper = BestPolicyKeeper(cfg, out, section.eval_episodes, **keeper_kwargs)
+    return train(cfg, stage, trainer, LoopSettings.of(section), out, keeper)
+
+
 def _train(cfg, stage: StageRun, trainer: Trainer, settings: LoopSettings, out: Path,
            keeper: BestPolicyKeeper, tag: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     t0 = time.monotonic()

@@ -113,21 +113,11 @@ class Decisions:
         """(N, Ta*A) executed actions, first action first."""
         return self.chunk.reshape(len(self), -1)
 
-    @property
-    def obs_horizon(self) -> int:
-        return int(self.obs.shape[1])
-
-    @property
-    def action_horizon(self) -> int:
-        return int(self.chunk.shape[1])
-
-    @property
-    def obs_dim(self) -> int:
-        return int(self.obs.shape[2])
-
-    @property
-    def action_dim(self) -> int:
-        return int(self.chunk.shape[2])
+    # The sizes of obs (N, To, D) and chunk (N, Ta, A).
+    obs_horizon = property(lambda self: int(self.obs.shape[1]), doc="To")
+    action_horizon = property(lambda self: int(self.chunk.shape[1]), doc="Ta")
+    obs_dim = property(lambda self: int(self.obs.shape[2]), doc="D")
+    action_dim = property(lambda self: int(self.chunk.shape[2]), doc="A")
 
     @property
     def n_episodes(self) -> int:
