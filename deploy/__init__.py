@@ -28,6 +28,12 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
+def __dir__() -> list[str]:
+    """The module's own names plus the lazily loaded ones, so ``dir()`` and tab completion
+    show them before first use."""
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)

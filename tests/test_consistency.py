@@ -15,7 +15,8 @@ from robodistill.config import ConfigError, load_config
 from robodistill.deploy.export import check_parity, export_policy
 from robodistill.deploy.runtime import OnnxPolicy
 from robodistill.distill import stage as distill
-from robodistill.distill.consistency import load_teacher, run_distill_consistency
+from robodistill.distill.consistency import run_distill_consistency
+from robodistill.distill.teachers import load_diffusion_teacher
 from robodistill.policies import load_policy
 from robodistill.policies.consistency import ConsistencyStudent, update_target
 from robodistill.policies.diffusion import DiffusionPolicy, DiffusionPolicyConfig
@@ -291,4 +292,4 @@ def test_distill_stage_end_to_end_with_resume(tiny_overrides, tmp_path, monkeypa
 def test_a_teacher_that_is_not_a_diffusion_policy_is_refused(teacher, tmp_path):
     path = _student(teacher).save(tmp_path / "not-a-teacher")
     with pytest.raises(ConfigError, match=r"distill\.teacher: .* 'consistency' policy"):
-        load_teacher(path)
+        load_diffusion_teacher(path, "consistency")

@@ -18,7 +18,8 @@ from robodistill.core.rundir import StageRun
 from robodistill.data.demos import load_demos
 from robodistill.deploy.export import check_parity, export_policy
 from robodistill.deploy.runtime import OnnxPolicy
-from robodistill.distill.streaming import load_teacher, run_distill_streaming
+from robodistill.distill.streaming import run_distill_streaming
+from robodistill.distill.teachers import load_diffusion_teacher
 from robodistill.policies import load_policy
 from robodistill.policies.diffusion_nets import ConditionalUnet1D, UnetConfig
 from robodistill.policies.normalizer import Normalizer
@@ -313,4 +314,4 @@ def test_distill_streaming_end_to_end_and_resume(tiny_overrides, tmp_path, monke
     demo_metrics = _distill(_cfg(tiny_overrides, teacher, demos, "name=demos"))
     assert demo_metrics["targets"] == "demos" and demo_metrics["steps"] == 6
     with pytest.raises(ConfigError, match="distill.teacher"):
-        load_teacher(metrics["policy"])
+        load_diffusion_teacher(metrics["policy"], "streaming")

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from robodistill.core.threads import torch_threads
 from robodistill.policies import Policy
 
 
@@ -32,35 +33,33 @@ def decision_latency(
     from robodistill.policies.chunking import ChunkedPolicy
 
     obs = np.asarray(obs, dtype=np.float32).reshape(1, -1)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
     times = []
-    try:
-        policy.reset()
-        if isinstance(policy, ChunkedPolicy):
-            policy.act(obs)  # builds the per-row state the plan reads (history, RTI's plan)
-            hist = policy._state["hist"].clone()
-            rows = torch.arange(1)
+    with torch_threads(threads):
+        try:
+            policy.reset()
+            if isinstance(policy, ChunkedPolicy):
+                policy.act(obs)  # builds the per-row state the plan reads (history, RTI's plan)
+                hist = policy._state["hist"].clone()
+                rows = torch.arange(1)
 
-            def decide() -> None:
-                policy.plan(hist, rows)
+                def decide() -> None:
+                    policy.plan(hist, rows)
 
-            kind = "plan"
-        else:
+                kind = "plan"
+            else:
 
-            def decide() -> None:
-                policy.act(obs)
+                def decide() -> None:
+                    policy.act(obs)
 
-            kind = "act"
-        with torch.no_grad():
-            for i in range(warmup + decisions):
-                t0 = time.perf_counter()
-                decide()
-                if i >= warmup:
-                    times.append(time.perf_counter() - t0)
-    finally:
-        policy.reset()
-        torch.set_num_threads(previous)
+                kind = "act"
+            with torch.no_grad():
+                for i in range(warmup + decisions):
+                    t0 = time.perf_counter()
+                    decide()
+                    if i >= warmup:
+                        times.append(time.perf_counter() - t0)
+        finally:
+            policy.reset()
     ms = np.asarray(times) * 1e3
     return {"kind": kind, "decisions": int(decisions), "median_ms": float(np.median(ms)),
             "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()),

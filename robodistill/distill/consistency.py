@@ -42,9 +42,8 @@ from robodistill.core.seeds import RNGStream, stream_rng
 from robodistill.data.demos import load_demos
 from robodistill.data.sampler import SequenceSampler
 from robodistill.data.store import StoreError
-from robodistill.policies import load_policy
+from robodistill.distill.teachers import load_diffusion_teacher
 from robodistill.policies.consistency import ConsistencyStudent, update_target
-from robodistill.policies.diffusion import DiffusionPolicy
 from robodistill.training.loop import Trainer, train_student
 from robodistill.training.optim import adamw_with_schedule, resolve_device
 
@@ -54,22 +53,9 @@ WEIGHT_DECAY = 1e-6
 """AdamW weight decay (diffusion policy's; the student starts from the teacher's weights)."""
 
 
-def load_teacher(path: str | Path):
-    """The :class:`DiffusionPolicy` at ``path``; a :class:`ConfigError` naming
-    ``distill.teacher`` for any other kind."""
-    teacher = load_policy(path)
-    if not isinstance(teacher, DiffusionPolicy):
-        raise ConfigError(
-            f"distill.teacher: {path} holds a {teacher.kind!r} policy, but the consistency "
-            "student distills the denoising chain of a diffusion teacher (teach.algo=rl100); "
-            "point distill.teacher at one, or drop consistency from distill.students"
-        )
-    return teacher
-
-
 def _build(cfg: RunConfig, teacher_path: Path) -> tuple[Any, ConsistencyStudent]:
     cc = cfg.distill.consistency
-    teacher = load_teacher(teacher_path)
+    teacher = load_diffusion_teacher(teacher_path, "consistency")
     t_max = teacher.config.num_train_timesteps - 1
     if cc.ode_steps > t_max:
         raise ConfigError(f"distill.consistency.ode_steps must be <= {t_max} (the teacher's "

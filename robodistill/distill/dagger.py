@@ -49,6 +49,7 @@ from robodistill.distill.aggregation import (
     load_dataset,
     save_dataset,
 )
+from robodistill.distill.teachers import load_stateless_teacher
 from robodistill.policies import Policy
 from robodistill.policies.mlp_student import MLPStudent, array_stats, gaussian_kl
 from robodistill.training import epochs
@@ -56,8 +57,6 @@ from robodistill.training.selection import is_better, rollout_summary
 
 log = logging.getLogger(__name__)
 
-STATELESS_TEACHERS = ("sb3", "rllib", "mlp_student")
-"""Policy kinds that act on each state alone, so they can label states after the fact."""
 DATASET_NAME, STATE_NAME = "dataset.npz", "state.json"
 LABEL_BATCH = 8192
 
@@ -138,24 +137,6 @@ def train_epochs(
                                seed=seed)  # fmt: skip
 
 
-def validate(cfg: RunConfig, policy: Policy, seeds: list[int]) -> dict[str, Any]:
-    """Roll ``policy`` out on ``seeds``; mean/std return, length, success rate."""
-    return rollout_summary(cfg, policy, seeds, "distill-dagger")[0]
-
-
-def load_teacher(path: str | Path) -> Policy:
-    """Load the teacher directory; it must be a stateless policy kind (see STATELESS_TEACHERS)."""
-    from robodistill.policies import load_policy
-
-    teacher = load_policy(path)
-    if teacher.kind not in STATELESS_TEACHERS:
-        raise ConfigError(
-            f"distill.teacher: {path} holds a {teacher.kind!r} policy; DAgger labels states one "
-            f"by one after the fact, which needs a stateless teacher: {list(STATELESS_TEACHERS)}"
-        )
-    return teacher
-
-
 def run_distill_dagger(
     cfg: RunConfig, stage: StageRun, teacher_path: str | Path | None = None
 ) -> dict[str, Any]:
@@ -181,7 +162,7 @@ def run_distill_dagger(
 
     # -- teacher, spaces, loss -------------------------------------------------------------
     teacher_path = Path(teacher_path or cfg.distill.teacher or stage.run_dir / "teach" / "policy")
-    teacher = load_teacher(teacher_path)
+    teacher = load_stateless_teacher(teacher_path)
     obs_space, act_space, _ = env_spaces(cfg.env.id, cfg.env.kwargs)
     t_obs = getattr(teacher, "observation_space", None)
     if t_obs is not None and tuple(t_obs.shape) != tuple(obs_space.shape):
@@ -206,7 +187,7 @@ def run_distill_dagger(
         log.info("dagger: resuming after round %d (%d labeled states from all rounds)",
                  state["rounds_done"] - 1, len(data["obs"]))  # fmt: skip
     else:
-        teacher_val = validate(cfg, teacher, val_seeds)
+        teacher_val = rollout_summary(cfg, teacher, val_seeds, "distill-dagger")[0]
         log.info("dagger: teacher on validation seeds: %s", json.dumps(teacher_val))
         state = {"rounds_done": 0, "history": [], "best": None, "teacher": teacher_val,
                  "loss": loss, "squash": squash, "teacher_path": str(teacher_path)}  # fmt: skip
@@ -246,7 +227,7 @@ def run_distill_dagger(
             epoch_losses = train_epochs(student, data, loss, dagger, seed=[cfg.seed, i, 1])
             loss_after = dataset_loss(student, data, loss)
             # 5. validate; keep the best.
-            result = validate(cfg, student, val_seeds) | {"round": i}
+            result = rollout_summary(cfg, student, val_seeds, "distill-dagger")[0] | {"round": i}
             improved = is_better(result, state["best"])
             round_dir = f"rounds/round-{i:03d}"
             save_dataset(dataset_path, data)

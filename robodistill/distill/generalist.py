@@ -51,7 +51,7 @@ from robodistill.core.seeds import DAGGER_SEED_OFFSET
 from robodistill.distill import aggregation
 from robodistill.policies.generalist import EmbodimentTable, Generalist, pad
 from robodistill.policies.mlp_student import array_stats, gaussian_kl
-from robodistill.teach.compass.evaluation import embodiment_kwargs, validate
+from robodistill.teach.compass.evaluation import embodiment_kwargs, validate_on_embodiment
 from robodistill.teach.compass.teacher import train_residual
 from robodistill.training import epochs
 
@@ -150,7 +150,7 @@ def validate_all(cfg: RunConfig, policy, names: list[str], seeds: list[int]) -> 
     per = {}
     for name in names:
         acting = policy(name) if callable(policy) else policy.for_embodiment(name)
-        per[name] = validate(cfg, acting, name, seeds)
+        per[name] = validate_on_embodiment(cfg, acting, name, seeds)
     return {"success_rate": float(np.mean([p["success_rate"] or 0.0 for p in per.values()])),
             "return_mean": float(np.mean([p["return_mean"] for p in per.values()])),
             "per_embodiment": per}  # fmt: skip

@@ -16,29 +16,14 @@ from typing import Any
 
 from robodistill.config import ConfigError, RunConfig
 from robodistill.core.rundir import StageRun, write_json_atomic
-
-
-def load_diffusion_teacher(teacher: Path, student: str):
-    """The teacher at ``teacher`` as a :class:`DiffusionPolicy`, or a ConfigError naming
-    ``distill.teacher`` (every diffusion student needs one)."""
-    from robodistill.policies import load_policy
-    from robodistill.policies.diffusion import DiffusionPolicy
-
-    policy = load_policy(teacher)
-    if not isinstance(policy, DiffusionPolicy):
-        raise ConfigError(
-            f"distill.teacher: the {student} student needs a diffusion teacher (teach.algo: "
-            f"rl100), but {teacher} holds a {policy.kind!r} policy; use the dagger student "
-            f"for RL teachers"
-        )
-    return policy
+from robodistill.distill.teachers import load_diffusion_teacher
+from robodistill.training.selection import rollout_summary
 
 
 def run_distill_rti(cfg: RunConfig, stage: StageRun, teacher: Path) -> dict[str, Any]:
     """Save the teacher with ``distill.rti`` warm starts into ``stage.dir / "rti"`` and
     report its success on the validation seeds."""
     from robodistill.core.seeds import VALIDATION_SEED_OFFSET, episode_seeds
-    from robodistill.distill.dagger import validate
 
     out = stage.dir / "rti"
     if (out / "result.json").is_file():
@@ -60,7 +45,7 @@ def run_distill_rti(cfg: RunConfig, stage: StageRun, teacher: Path) -> dict[str,
         raise ConfigError(f"distill.rti: {e}") from e
     policy.save(out / "policy")
     seeds = episode_seeds(cfg, rti.eval_episodes, VALIDATION_SEED_OFFSET)
-    result = validate(cfg, policy, seeds)
+    result = rollout_summary(cfg, policy, seeds, "distill-rti")[0]
     result.update({
         "student": "rti", "policy": str(out / "policy"), "teacher": str(teacher),
         "rti_steps": rti.steps, "teacher_steps": k,

@@ -44,7 +44,7 @@ from robodistill.core.rundir import StageRun, progress, write_json_atomic
 from robodistill.core.seeds import RNGStream, stream_rng
 from robodistill.data.demos import demos_path, load_demos
 from robodistill.data.sampler import SequenceSampler
-from robodistill.policies.checkpoint import CheckpointError
+from robodistill.distill.teachers import load_diffusion_teacher
 from robodistill.policies.diffusion import DiffusionPolicy
 from robodistill.policies.streaming import StreamingStudent, StreamingStudentConfig
 from robodistill.training.loop import Trainer, train_student
@@ -55,14 +55,6 @@ log = logging.getLogger(__name__)
 
 TARGET_BATCH = 256
 WEIGHT_DECAY = 1e-6  # diffusion policy's AdamW weight decay (as teach.rl100.weight_decay)
-
-
-def load_teacher(path: str | Path) -> DiffusionPolicy:
-    try:
-        return DiffusionPolicy.load(path)
-    except CheckpointError as e:
-        raise ConfigError(f"distill.teacher: the streaming student needs a diffusion teacher "
-                          f"(teach.algo=rl100), but {path} cannot be loaded as one: {e}") from e  # fmt: skip
 
 
 def build_student(teacher: DiffusionPolicy, cfg: RunConfig) -> StreamingStudent:
@@ -138,7 +130,9 @@ def teacher_targets(teacher: DiffusionPolicy, sampler: SequenceSampler, buffer_h
     return actions, pad
 
 
-def validate(cfg: RunConfig, policy: StreamingStudent, seeds: list[int]) -> dict[str, Any]:
+def validate_counting_calls(
+    cfg: RunConfig, policy: StreamingStudent, seeds: list[int]
+) -> dict[str, Any]:
     """Roll out on ``seeds``: return/length/success summary plus the measured network calls
     per decision over these episodes."""
     policy.network_calls = policy.decisions = 0
@@ -156,7 +150,7 @@ class StreamingTrainer(Trainer):
     def __init__(self, cfg: RunConfig, teacher_dir: Path):
         sc = self.sc = cfg.distill.streaming
         self.teacher_dir = teacher_dir
-        teacher = load_teacher(teacher_dir)
+        teacher = load_diffusion_teacher(teacher_dir, "streaming")
         data, _, _ = load_demos(cfg)
         tc = teacher.config
         if (data["obs"].shape[1], data["action"].shape[1]) != (tc.obs_dim, tc.action_dim):
@@ -213,7 +207,7 @@ def run_distill_streaming(cfg: RunConfig, stage: StageRun, teacher: Path) -> dic
     out = stage.dir / "streaming"
     result = train_student(cfg, stage, out, cfg.distill.streaming,
                            lambda: StreamingTrainer(cfg, Path(teacher)),
-                           validate=lambda policy, seeds: validate(cfg, policy, seeds))  # fmt: skip
+                           validate=lambda policy, seeds: validate_counting_calls(cfg, policy, seeds))  # fmt: skip
     if "network_calls_per_decision_measured" not in result:
         calls = [e["network_calls_per_decision"] for e in result["evals"]]
         result["network_calls_per_decision_measured"] = float(np.mean(calls))

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 from robodistill.core.rundir import StageRun, progress, write_json_atomic
+from robodistill.core.threads import torch_threads
 from robodistill.training.checkpoint import finished_result, restore_checkpoint, save_checkpoint
-from robodistill.training.optim import torch_threads
 from robodistill.training.selection import BestPolicyKeeper
 
 log = logging.getLogger(__name__)

@@ -1,14 +1,9 @@
-"""Optimizer presets, torch threads and devices: the settings every trainer shares.
-
-The thread rule: a trainer runs with its section's ``torch_threads`` (0 = torch's default)
-and restores the previous count when it ends, through :func:`torch_threads`. Small models on
-few cores run far faster with one thread than with torch's default of one per core.
-"""
+"""Optimizer presets and devices: the settings every trainer shares (threads:
+:func:`robodistill.core.threads.torch_threads`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 
 import torch
 from diffusers.optimization import get_scheduler
@@ -18,18 +13,6 @@ from robodistill.config import ConfigError
 DIFFUSION_BETAS = (0.95, 0.999)
 """AdamW betas of diffusion policy: a shorter first-moment memory than Adam's default suits
 the noisy per-timestep denoising losses (teacher and its students)."""
-
-
-@contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Run the block with ``threads`` torch intra-op threads (``None`` / 0: unchanged)."""
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def resolve_device(setting: str, field: str) -> torch.device:

@@ -24,7 +24,7 @@ from robodistill.data.demos import load_transitions
 from robodistill.data.store import StoreError
 from robodistill.policies.compass import CompassBase
 from robodistill.policies.mlp_student import array_stats
-from robodistill.teach.compass.evaluation import embodiment_kwargs, validate
+from robodistill.teach.compass.evaluation import embodiment_kwargs, validate_on_embodiment
 from robodistill.training.checkpoint import finished_result
 from robodistill.training.loop import LoopSettings, Trainer, train
 from robodistill.training.selection import BestPolicyKeeper
@@ -101,7 +101,11 @@ def run_base(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
     if (done := finished_result(sub)) is not None:
         return done
     keeper = BestPolicyKeeper(
-        cfg, sub, validate=lambda policy, seeds: validate(cfg, policy, c.base_embodiment, seeds)
+        cfg,
+        sub,
+        validate=lambda policy, seeds: validate_on_embodiment(
+            cfg, policy, c.base_embodiment, seeds
+        ),
     )
     settings = LoopSettings(steps=c.base_steps, eval_every=c.base_eval_every,
                             checkpoint_every=c.base_checkpoint_every, log_every=LOG_EVERY)  # fmt: skip

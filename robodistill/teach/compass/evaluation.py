@@ -16,7 +16,9 @@ def embodiment_kwargs(cfg: RunConfig, embodiment: str) -> dict[str, Any]:
     return {**cfg.env.kwargs, "embodiment": embodiment}
 
 
-def validate(cfg: RunConfig, policy: Policy, embodiment: str, seeds: list[int]) -> dict[str, Any]:
+def validate_on_embodiment(
+    cfg: RunConfig, policy: Policy, embodiment: str, seeds: list[int]
+) -> dict[str, Any]:
     """Roll ``policy`` out on ``embodiment`` and ``seeds``: the summary (return, length, success)
     plus ``travel_steps`` (mean length of the successful episodes, None without one)."""
     out, episodes = rollout_summary(cfg, policy, seeds, f"compass-{embodiment}",

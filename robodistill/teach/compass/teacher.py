@@ -51,12 +51,13 @@ from robodistill.core.rundir import (
     metrics_line,
     write_json_atomic,
 )
+from robodistill.core.threads import torch_threads
 from robodistill.envs import make_env
 from robodistill.policies import Policy
 from robodistill.policies.compass import CompassBase, CompassSpecialist, base_features
 from robodistill.policies.sb3_policy import SB3Policy
 from robodistill.teach.compass.base import run_base
-from robodistill.teach.compass.evaluation import embodiment_kwargs, validate
+from robodistill.teach.compass.evaluation import embodiment_kwargs, validate_on_embodiment
 from robodistill.training.checkpoint import finished_result
 from robodistill.training.sb3 import (
     CheckpointCallback,
@@ -152,7 +153,9 @@ class _SpecialistKeeper(EveryNSteps):
         self.cfg, self.base, self.embodiment = cfg, base, embodiment
         self.vec_normalize, self.stage = vec_normalize, stage
         self.keeper = BestPolicyKeeper(
-            cfg, out, validate=lambda policy, seeds: validate(cfg, policy, embodiment, seeds)
+            cfg,
+            out,
+            validate=lambda policy, seeds: validate_on_embodiment(cfg, policy, embodiment, seeds),
         )
         self.last_step = -1
 
@@ -271,8 +274,8 @@ def _train_residual_worker(cfg: RunConfig, stage_dir: Path, embodiment: str, bud
                           "the parent process only and worker processes import robodistill "
                           "afresh; register it in a module robodistill imports, or set "
                           "teach.compass.workers: 1")  # fmt: skip
-    if cfg.teach.compass.torch_threads:
-        torch.set_num_threads(cfg.teach.compass.torch_threads)
+    # A fresh process: its thread count is set for its whole life.
+    torch.set_num_threads(cfg.teach.compass.torch_threads or torch.get_num_threads())
     base = CompassBase.load(stage_dir / "compass" / "base" / "policy")
     out = _specialist_dir(stage_dir, embodiment)
     metrics = _MetricsAppender(stage_dir / "metrics.jsonl", t0)
@@ -357,11 +360,8 @@ def run_teach_compass(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"teach.compass: unknown embodiments {unknown}; known: "
                           f"{sorted(EMBODIMENTS)} (see robodistill.envs.embodiments)")  # fmt: skip
-    threads = torch.get_num_threads()
-    if c.torch_threads:
-        torch.set_num_threads(c.torch_threads)
     t0 = time.monotonic()
-    try:
+    with torch_threads(c.torch_threads):
         base_result = run_base(cfg, stage)
         base = CompassBase.load(stage.dir / "compass" / "base" / "policy")
         base.save(stage.dir / "policy")
@@ -374,8 +374,6 @@ def run_teach_compass(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
         for n, b in budgets.items():  # done ones just return their result.json
             specialists[n] = parallel[n] if n in parallel else train_residual(
                 cfg, stage, base, n, _specialist_dir(stage.dir, n), b)  # fmt: skip
-    finally:
-        torch.set_num_threads(threads)
     metrics = {"algo": "compass", "base": base_result, "specialists": specialists,
                "policy": str(stage.dir / "policy"), "compass": str(stage.dir / "compass"),
                "wall_s": round(time.monotonic() - t0, 2)}  # fmt: skip

@@ -25,13 +25,14 @@ import torch
 from robodistill.config import RunConfig
 from robodistill.core.rundir import StageRun
 from robodistill.core.seeds import RNGStream, stream_rng
+from robodistill.core.threads import torch_threads
 from robodistill.data.demos import demos_path, load_demos
 from robodistill.data.sampler import SequenceSampler
 from robodistill.policies.diffusion import DiffusionPolicy, DiffusionPolicyConfig
 from robodistill.policies.normalizer import Normalizer
 from robodistill.training.checkpoint import copy_dir, finished_result
 from robodistill.training.loop import LoopSettings, Trainer, train
-from robodistill.training.optim import adamw_with_schedule, resolve_device, torch_threads
+from robodistill.training.optim import adamw_with_schedule, resolve_device
 from robodistill.training.selection import BestPolicyKeeper
 
 

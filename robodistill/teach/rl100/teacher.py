@@ -34,13 +34,13 @@ from typing import Any
 
 from robodistill.config import RunConfig
 from robodistill.core.rundir import StageRun, write_json_atomic
+from robodistill.core.threads import torch_threads
 from robodistill.data.demos import demos_path
 from robodistill.policies.diffusion import DiffusionPolicy
 from robodistill.teach.rl100.imitation import run_il
 from robodistill.teach.rl100.offline import run_offline_rl
 from robodistill.teach.rl100.online import run_online_rl
 from robodistill.training.checkpoint import finished_result
-from robodistill.training.optim import torch_threads
 from robodistill.training.selection import BestPolicyKeeper
 
 log = logging.getLogger(__name__)
