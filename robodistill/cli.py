@@ -11,6 +11,9 @@
 
 Every command that takes a configuration accepts ``--config FILE`` and any number of
 ``--set key.sub=value`` overrides; an invalid configuration stops before any work starts.
+
+The commands import what they run inside their functions, on purpose: ``robodistill --help``
+and ``robodistill envs`` should not pay seconds for torch, zarr and onnx.
 """
 
 from __future__ import annotations

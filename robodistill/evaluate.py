@@ -22,19 +22,22 @@ from pathlib import Path
 from typing import Any
 
 from robodistill.config import RunConfig
+from robodistill.core.latency import decision_latency
 from robodistill.core.parallel import run_episodes
 from robodistill.core.policy_specs import policy_inputs, resolve_policy
+from robodistill.core.rollout import env_spaces
 from robodistill.core.rundir import StageRun, progress, write_json_atomic
 from robodistill.core.seeds import EVAL_SEED_OFFSET, episode_seeds
 from robodistill.core.summaries import read_jsonl, summarize_episodes
 from robodistill.core.video import write_video
+from robodistill.distill.stage import teacher_path
+from robodistill.envs import make_env
 
 log = logging.getLogger(__name__)
 
 
 def eval_targets(cfg: RunConfig) -> dict[str, str]:
     """``{label: policy spec}`` that ``eval.policy`` stands for, teacher first."""
-    from robodistill.distill.stage import teacher_path
 
     spec = cfg.eval.policy
     if spec != "auto":
@@ -83,8 +86,6 @@ def run_eval(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
 
 
 def _evaluate(cfg: RunConfig, stage: StageRun, label: str, spec: str, out_dir: Path) -> dict:
-    from robodistill.core.rollout import env_spaces
-
     _, action_space, env_doc = env_spaces(cfg.env.id, cfg.env.kwargs)
     out_dir.mkdir(parents=True, exist_ok=True)
     results_path = out_dir / "episodes.jsonl"
@@ -134,9 +135,6 @@ def _evaluate(cfg: RunConfig, stage: StageRun, label: str, spec: str, out_dir: P
 
 
 def _latency(cfg: RunConfig, policy) -> dict[str, Any]:
-    from robodistill.core.latency import decision_latency
-    from robodistill.envs import make_env
-
     env = make_env(cfg.env.id, **cfg.env.kwargs)
     try:
         obs, _ = env.reset(seed=episode_seeds(cfg, 1, EVAL_SEED_OFFSET)[0])

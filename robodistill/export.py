@@ -19,6 +19,7 @@ from robodistill.config import ConfigError, RunConfig
 from robodistill.core.rollout import env_spaces
 from robodistill.core.rundir import StageRun, directory_digest
 from robodistill.core.seeds import EVAL_SEED_OFFSET, episode_seeds
+from robodistill.envs import make_env
 from robodistill.errors import MissingInput, StageNotBuilt
 from robodistill.policies import load_policy
 
@@ -55,7 +56,6 @@ def export_policy_dir(cfg: RunConfig) -> Path:
 
 def real_observations(cfg: RunConfig, policy, steps: int) -> np.ndarray:
     """Up to ``steps`` observations the policy itself meets in ``env.id`` (evaluation seeds)."""
-    from robodistill.envs import make_env
 
     if steps == 0:
         return np.zeros((0, 0), np.float32)

@@ -100,3 +100,12 @@ def test_envs_and_policies_do_not_import_training_code():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
+
+
+def test_dir_of_deploy_lists_its_lazy_names_before_they_are_loaded():
+    import robodistill.deploy as deploy
+
+    names = dir(deploy)
+    assert {"OnnxPolicy", "Controller", "SimRobot", "read_metadata"} <= set(names)
+    assert names == sorted(names)
+    assert set(deploy.__all__) <= set(names)

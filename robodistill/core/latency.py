@@ -22,6 +22,7 @@ import torch
 
 from robodistill.core.threads import torch_threads
 from robodistill.policies import Policy
+from robodistill.policies.chunking import ChunkedPolicy
 
 
 def decision_latency(
@@ -30,7 +31,6 @@ def decision_latency(
     """Time ``decisions`` decisions of ``policy`` on observation ``obs`` (D,) at batch 1 with
     ``threads`` torch threads. Returns ``median_ms``, ``p99_ms``, ``mean_ms``, ``decisions``
     and ``kind`` (``plan`` or ``act``); the policy is reset before and after."""
-    from robodistill.policies.chunking import ChunkedPolicy
 
     obs = np.asarray(obs, dtype=np.float32).reshape(1, -1)
     times = []

@@ -29,7 +29,7 @@ import gymnasium as gym
 import numpy as np
 
 from robodistill.data.store import Episode
-from robodistill.envs import make_env
+from robodistill.envs import control_rate_hz, make_env, space_to_json
 from robodistill.policies import Policy
 
 log = logging.getLogger(__name__)
@@ -197,7 +197,6 @@ class Throughput:
 
 def env_spaces(env_id: str, env_kwargs: dict | None = None) -> tuple[gym.Space, gym.Space, dict]:
     """Observation space, action space and a JSON description of the env."""
-    from robodistill.envs import control_rate_hz, space_to_json
 
     env = make_env(env_id, **(env_kwargs or {}))
     try:

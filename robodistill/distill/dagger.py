@@ -41,8 +41,9 @@ import numpy as np
 import torch
 
 from robodistill.config import ConfigError, DAggerConfig, RunConfig
+from robodistill.core.rollout import env_spaces, rollout
 from robodistill.core.rundir import StageRun, progress, write_json_atomic
-from robodistill.core.seeds import DAGGER_SEED_OFFSET
+from robodistill.core.seeds import DAGGER_SEED_OFFSET, VALIDATION_SEED_OFFSET, episode_seeds
 from robodistill.distill.aggregation import (
     MixturePolicy,
     beta_for_round,
@@ -142,8 +143,6 @@ def run_distill_dagger(
 ) -> dict[str, Any]:
     """Distill ``teacher_path`` (default ``cfg.distill.teacher`` or ``<run>/teach/policy``)
     into an :class:`MLPStudent` in ``stage.dir / "dagger"``; returns the student's metrics."""
-    from robodistill.core.rollout import env_spaces, rollout
-    from robodistill.core.seeds import VALIDATION_SEED_OFFSET, episode_seeds
 
     dagger = cfg.distill.dagger
     t0 = time.monotonic()

@@ -46,9 +46,12 @@ import numpy as np
 import torch
 
 from robodistill.config import ConfigError, RunConfig
+from robodistill.core.rollout import env_spaces, rollout
 from robodistill.core.rundir import StageRun, directory_digest, progress, write_json_atomic
-from robodistill.core.seeds import DAGGER_SEED_OFFSET
+from robodistill.core.seeds import DAGGER_SEED_OFFSET, VALIDATION_SEED_OFFSET, episode_seeds
 from robodistill.distill import aggregation
+from robodistill.envs.embodiments import EMBODIMENTS
+from robodistill.policies import load_policy
 from robodistill.policies.generalist import EmbodimentTable, Generalist, pad
 from robodistill.policies.mlp_student import array_stats, gaussian_kl
 from robodistill.teach.compass.evaluation import embodiment_kwargs, validate_on_embodiment
@@ -180,8 +183,6 @@ def selection_key(result: dict[str, Any], specialists: dict[str, Any], selection
 
 def _teachers(cfg: RunConfig, stage: StageRun, out: Path):
     """``(teachers {name: policy}, start generalist or None, new embodiment names)``."""
-    from robodistill.envs.embodiments import EMBODIMENTS
-    from robodistill.policies import load_policy
 
     g = cfg.distill.generalist
     root = None if g.finetune_embodiments and not _has_compass(cfg) else compass_dir(cfg)
@@ -235,9 +236,6 @@ def run_distill_generalist(cfg: RunConfig, stage: StageRun, teacher: str | Path 
     """Distill the specialists into a :class:`Generalist` in ``stage.dir / "generalist"``
     (module docstring); resumable; returns its metrics. ``teacher`` is unused: the
     specialists are found through ``distill.teacher`` (:func:`compass_dir`)."""
-    from robodistill.core.rollout import env_spaces, rollout
-    from robodistill.core.seeds import VALIDATION_SEED_OFFSET, episode_seeds
-    from robodistill.envs.embodiments import EMBODIMENTS
 
     g, t0 = cfg.distill.generalist, time.monotonic()
     out = stage.dir / "generalist"

@@ -16,6 +16,7 @@ from typing import Any
 
 from robodistill.config import ConfigError, RunConfig
 from robodistill.core.rundir import StageRun, write_json_atomic
+from robodistill.core.seeds import VALIDATION_SEED_OFFSET, episode_seeds
 from robodistill.distill.teachers import load_diffusion_teacher
 from robodistill.training.selection import rollout_summary
 
@@ -23,7 +24,6 @@ from robodistill.training.selection import rollout_summary
 def run_distill_rti(cfg: RunConfig, stage: StageRun, teacher: Path) -> dict[str, Any]:
     """Save the teacher with ``distill.rti`` warm starts into ``stage.dir / "rti"`` and
     report its success on the validation seeds."""
-    from robodistill.core.seeds import VALIDATION_SEED_OFFSET, episode_seeds
 
     out = stage.dir / "rti"
     if (out / "result.json").is_file():

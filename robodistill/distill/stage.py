@@ -25,48 +25,25 @@ from pathlib import Path
 from typing import Any
 
 from robodistill.config import ConfigError, RunConfig
+from robodistill.core.policy_specs import policy_inputs
 from robodistill.core.rundir import StageRun
+from robodistill.data.demos import demos_inputs
+from robodistill.distill.consistency import run_distill_consistency
+from robodistill.distill.dagger import run_distill_dagger
+from robodistill.distill.generalist import run_distill_generalist, specialists_inputs
+from robodistill.distill.rti import run_distill_rti
+from robodistill.distill.streaming import run_distill_streaming
 
 log = logging.getLogger(__name__)
 
 
-def _dagger(cfg: RunConfig, stage: StageRun, teacher: Path) -> dict[str, Any]:
-    from robodistill.distill.dagger import run_distill_dagger
-
-    return run_distill_dagger(cfg, stage, teacher)
-
-
-def _consistency(cfg: RunConfig, stage: StageRun, teacher: Path) -> dict[str, Any]:
-    from robodistill.distill.consistency import run_distill_consistency
-
-    return run_distill_consistency(cfg, stage, teacher)
-
-
-def _streaming(cfg: RunConfig, stage: StageRun, teacher: Path) -> dict[str, Any]:
-    from robodistill.distill.streaming import run_distill_streaming
-
-    return run_distill_streaming(cfg, stage, teacher)
-
-
-def _rti(cfg: RunConfig, stage: StageRun, teacher: Path) -> dict[str, Any]:
-    from robodistill.distill.rti import run_distill_rti
-
-    return run_distill_rti(cfg, stage, teacher)
-
-
-def _generalist(cfg: RunConfig, stage: StageRun, teacher: Path) -> dict[str, Any]:
-    from robodistill.distill.generalist import run_distill_generalist
-
-    # Its teachers are the COMPASS specialists, found through distill.teacher (see there).
-    return run_distill_generalist(cfg, stage, teacher)
-
-
 STUDENTS: dict[str, Callable[[RunConfig, StageRun, Path], dict[str, Any]]] = {
-    "dagger": _dagger,
-    "consistency": _consistency,
-    "streaming": _streaming,
-    "rti": _rti,
-    "generalist": _generalist,
+    "dagger": run_distill_dagger,
+    "consistency": run_distill_consistency,
+    "streaming": run_distill_streaming,
+    "rti": run_distill_rti,
+    # Its teachers are the COMPASS specialists, found through distill.teacher (see there).
+    "generalist": run_distill_generalist,
 }
 """Student name -> function(cfg, stage, teacher_dir) -> metrics, for the built students."""
 
@@ -85,7 +62,6 @@ def _kind(policy_dir: Path) -> str | None:
 def run_distill(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
     """Distill the teacher into every student of ``distill.students``; returns
     ``{student: metrics}``. Resumable: finished students return their stored metrics."""
-    from robodistill.core.policy_specs import policy_inputs
 
     students = list(cfg.distill.students)
     repeated = sorted({s for s in students if students.count(s) > 1})
@@ -112,12 +88,8 @@ def run_distill(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
         )
     inputs = policy_inputs(str(teacher)) if single_teacher else {}
     if "generalist" in students:
-        from robodistill.distill.generalist import specialists_inputs
-
         inputs |= specialists_inputs(cfg)  # no specialists -> a clear error, nothing made
     if {"consistency", "streaming"} & set(students):
-        from robodistill.data.demos import demos_inputs
-
         # These students train on the demonstrations too: re-collected demos must not be
         # skipped over by a finished stage.
         inputs |= demos_inputs(cfg)

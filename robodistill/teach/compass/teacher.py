@@ -53,6 +53,7 @@ from robodistill.core.rundir import (
 )
 from robodistill.core.threads import torch_threads
 from robodistill.envs import make_env
+from robodistill.envs.embodiments import EMBODIMENTS
 from robodistill.policies import Policy
 from robodistill.policies.compass import CompassBase, CompassSpecialist, base_features
 from robodistill.policies.sb3_policy import SB3Policy
@@ -262,7 +263,6 @@ def _train_residual_worker(cfg: RunConfig, stage_dir: Path, embodiment: str, bud
                            log_level: int, t0: float) -> dict[str, Any]:  # fmt: skip
     """One specialist in a fresh (spawned) process: :func:`train_residual`, logging to the
     terminal and the stage's ``stage.log`` and ``metrics.jsonl``."""
-    from robodistill.envs.embodiments import EMBODIMENTS
 
     fmt = f"%(asctime)s %(levelname)s [{embodiment}] %(name)s: %(message)s"
     logging.basicConfig(level=log_level, format=fmt, datefmt="%H:%M:%S", force=True)
@@ -353,7 +353,6 @@ def _train_in_processes(cfg: RunConfig, stage: StageRun, budgets: dict[str, int]
 
 def run_teach_compass(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
     """Stage 1, then stage 2 for every ``teach.compass.embodiments``; the teach metrics."""
-    from robodistill.envs.embodiments import EMBODIMENTS
 
     c = cfg.teach.compass
     unknown = sorted({c.base_embodiment, *c.embodiments} - set(EMBODIMENTS))

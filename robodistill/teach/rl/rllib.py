@@ -50,8 +50,10 @@ import numpy as np
 
 from robodistill.config import RunConfig
 from robodistill.core.parallel import init_ray
+from robodistill.core.rollout import env_spaces
 from robodistill.core.rundir import StageRun, write_json_atomic
 from robodistill.envs import make_env
+from robodistill.errors import StageNotBuilt
 from robodistill.policies.rllib_policy import RLlibPolicy
 from robodistill.teach.rl.metrics import teacher_metrics
 from robodistill.training.selection import BestPolicyKeeper
@@ -225,8 +227,6 @@ def run_teach_rllib(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
         return stage.manifest["metrics"]
     teach = cfg.teach
     if teach.algo != "ppo":
-        from robodistill.errors import StageNotBuilt
-
         raise StageNotBuilt(
             f"teach.algo={teach.algo} is not built on the RLlib backend (only ppo). Nothing was "
             "run. Use teach.backend: sb3"
@@ -234,8 +234,6 @@ def run_teach_rllib(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
     if teach.normalize_reward:
         log.warning("teach: normalize_reward is ignored by the RLlib backend")
     from ray.tune import register_env
-
-    from robodistill.core.rollout import env_spaces
 
     t0 = time.monotonic()
     started = init_ray()

@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from robodistill.core.rollout import rollout
 from robodistill.core.rundir import write_json_atomic
 from robodistill.policies.diffusion import DiffusionPolicy
 from robodistill.teach.rl100.critics import IQLConfig, IQLCritics, critics_config, train_iql
@@ -217,7 +218,6 @@ class OfflineRL:
 
     def flywheel(self) -> int:
         """Roll the reference policy out, fold the episodes in, refit; returns the count."""
-        from robodistill.core.rollout import rollout
 
         cfg, o = self.cfg, self.o
         base = 900_000 + cfg.seed * 1_000_000 + self.step * 1000  # disjoint from eval seeds

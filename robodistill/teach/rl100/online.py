@@ -50,6 +50,7 @@ from safetensors.torch import load_file, save_file
 
 from robodistill.config import ConfigError
 from robodistill.core.rundir import write_json_atomic
+from robodistill.envs import make_env
 from robodistill.policies.diffusion import DiffusionPolicy
 from robodistill.teach.rl100.critics import mlp
 from robodistill.teach.rl100.offline import (
@@ -58,6 +59,7 @@ from robodistill.teach.rl100.offline import (
     finished_result,
     sync_ema,
 )
+from robodistill.training.selection import BestPolicyKeeper
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +161,6 @@ class ChunkEnvs:
     """N envs stepped in turn, one chunk at a time, with per-env observation histories."""
 
     def __init__(self, cfg, n: int, obs_horizon: int, max_steps: int | None, seed: int):
-        from robodistill.envs import make_env
-
         self.envs = [make_env(cfg.env.id, max_episode_steps=max_steps, **cfg.env.kwargs)
                      for _ in range(n)]  # fmt: skip
         self.to, self.next_seed = obs_horizon, seed
@@ -207,7 +207,6 @@ def run_online_rl(cfg, stage, policy_dir, out_dir) -> dict[str, Any]:
     ``stage``: the teach :class:`StageRun` (``dir``, ``log_metrics``); ``policy_dir``: the
     offline stage's policy; ``out_dir``: this sub-stage's folder. Returns the metrics also
     written to ``out_dir/result.json`` (present = done; a second call returns it)."""
-    from robodistill.training.selection import BestPolicyKeeper
 
     out_dir = Path(out_dir)
     if (done := finished_result(out_dir, "online")) is not None:
