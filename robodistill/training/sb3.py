@@ -24,7 +24,13 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecNormalize
 
 from robodistill.config import RunConfig
-from robodistill.core.rundir import StageRun, progress, write_json_atomic
+from robodistill.core.rundir import (
+    StageRun,
+    committed_dir,
+    progress,
+    replace_dir,
+    write_json_atomic,
+)
 from robodistill.data.store import StoreError
 from robodistill.policies.sb3_policy import SB3Policy
 from robodistill.training.checkpoint import load_optimizer_state, optimizer_state
@@ -237,16 +243,11 @@ def save_checkpoint(
         **extra,
     }
     tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-    old = directory.with_name(f".{directory.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({k: v.cpu().contiguous() for k, v in tensors.items()}, str(tmp / TENSORS_NAME))
     write_json_atomic(tmp / STATE_NAME, state)
-    shutil.rmtree(old, ignore_errors=True)
-    if directory.exists():
-        os.replace(directory, old)
-    os.replace(tmp, directory)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, directory)
     return directory
 
 
@@ -255,12 +256,9 @@ def restore_checkpoint(directory: Path, model, vec_normalize, explore_venv) -> d
 
     Returns its ``state.json`` contents, or ``None`` when there is no checkpoint.
     """
-    if not (directory / STATE_NAME).is_file():
-        # A crash between the two renames of save_checkpoint leaves only the previous one.
-        aside = directory.with_name(f".{directory.name}.old")
-        if not (aside / STATE_NAME).is_file():
-            return None
-        directory = aside
+    directory = committed_dir(directory, STATE_NAME)  # a crash between renames: .old
+    if directory is None:
+        return None
     state = json.loads((directory / STATE_NAME).read_text())
     if (directory / LEGACY_OPTIMIZERS_NAME).is_file() or "optimizers" not in state:
         raise StoreError(

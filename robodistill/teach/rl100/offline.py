@@ -49,6 +49,7 @@ import torch
 
 from robodistill.core.rollout import rollout
 from robodistill.core.rundir import write_json_atomic
+from robodistill.core.seeds import FLYWHEEL_SEED_OFFSET, episode_seeds
 from robodistill.policies.diffusion import DiffusionPolicy
 from robodistill.teach.rl100.critics import IQLConfig, IQLCritics, critics_config, train_iql
 from robodistill.teach.rl100.decisions import (
@@ -220,7 +221,9 @@ class OfflineRL:
         """Roll the reference policy out, fold the episodes in, refit; returns the count."""
 
         cfg, o = self.cfg, self.o
-        base = 900_000 + cfg.seed * 1_000_000 + self.step * 1000  # disjoint from eval seeds
+        # Its own seed block (the old 900000 + step * 1000 met the evaluation seeds at step 0).
+        first = FLYWHEEL_SEED_OFFSET + self.step * o.flywheel_episodes
+        base = episode_seeds(cfg, 1, first)[0]
         sync_ema(self.reference)
         episodes = rollout(cfg.env.id, self.reference, range(base, base + o.flywheel_episodes),
                            num_envs=cfg.env.num_envs, max_episode_steps=cfg.env.max_episode_steps,

@@ -50,6 +50,7 @@ from safetensors.torch import load_file, save_file
 
 from robodistill.config import ConfigError
 from robodistill.core.rundir import write_json_atomic
+from robodistill.core.seeds import ONLINE_RL_SEED_OFFSET, episode_seeds
 from robodistill.envs import make_env
 from robodistill.policies.diffusion import DiffusionPolicy
 from robodistill.teach.rl100.critics import mlp
@@ -62,9 +63,6 @@ from robodistill.teach.rl100.offline import (
 from robodistill.training.selection import BestPolicyKeeper
 
 log = logging.getLogger(__name__)
-
-TRAIN_SEED_OFFSET = 600_000
-"""Training episodes' seeds: disjoint from collection, validation and evaluation seeds."""
 
 
 @dataclass
@@ -234,7 +232,7 @@ def run_online_rl(cfg, stage, policy_dir, out_dir) -> dict[str, Any]:
     actor_opt = torch.optim.Adam(policy.net.parameters(), lr=o.actor_lr)
     critic_opt = torch.optim.Adam(value.parameters(), lr=o.critic_lr)
     gen = torch.Generator().manual_seed(o.seed * 1_000_003 + state["iteration"])
-    seed0 = state["next_seed"] or TRAIN_SEED_OFFSET + cfg.seed * 1_000_000
+    seed0 = state["next_seed"] or episode_seeds(cfg, 1, ONLINE_RL_SEED_OFFSET)[0]
     envs = ChunkEnvs(cfg, o.num_envs, c.obs_horizon,
                      o.max_episode_steps or cfg.env.max_episode_steps, seed0)  # fmt: skip
     keeper = BestPolicyKeeper(cfg, stage.dir)
