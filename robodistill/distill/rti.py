@@ -9,7 +9,6 @@ directory so that ``eval``, ``collect``, ``export`` and ``control`` take it like
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from robodistill.config import ConfigError, RunConfig
 from robodistill.core.rundir import StageRun, write_json_atomic
 from robodistill.core.seeds import VALIDATION_SEED_OFFSET, episode_seeds
 from robodistill.distill.teachers import load_diffusion_teacher
+from robodistill.training.checkpoint import finished_result
 from robodistill.training.selection import rollout_summary
 
 
@@ -26,8 +26,8 @@ def run_distill_rti(cfg: RunConfig, stage: StageRun, teacher: Path) -> dict[str,
     report its success on the validation seeds."""
 
     out = stage.dir / "rti"
-    if (out / "result.json").is_file():
-        return json.loads((out / "result.json").read_text())
+    if (done := finished_result(out)) is not None:
+        return done
     t0 = time.monotonic()
     rti = cfg.distill.rti
     policy = load_diffusion_teacher(teacher, "rti")

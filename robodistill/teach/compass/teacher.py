@@ -366,7 +366,7 @@ def run_teach_compass(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
         base.save(stage.dir / "policy")
         budgets = {n: c.timesteps.get(n, cfg.teach.total_timesteps) for n in c.embodiments}
         todo = {n: b for n, b in budgets.items()
-                if not (_specialist_dir(stage.dir, n) / "result.json").is_file()}  # fmt: skip
+                if finished_result(_specialist_dir(stage.dir, n)) is None}  # fmt: skip
         parallel = _train_in_processes(cfg, stage, todo, c.workers) if (
             c.workers > 1 and len(todo) > 1) else {}  # fmt: skip
         specialists = {}

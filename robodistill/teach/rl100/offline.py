@@ -38,7 +38,6 @@ done; a second call returns it).
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import time
 from pathlib import Path
@@ -66,6 +65,7 @@ from robodistill.teach.rl100.ope import (
     OPEResult,
     train_dynamics,
 )
+from robodistill.training.checkpoint import finished_result
 
 log = logging.getLogger(__name__)
 
@@ -238,24 +238,15 @@ class OfflineRL:
         return len(episodes)
 
 
-def finished_result(out_dir: Path, sub_stage: str) -> dict[str, Any] | None:
-    """The metrics of a sub-stage that already finished in ``out_dir`` (its ``result.json``);
-    otherwise ``None``, with ``out_dir`` created for the run."""
-    if (out_dir / "result.json").is_file():
-        log.info("teach: rl100 %s already done in %s", sub_stage, out_dir)
-        return json.loads((out_dir / "result.json").read_text())
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return None
-
-
 def run_offline_rl(cfg, stage, policy_dir, demos_path, out_dir) -> dict[str, Any]:
     """Stage 2 of RL-100 (module docstring). ``cfg``: RunConfig (``teach.offline``);
     ``stage``: anything with ``log_metrics(step, dict)``; ``policy_dir``: the imitation
     policy; ``demos_path``: the trajectory store; ``out_dir``: this sub-stage's folder.
     Returns the metrics also written to ``out_dir/result.json``."""
     out_dir = Path(out_dir)
-    if (done := finished_result(out_dir, "offline")) is not None:
+    if (done := finished_result(out_dir)) is not None:
         return done
+    out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     o = cfg.teach.offline
     torch.manual_seed(o.seed)

@@ -57,9 +57,9 @@ from robodistill.teach.rl100.critics import mlp
 from robodistill.teach.rl100.offline import (
     clipped_surrogate,
     executed_chunk,
-    finished_result,
     sync_ema,
 )
+from robodistill.training.checkpoint import finished_result
 from robodistill.training.selection import BestPolicyKeeper
 
 log = logging.getLogger(__name__)
@@ -207,8 +207,9 @@ def run_online_rl(cfg, stage, policy_dir, out_dir) -> dict[str, Any]:
     written to ``out_dir/result.json`` (present = done; a second call returns it)."""
 
     out_dir = Path(out_dir)
-    if (done := finished_result(out_dir, "online")) is not None:
+    if (done := finished_result(out_dir)) is not None:
         return done
+    out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     o = cfg.teach.online
     ckpt = out_dir / "checkpoint"
