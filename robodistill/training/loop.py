@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from robodistill.config import RunConfig
 from robodistill.core.rundir import StageRun, progress, write_json_atomic
 from robodistill.core.threads import torch_threads
 from robodistill.training.checkpoint import finished_result, restore_checkpoint, save_checkpoint
@@ -115,7 +117,7 @@ class Trainer:
         return {}
 
 
-def train(cfg, stage: StageRun, trainer: Trainer, settings: LoopSettings, out: Path,
+def train(cfg: RunConfig, stage: StageRun, trainer: Trainer, settings: LoopSettings, out: Path,
           keeper: BestPolicyKeeper, tag: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """Train ``trainer`` for ``settings.steps`` steps in ``out`` (module docstring); returns
     its ``result.json``. ``tag`` is recorded with each validation result (e.g. which
@@ -127,7 +129,8 @@ def train(cfg, stage: StageRun, trainer: Trainer, settings: LoopSettings, out: P
         return _train(cfg, stage, trainer, settings, out, keeper, tag or {})
 
 
-def train_student(cfg, stage: StageRun, out: Path, section: Any, make_trainer,
+def train_student(cfg: RunConfig, stage: StageRun, out: Path, section: Any,
+                  make_trainer: Callable[[], Trainer],
                   **keeper_kwargs: Any) -> dict[str, Any]:  # fmt: skip
     """:func:`train` for a trainer whose config ``section`` has the loop's settings (see
     :meth:`LoopSettings.of`) and ``eval_episodes``: a finished ``out`` returns its result
@@ -141,7 +144,7 @@ def train_student(cfg, stage: StageRun, out: Path, section: Any, make_trainer,
     return train(cfg, stage, trainer, LoopSettings.of(section), out, keeper)
 
 
-def _train(cfg, stage: StageRun, trainer: Trainer, settings: LoopSettings, out: Path,
+def _train(cfg: RunConfig, stage: StageRun, trainer: Trainer, settings: LoopSettings, out: Path,
            keeper: BestPolicyKeeper, tag: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     t0 = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
