@@ -106,7 +106,7 @@ def policies() -> dict:
     assert isinstance(env.observation_space, gym.spaces.Box)
     out["rllib-ppo"] = RLlibPolicy(build_layers(spec), spec, env.observation_space,
                                    env.action_space, mean, std, 10.0, 20.0)  # fmt: skip
-    # The DAgger student as distill_dagger builds it after round 0: normalizers from the
+    # The DAgger student as robodistill.distill.dagger builds it after round 0: normalizers from the
     # teacher's states and its labels of them (PPO teacher: KL loss, Gaussian head, clip).
     dagger, teacher = DAggerConfig(), out["sb3-ppo"]
     loss, squash = resolve_loss(dagger, teacher)

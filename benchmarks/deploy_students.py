@@ -9,7 +9,7 @@ Kinds (untrained weights, default sizes, on ``robodistill/PushT-v0`` with
                          warm start and 3 of the 10 steps
     consistency 1-step   ConsistencyStudent.from_teacher(ode_steps=20): one UNet call
     consistency 3-step   the same with inference_timesteps(100, 20, 3)
-    streaming            StreamingStudent (distill_streaming.build_student, default config):
+    streaming            StreamingStudent (distill.streaming.build_student, defaults):
                          one buffer update (one UNet call) per control step, state in the file
 
 Two levels per kind, torch and onnxruntime interleaved in turns of ``BLOCK`` samples (batch 1,

@@ -132,7 +132,7 @@ def _ppo_cfg(args):
 
 
 class SB3Trainer:
-    """PPO as ``teach_sb3`` builds it (without its evaluation and checkpoint callbacks)."""
+    """PPO as ``robodistill.teach.rl.sb3`` builds it (without its evaluation and checkpoint callbacks)."""
 
     def __init__(self, args) -> None:
         from stable_baselines3 import PPO
@@ -162,7 +162,7 @@ class SB3Trainer:
 
 
 class RLlibTrainer:
-    """PPO as ``teach_rllib`` builds it (``build_config``), trained iteration by iteration."""
+    """PPO as ``robodistill.teach.rl.rllib`` builds it (``build_config``), trained iteration by iteration."""
 
     def __init__(self, args) -> None:
         from ray.tune import register_env

@@ -121,7 +121,10 @@ def test_a_pickled_optimizer_of_an_older_version_is_a_clear_error(tmp_path, lega
 
     ckpt = tmp_path / "checkpoint"
     ckpt.mkdir()
-    (ckpt / "state.json").write_text(json.dumps({"format": 1, "step": 3, "algo": "ppo"}))
+    # As the old writers wrote them: the COMPASS base's state.json had no format field.
+    old_state = {"step": 3, "best": None, "evals": []} if legacy == "optimizer.pt" else {
+        "format": 1, "num_timesteps": 3, "algo": "ppo"}  # fmt: skip
+    (ckpt / "state.json").write_text(json.dumps(old_state))
     (ckpt / legacy).write_bytes(b"\x80\x04not a real pickle")
     restore = checkpoint.restore_checkpoint if legacy == "optimizer.pt" else (
         lambda d, trainer: sb3.restore_checkpoint(d, trainer, None, None))  # fmt: skip

@@ -143,7 +143,7 @@ class RTIConfig(base.Section):
 class GeneralistConfig(base.Section):
     """COMPASS stage 3: DAgger from the residual specialists into one embodiment-conditioned
     generalist (``distill.students: [generalist]``; ``distill.teacher`` is the COMPASS teach
-    directory, see :mod:`robodistill.distill_generalist`)."""
+    directory, see :mod:`robodistill.distill.generalist`)."""
 
     embodiments: list[str] = Field(default_factory=list)
     """Embodiments to distill (each needs ``specialists/<name>/policy``); empty: every

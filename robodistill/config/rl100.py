@@ -164,7 +164,7 @@ class OfflineRLConfig(base.Section):
     """Indices of angles within one observation (e.g. [4] for Push-T's block angle): the
     dynamics model wraps them instead of clipping."""
     ope_horizon: int = Field(2, ge=0, le=100)
-    """Imagined decisions per OPE rollout before bootstrapping with Q (see robodistill.ope)."""
+    """Imagined decisions per OPE rollout before bootstrapping with Q (see robodistill.teach.rl100.ope)."""
     ope_starts: int = Field(256, ge=1, le=1_000_000)
     """Start states of the OPE rollouts (fixed for the whole stage)."""
     ope_policy: Literal["deterministic", "stochastic"] = "deterministic"
@@ -174,7 +174,7 @@ class OfflineRLConfig(base.Section):
     """The candidate is accepted only when its estimate beats the best by more than this."""
     gate_z: float = Field(2.0, ge=0.0, le=100.0)
     """... plus this many standard errors of the paired per-start difference to the best
-    (:class:`robodistill.ope.OPEGate`); 0 = RL-100's plain "beats the best so far"."""
+    (:class:`robodistill.teach.rl100.ope.OPEGate`); 0 = RL-100's plain "beats the best so far"."""
     flywheel_every: int = Field(0, ge=0, le=100_000)
     """Data flywheel: every N gate rounds roll the current policy out in the env and fold
     the episodes into the decisions (critics and model are refit); 0 = off."""

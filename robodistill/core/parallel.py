@@ -131,7 +131,7 @@ class ParallelRollout:
 
     ``num_envs`` (per actor, also the batch size), ``max_episode_steps``, ``env_kwargs``
     and ``source_policy`` go to :func:`robodistill.core.rollout.rollout`; ``policy_seed`` is
-    :func:`robodistill.stages.resolve_policy`'s seed. ``field`` names the config key that
+    :func:`robodistill.core.policy_specs.resolve_policy`'s seed. ``field`` names the config key that
     asked for workers, for error messages. A batch may see ``max_attempts`` actor
     deaths before :class:`WorkerLostError`. ``lost`` counts actors that died and were
     replaced, ``requeued`` lists the seeds that were handed to another actor.

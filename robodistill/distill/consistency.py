@@ -78,7 +78,7 @@ class ConsistencyTrainer(Trainer):
     """Consistency distillation of the teacher's denoising chain (module docstring)."""
 
     name = "consistency"
-    eval_keys = ()
+    loss_parts = ("consistency", "dsm")
 
     def __init__(self, cfg: RunConfig, teacher_path: Path):
         cc = self.cc = cfg.distill.consistency

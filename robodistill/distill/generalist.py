@@ -21,7 +21,7 @@ Each round ``i``, for every embodiment ``e`` (Ross et al., 2011, one teacher per
    whose worst embodiment comes closest to its specialist, see :func:`selection_key`).
 
 Artifacts in ``<run>/distill/generalist/``: ``policy/`` (best), ``rounds/round-NNN/``,
-``dataset.npz``, ``state.json`` (the round's commit point, as in ``distill_dagger``), and
+``dataset.npz``, ``state.json`` (the round's commit point, as in :mod:`robodistill.distill.dagger`), and
 with fine-tuning ``finetune/start/`` (the generalist with the new slots) and
 ``finetune/<embodiment>/`` (the new embodiment's residual on the generalist).
 

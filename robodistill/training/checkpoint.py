@@ -28,6 +28,8 @@ from robodistill.data.store import StoreError
 
 CHECKPOINT_FORMAT = 1
 STATE_NAME, OPTIMIZER_NAME, POLICY_DIR = "state.json", "optimizer.safetensors", "policy"
+LEGACY_OPTIMIZER_NAME = "optimizer.pt"
+"""Where the COMPASS base kept its optimizer before this format (torch.save, a pickle)."""
 LEGACY_TENSORS_NAME = "train.safetensors"
 """What consistency checkpoints named their tensor file before the one training loop."""
 RESULT_NAME = "result.json"
@@ -103,6 +105,12 @@ def restore_checkpoint(directory: Path, trainer) -> dict[str, Any] | None:
     directory = committed_dir(directory, STATE_NAME)
     if directory is None:
         return None
+    if (directory / LEGACY_OPTIMIZER_NAME).is_file():
+        raise StoreError(
+            f"{directory} keeps its optimizer in {LEGACY_OPTIMIZER_NAME} (a pickle, written by an "
+            "older version of the COMPASS base); this version reads safetensors + JSON only. "
+            "Re-run the stage with --overwrite to start it over"
+        )
     state = json.loads((directory / STATE_NAME).read_text())
     if state.get("format") != CHECKPOINT_FORMAT:
         raise StoreError(f"{directory} is a training checkpoint of format "
@@ -110,12 +118,6 @@ def restore_checkpoint(directory: Path, trainer) -> dict[str, Any] | None:
     tensor_file = directory / OPTIMIZER_NAME
     if not tensor_file.is_file() and (directory / LEGACY_TENSORS_NAME).is_file():
         tensor_file = directory / LEGACY_TENSORS_NAME
-    if not tensor_file.is_file():
-        raise StoreError(
-            f"{directory} has no {OPTIMIZER_NAME}: it was written by an older version (the "
-            "COMPASS base kept its optimizer in optimizer.pt, a pickle). Re-run the stage "
-            "with --overwrite to start it over"
-        )
     policy = trainer.policy
     saved = type(policy).load(directory / POLICY_DIR)
     config = getattr(policy, "config", None)

@@ -59,7 +59,7 @@ class LoopSettings:
     """Log a metrics row every this many steps, and after the last."""
     torch_threads: int | None = None
     """torch threads while training (``None`` / 0: unchanged); see
-    :func:`robodistill.training.optim.torch_threads`."""
+    :func:`robodistill.core.threads.torch_threads`."""
 
     @classmethod
     def of(cls, section: Any) -> LoopSettings:
@@ -91,6 +91,9 @@ class Trainer:
     device: torch.device = torch.device("cpu")
     eval_keys: tuple[str, ...] = ()
     """Keys of a validation result kept in ``evals`` beside step, success and return."""
+    loss_parts: tuple[str, ...] = ()
+    """Logged loss parts reported as ``final_<part>_loss`` in ``result.json`` (``None`` when
+    the last row did not log one)."""
 
     def loss(self) -> tuple[torch.Tensor, dict[str, float]]:
         """One batch: the loss to minimize and its logged parts (``"loss"`` among them)."""
@@ -115,6 +118,10 @@ class Trainer:
     def result_fields(self) -> dict[str, Any]:
         """The trainer's own fields of ``result.json``."""
         return {}
+
+    def on_finish(self, out: Path, keeper: BestPolicyKeeper) -> None:
+        """Called once training is over, before ``result.json`` is written (what must exist
+        before the trainer counts as done, e.g. copies of the kept policy)."""
 
 
 def train(cfg: RunConfig, stage: StageRun, trainer: Trainer, settings: LoopSettings, out: Path,
@@ -170,8 +177,11 @@ def _train(cfg: RunConfig, stage: StageRun, trainer: Trainer, settings: LoopSett
 
     trainer.policy.net.train()
     bar = progress(settings.steps, f"{trainer.name} {cfg.env.id}", initial=step, unit="step")
+    # Parts a batch may lack (e.g. the world-model terms without a successor) are averaged
+    # over the steps that logged them.
     sums: dict[str, float] = {}
-    count, t_train = 0, time.monotonic()
+    counts: dict[str, int] = {}
+    t_train = time.monotonic()
     try:
         while step < settings.steps:
             loss, parts = trainer.loss()
@@ -185,20 +195,20 @@ def _train(cfg: RunConfig, stage: StageRun, trainer: Trainer, settings: LoopSett
             if trainer.ema is not None:
                 trainer.ema.step(trainer.policy.net.parameters())
             step += 1
-            count += 1
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
+                counts[k] = counts.get(k, 0) + 1
             bar.update(1)
             last = step == settings.steps
             if step % settings.log_every == 0 or last:
-                logged = {k: v / count for k, v in sums.items()}
+                logged = {k: v / counts[k] for k, v in sums.items()}
                 rate = (step - resumed_from) / max(time.monotonic() - t_train, 1e-9)
                 row = {**logged, "lr": lr, "steps_per_s": round(rate, 3)}
                 if trainer.ema is not None:
                     row["ema_decay"] = trainer.ema.cur_decay_value
                 stage.log_metrics(step, row_tag | row)
                 bar.set_postfix(loss=f"{logged.get('loss', float('nan')):.4f}", refresh=False)
-                sums, count = {}, 0
+                sums, counts = {}, {}
             if step % settings.eval_every == 0 or last:
                 evaluate()
             if step % settings.checkpoint_every == 0 or last:
@@ -209,12 +219,13 @@ def _train(cfg: RunConfig, stage: StageRun, trainer: Trainer, settings: LoopSett
         evaluate()
     train_s = time.monotonic() - t_train
     trainer.acting_policy().save(out / "policy_last")
+    trainer.on_finish(out, keeper)
     best = keeper.best
     result = {
         "steps": step,
         "resumed_from_step": resumed_from,
         "final_loss": logged.get("loss"),
-        **{f"final_{k}_loss": v for k, v in logged.items() if k != "loss"},
+        **{f"final_{k}_loss": logged.get(k) for k in trainer.loss_parts},
         "evals": evals,
         "final_success_rate": evals[-1]["success_rate"],
         "best_success_rate": best["success_rate"],

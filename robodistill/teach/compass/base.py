@@ -66,6 +66,7 @@ class BaseTrainer(Trainer):
     """The base's imitation + world-model loss on random transitions (module docstring)."""
 
     name = "compass_base"
+    loss_parts = ("bc", "latent", "obs_pred")
 
     def __init__(self, cfg: RunConfig):
         c = self.c = cfg.teach.compass

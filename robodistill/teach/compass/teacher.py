@@ -195,7 +195,7 @@ class _SpecialistKeeper(EveryNSteps):
 def train_residual(cfg: RunConfig, stage: StageRun | _MetricsAppender, base: Policy,
                    embodiment: str, out: Path, total_timesteps: int) -> dict[str, Any]:  # fmt: skip
     """Stage 2 for one embodiment: PPO on the residual (module docstring) into ``out``;
-    resumable (``teach_sb3``'s checkpoints) and skipped once ``out/result.json`` exists.
+    resumable (:mod:`robodistill.training.sb3`'s checkpoints) and skipped once ``out/result.json`` exists.
     ``stage`` only receives the validation metrics (``log_metrics``)."""
     if (done := finished_result(out)) is not None:
         return done

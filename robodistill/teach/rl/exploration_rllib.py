@@ -2,7 +2,7 @@
 
 ::
 
-    config = build_config(cfg)                      # teach_rllib: the PPOConfig
+    config = build_config(cfg)                      # robodistill.teach.rl.rllib: the PPOConfig
     add_exploration(config, cfg.teach.exploration, seed=cfg.seed)
     algo = config.build_algo()
     algo.train()                                    # rewards mixed, predictor trained

@@ -17,6 +17,7 @@ is chosen by success, not by loss. Artifacts in ``<run>/teach/il/``::
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -94,8 +95,15 @@ class ImitationTrainer(Trainer):
         loss, _ = self.policy.compute_loss(batch, generator=self.gen)
         return loss, {"loss": float(loss.detach())}
 
+    def on_finish(self, out: Path, keeper: BestPolicyKeeper) -> None:
+        # The best imitation policy, kept apart: later sub-stages replace teach/policy.
+        copy_dir(keeper.directory / "policy", out / "policy")
+        shutil.copyfile(keeper.best_path, out / "best.json")
+        self.kept = out / "policy"
+
     def result_fields(self) -> dict[str, Any]:
-        return {"demos": self.demos, "demo_episodes": self.episodes, "windows": len(self.sampler)}
+        return {"policy": str(self.kept), "demos": self.demos, "demo_episodes": self.episodes,
+                "windows": len(self.sampler)}  # fmt: skip
 
 
 def run_il(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
@@ -110,8 +118,5 @@ def run_il(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
                             torch_threads=rl.torch_threads)  # fmt: skip
     with torch_threads(rl.torch_threads):
         trainer = ImitationTrainer(cfg)
-    keeper = BestPolicyKeeper(cfg, stage.dir)
-    result = train(cfg, stage, trainer, settings, sub, keeper, tag={"stage": "il"})
-    copy_dir(stage.dir / "policy", sub / "policy")
-    shutil.copyfile(stage.dir / "best.json", sub / "best.json")
-    return result
+    return train(cfg, stage, trainer, settings, sub, BestPolicyKeeper(cfg, stage.dir),
+                 tag={"stage": "il"})  # fmt: skip

@@ -46,9 +46,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from robodistill.config import ConfigError
 from robodistill.core.rollout import rollout
 from robodistill.core.rundir import write_json_atomic
-from robodistill.core.seeds import FLYWHEEL_SEED_OFFSET, episode_seeds
+from robodistill.core.seeds import FLYWHEEL_SEED_OFFSET, VALIDATION_SEED_OFFSET, episode_seeds
 from robodistill.policies.diffusion import DiffusionPolicy
 from robodistill.teach.rl100.critics import IQLConfig, IQLCritics, critics_config, train_iql
 from robodistill.teach.rl100.decisions import (
@@ -217,12 +218,18 @@ class OfflineRL:
         write_json_atomic(self.out_dir / "gate.json", self.gate.state())
         return accepted
 
-    def flywheel(self) -> int:
-        """Roll the reference policy out, fold the episodes in, refit; returns the count."""
-
+    def flywheel(self, index: int) -> int:
+        """Roll the reference policy out (the ``index``-th collection, from 0), fold the
+        episodes in, refit; returns the count."""
         cfg, o = self.cfg, self.o
         # Its own seed block (the old 900000 + step * 1000 met the evaluation seeds at step 0).
-        first = FLYWHEEL_SEED_OFFSET + self.step * o.flywheel_episodes
+        first = FLYWHEEL_SEED_OFFSET + index * o.flywheel_episodes
+        if first + o.flywheel_episodes > VALIDATION_SEED_OFFSET:
+            raise ConfigError(
+                "teach.offline: rounds / flywheel_every * flywheel_episodes must stay below "
+                f"{VALIDATION_SEED_OFFSET - FLYWHEEL_SEED_OFFSET} (the flywheel's seeds would "
+                "reach the validation seeds); collect fewer or less often"
+            )
         base = episode_seeds(cfg, 1, first)[0]
         sync_ema(self.reference)
         episodes = rollout(cfg.env.id, self.reference, range(base, base + o.flywheel_episodes),
@@ -268,7 +275,7 @@ def run_offline_rl(cfg, stage, policy_dir, demos_path, out_dir) -> dict[str, Any
                                                            for k, v in mean.items()}})  # fmt: skip
         accepted += rl.gate_round()
         if o.flywheel_every and rnd % o.flywheel_every == 0 and rnd < o.rounds:
-            flywheel_episodes += rl.flywheel()
+            flywheel_episodes += rl.flywheel(rnd // o.flywheel_every - 1)
     sync_ema(rl.reference)
     rl.reference.save(out_dir / "policy")  # the last accepted policy
     result = {
