@@ -20,7 +20,7 @@ from robodistill.policies import load_policy
 from robodistill.policies.compass import CompassBase, base_features
 from robodistill.policies.generalist import EmbodimentTable, Generalist, action_mask, pad
 from robodistill.policies.mlp_student import array_stats
-from robodistill.teach.compass.teacher import make_residual_env
+from robodistill.teach.compass.wrappers import make_residual_env
 
 NAV = "robodistill/Nav-v0"
 NAMES = ["holonomic", "diffdrive", "ackermann", "heavy"]
@@ -298,8 +298,8 @@ def test_specialists_trained_in_parallel_processes_match_one_after_another(tmp_p
     from robodistill.teach.stage import run_teach
 
     pools = []
-    real = teach_compass._train_in_processes
-    monkeypatch.setattr(teach_compass, "_train_in_processes",
+    real = teach_compass.train_in_processes
+    monkeypatch.setattr(teach_compass, "train_in_processes",
                         lambda *a: pools.append(a[-1]) or real(*a))  # fmt: skip
 
     def teach(workers: int) -> Path:

@@ -333,3 +333,17 @@ def progress(total: int, desc: str, initial: int = 0, unit: str = "ep"):
         total=total, initial=initial, desc=desc, unit=unit, disable=not sys.stderr.isatty(),
         dynamic_ncols=True,
     )  # fmt: skip
+
+
+class MetricsAppender:
+    """A worker's ``StageRun.log_metrics``: whole lines appended to the stage's
+    ``metrics.jsonl`` (each one ``write``, so lines from parallel workers do not interleave),
+    timed from the stage's start (``t0``: ``time.monotonic`` is system-wide). The stage's
+    TensorBoard does not get them; SB3's own logs are in ``<specialist>/tb``."""
+
+    def __init__(self, path: Path, t0: float):
+        self.path, self._t0 = path, t0
+
+    def log_metrics(self, step: int, metrics: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(metrics_line(step, self._t0, metrics))

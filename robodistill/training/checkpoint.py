@@ -42,6 +42,15 @@ def finished_result(directory: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def result_or_workdir(directory: Path) -> dict[str, Any] | None:
+    """:func:`finished_result`, or, when the work is not done, ``None`` with ``directory``
+    created for a fresh or resumed run."""
+    if (done := finished_result(directory)) is not None:
+        return done
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    return None
+
+
 def copy_dir(src: Path, dst: Path) -> None:
     """Copy ``src`` to ``dst`` atomically (built aside, renamed into place)."""
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")

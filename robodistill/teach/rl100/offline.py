@@ -66,7 +66,7 @@ from robodistill.teach.rl100.ope import (
     OPEResult,
     train_dynamics,
 )
-from robodistill.training.checkpoint import finished_result
+from robodistill.training.checkpoint import result_or_workdir
 
 log = logging.getLogger(__name__)
 
@@ -251,9 +251,8 @@ def run_offline_rl(cfg, stage, policy_dir, demos_path, out_dir) -> dict[str, Any
     policy; ``demos_path``: the trajectory store; ``out_dir``: this sub-stage's folder.
     Returns the metrics also written to ``out_dir/result.json``."""
     out_dir = Path(out_dir)
-    if (done := finished_result(out_dir)) is not None:
+    if (done := result_or_workdir(out_dir)) is not None:
         return done
-    out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     o = cfg.teach.offline
     torch.manual_seed(o.seed)

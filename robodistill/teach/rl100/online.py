@@ -59,7 +59,7 @@ from robodistill.teach.rl100.offline import (
     executed_chunk,
     sync_ema,
 )
-from robodistill.training.checkpoint import finished_result
+from robodistill.training.checkpoint import result_or_workdir
 from robodistill.training.selection import BestPolicyKeeper
 
 log = logging.getLogger(__name__)
@@ -207,9 +207,8 @@ def run_online_rl(cfg, stage, policy_dir, out_dir) -> dict[str, Any]:
     written to ``out_dir/result.json`` (present = done; a second call returns it)."""
 
     out_dir = Path(out_dir)
-    if (done := finished_result(out_dir)) is not None:
+    if (done := result_or_workdir(out_dir)) is not None:
         return done
-    out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     o = cfg.teach.online
     ckpt = out_dir / "checkpoint"
