@@ -108,6 +108,14 @@ def save_checkpoint(directory: Path, trainer, extra: dict[str, Any]) -> Path:
     return directory
 
 
+def _config_doc(policy) -> Any:
+    """A policy's configuration as data: its config object's ``to_dict()``, or what its
+    ``config()`` method writes to ``config.json``."""
+    config = getattr(policy, "config", None)
+    config = config() if callable(config) else config
+    return config.to_dict() if hasattr(config, "to_dict") else config
+
+
 def restore_checkpoint(directory: Path, trainer) -> dict[str, Any] | None:
     """Load :func:`save_checkpoint`'s files into ``trainer``; returns the state document,
     or ``None`` when there is no checkpoint."""
@@ -129,9 +137,7 @@ def restore_checkpoint(directory: Path, trainer) -> dict[str, Any] | None:
         tensor_file = directory / LEGACY_TENSORS_NAME
     policy = trainer.policy
     saved = type(policy).load(directory / POLICY_DIR)
-    config = getattr(policy, "config", None)
-    # A policy config object (not CompassBase's config() method) must match the saved one.
-    if hasattr(config, "to_dict") and saved.config.to_dict() != config.to_dict():
+    if _config_doc(saved) != _config_doc(policy):
         raise StoreError(f"{directory} was trained with another policy config; move "
                          f"{directory.parent} aside (or use --overwrite) to start over")  # fmt: skip
     for name in ("net", "ema_net", "normalizer"):
