@@ -9,7 +9,13 @@ AGV starts in the loading zone (x in [0.8, 2.2] m) and must reach a goal in the 
 zone at the far end (x in [21.8, 23.2] m). Reward is 1 on reaching the goal, else 0, over
 a 1000-step (100 s) horizon, so undirected exploration rarely finds it.
 
-Observation, action, ``dt`` and ``info`` are those of :class:`robodistill.envs.nav.NavEnv`.
+Observation, action, ``dt`` and ``info`` are those of :class:`robodistill.envs.nav.NavEnv`,
+and so are its two options: ``layout_seed=k`` keeps one hall for every episode (the shelf
+rows with their cross aisles, the pallets, the start pose and the goal that
+``reset(seed=k)`` would draw), and ``privileged_position=True`` appends the AGV's world
+position (x in [0, hall length], y in [0, 12] m) and heading (cos, sin) as the PRIVILEGED
+layout entries ``position`` and ``heading``: the setting of the RND-for-AGV work, where the
+exploration bonus sees where the AGV is and the policy need not.
 """
 
 from __future__ import annotations
@@ -36,6 +42,10 @@ class AGVMazeEnv(NavEnv):
         rows: shelf rows between start and goal, 1 to 5 (default 5, the 24 m hall); fewer
             rows make a shorter hall, a smaller exploration problem at the same horizon.
         render_mode: ``None`` or ``"rgb_array"``.
+        layout_seed: ``None`` (a new hall per episode seed) or an int ``>= 0`` (one fixed
+            hall, start and goal for every episode); see :class:`NavEnv`.
+        privileged_position: append the PRIVILEGED world-frame position and heading to the
+            observation; see :class:`NavEnv`.
     """
 
     default_embodiment = "diffdrive"
@@ -49,6 +59,8 @@ class AGVMazeEnv(NavEnv):
         reward: str = "sparse",
         rows: int = MAX_ROWS,
         render_mode: str | None = None,
+        layout_seed: int | None = None,
+        privileged_position: bool = False,
     ):
         if not isinstance(rows, int) or not 1 <= rows <= MAX_ROWS:
             raise ValueError(f"AGVMaze rows must be an integer in [1, {MAX_ROWS}], got {rows!r}")
@@ -57,13 +69,23 @@ class AGVMazeEnv(NavEnv):
         self.hall_w = ROW_PITCH * (rows + 1)
         # Pallets stand between rows; a one-row hall has nowhere to put them.
         self.n_pallets = N_PALLETS if rows > 1 else 0
-        super().__init__(embodiment, reward=reward, n_obstacles=0, render_mode=render_mode)
+        super().__init__(
+            embodiment,
+            reward=reward,
+            n_obstacles=0,
+            render_mode=render_mode,
+            layout_seed=layout_seed,
+            privileged_position=privileged_position,
+        )
 
     def _slot_counts(self) -> tuple[int, int]:
         return MAX_ROWS * MAX_SEGMENTS + N_PALLETS, 0
 
     def _floor_half_size(self) -> float:
         return 30.0
+
+    def _arena_size(self) -> tuple[float, float]:
+        return self.hall_w, HALL_H
 
     def _generate_layout(self, rng: np.random.Generator) -> Layout:
         while True:

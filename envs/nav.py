@@ -14,6 +14,22 @@ Observation (float32, 27 numbers, see ``EmbodimentSpec.observation_layout``)::
     velocity (3)    body-frame vx, vy / 1 m/s and yaw rate / 1 rad/s, clipped to [-3, 3]
     embodiment (5)  radius, max speed, can_strafe, min turning radius, mass (normalized)
 
+With ``privileged_position=True`` four PRIVILEGED numbers follow (31 in all; the first 27
+are unchanged), named in ``NavEnv.observation_layout`` with ``"privileged": True``::
+
+    position (2)    world-frame x, y of the robot in m (room corner at the origin), in
+                    [0, width] x [0, height] of the largest room the env draws
+    heading (2)     cos and sin of the world-frame yaw
+
+A real robot's policy would not get them (it has no map frame): they are meant as the
+input of a count-like exploration bonus (RND), not of the policy.
+
+``layout_seed=k`` fixes the arena: every reset uses the one :class:`Layout` drawn from
+``k`` (room size, obstacles, partition, start pose and goal: the layout that
+``reset(seed=k)`` draws without it), whatever the episode seed. The episode seed still
+seeds ``np_random``, but the reset draws nothing else from it, so every episode starts from
+the same state; only the actions make episodes differ.
+
 Action: ``Box(-1, 1, (3,))`` = normalized (vx, vy, yaw rate), scaled by the embodiment's
 limits and constrained by it (no ``vy`` without strafing, ``|yaw| <= |vx| / R_min``,
 acceleration limits). Control at ``embodiment.control_rate_hz`` (10 Hz: ``dt`` = 0.1 s,
@@ -28,7 +44,7 @@ on success, else 0.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import gymnasium as gym
@@ -60,6 +76,7 @@ NARROW_DOOR = (0.8, 0.86)  # m: > holonomic 0.5 m + planner margins, < heavy's 0
 WIDE_DOOR = (1.15, 1.5)  # m: > 2 * (MAX_FOOTPRINT + 0.05), every body fits
 PARTITION_HALF_THICKNESS = 0.1  # m
 PARTITION_KEEPOUT = 1.0  # m, other obstacles' centres stay this far from the wall in x
+ROOM_SIZE = (6.0, 9.0)  # m, range of a Nav-v0 room's width and height
 
 
 def _partition(
@@ -108,6 +125,16 @@ class Layout:
     cylinders: np.ndarray
     start: np.ndarray
     goal: np.ndarray
+
+    def copy(self) -> Layout:
+        """A copy whose arrays are not shared with this one."""
+        return replace(
+            self,
+            boxes=self.boxes.copy(),
+            cylinders=self.cylinders.copy(),
+            start=self.start.copy(),
+            goal=self.goal.copy(),
+        )
 
 
 def occupancy_grid(layout: Layout, inflate: float, res: float = GRID_RES) -> np.ndarray:
@@ -213,6 +240,12 @@ class NavEnv(gym.Env):
         collision_penalty: dense reward lost per step in contact with an obstacle.
         success_bonus: dense reward for reaching the goal. Both weigh caution against
             reaching the goal (README, RL-100 section); the sparse reward ignores them.
+        layout_seed: ``None`` (default): each reset draws a new layout from the episode
+            seed. An int ``>= 0``: every reset uses the one layout drawn from it (room,
+            obstacles, start pose and goal all fixed; see the module docstring).
+        privileged_position: append the robot's world-frame position and heading (cos,
+            sin) to the observation, as the PRIVILEGED layout entries ``position`` and
+            ``heading`` (an exploration bonus's input; a real robot would not have them).
 
     Privileged state for experts: ``layout`` (:class:`Layout`), ``robot_pose()`` ->
     (x, y, yaw), ``embodiment_spec``, ``episode_count`` (increments on every reset).
@@ -232,6 +265,8 @@ class NavEnv(gym.Env):
         render_mode: str | None = None,
         collision_penalty: float = 0.1,
         success_bonus: float = 10.0,
+        layout_seed: int | None = None,
+        privileged_position: bool = False,
     ):
         embodiment = embodiment or self.default_embodiment
         if embodiment not in EMBODIMENTS:
@@ -243,6 +278,19 @@ class NavEnv(gym.Env):
                 raise ValueError(f"{name} must be a finite number >= 0, got {w!r}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}")
+        if layout_seed is not None and not (
+            isinstance(layout_seed, (int, np.integer))
+            and not isinstance(layout_seed, bool)
+            and layout_seed >= 0
+        ):
+            raise ValueError(f"layout_seed must be an int >= 0 or None, got {layout_seed!r}")
+        if not isinstance(privileged_position, (bool, np.bool_)):
+            raise ValueError(
+                f"privileged_position must be True or False, got {privileged_position!r}"
+            )
+        self.layout_seed = None if layout_seed is None else int(layout_seed)
+        self.privileged_position = bool(privileged_position)
+        self._fixed_layout: Layout | None = None
         self.embodiment_spec: EmbodimentSpec = EMBODIMENTS[embodiment]
         self.reward_type = reward
         self.collision_penalty, self.success_bonus = float(collision_penalty), float(success_bonus)
@@ -271,10 +319,19 @@ class NavEnv(gym.Env):
         self.action_space = gym.spaces.Box(-1.0, 1.0, (3,), dtype=np.float32)
         low = np.concatenate([[0, -1, -1], np.zeros(N_RAYS), -3 * np.ones(3), np.zeros(5)])
         high = np.concatenate([[5, 1, 1], np.ones(N_RAYS), 3 * np.ones(3), np.ones(5)])
+        self.observation_layout = [dict(p) for p in self.embodiment_spec.observation_layout]
+        if self.privileged_position:
+            n = len(low)
+            w, h = self._arena_size()
+            low = np.concatenate([low, [0.0, 0.0, -1.0, -1.0]])
+            high = np.concatenate([high, [w, h, 1.0, 1.0]])
+            self.observation_layout += [
+                {"key": "position", "start": n, "stop": n + 2, "privileged": True},
+                {"key": "heading", "start": n + 2, "stop": n + 4, "privileged": True},
+            ]
         self.observation_space = gym.spaces.Box(
             low.astype(np.float32), high.astype(np.float32), dtype=np.float32
         )
-        self.observation_layout = [dict(p) for p in self.embodiment_spec.observation_layout]
         self.layout: Layout | None = None
         self.episode_count = 0
         self._cmd = np.zeros(3)
@@ -287,6 +344,11 @@ class NavEnv(gym.Env):
 
     def _floor_half_size(self) -> float:
         return 10.0
+
+    def _arena_size(self) -> tuple[float, float]:
+        """Largest (width, height) of a room this env draws, m: the bounds of the
+        privileged ``position`` observation."""
+        return ROOM_SIZE[1], ROOM_SIZE[1]
 
     def _generate_layout(self, rng: np.random.Generator) -> Layout:
         """Random room 6-9 m a side with ``n_obstacles`` obstacles, start and goal with at
@@ -302,7 +364,7 @@ class NavEnv(gym.Env):
         checked with the full partition, for the largest footprint, so every embodiment
         can in principle succeed on every layout."""
         while True:
-            w, h = rng.uniform(6.0, 9.0, size=2)
+            w, h = rng.uniform(*ROOM_SIZE, size=2)
             partition = self.n_obstacles >= 3 and rng.random() < PARTITION_PROB
             n_free = self.n_obstacles - 3 * partition
             is_box = rng.random(n_free) < 0.5
@@ -422,7 +484,14 @@ class NavEnv(gym.Env):
     # --- gymnasium API -----------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        self.layout = self._generate_layout(self.np_random)
+        if self.layout_seed is None:
+            self.layout = self._generate_layout(self.np_random)
+        else:  # one layout for every episode, drawn as reset(seed=layout_seed) would
+            if self._fixed_layout is None:
+                self._fixed_layout = self._generate_layout(
+                    gym.utils.seeding.np_random(self.layout_seed)[0]
+                )
+            self.layout = self._fixed_layout.copy()
         self.episode_count += 1
         self._apply_layout(self.layout)
         mujoco.mj_resetData(self.model, self.data)
@@ -530,12 +599,13 @@ class NavEnv(gym.Env):
         dist = np.hypot(dx, dy)
         bearing = np.arctan2(dy, dx) - yaw
         vel = self.body_velocity() / (VEL_SCALE, VEL_SCALE, YAW_SCALE)
-        obs = np.concatenate(
-            [
-                [min(dist / GOAL_SCALE, 5.0), np.cos(bearing), np.sin(bearing)],
-                self.ranges() / MAX_RANGE,
-                np.clip(vel, -3.0, 3.0),
-                self.embodiment_spec.descriptor(),
-            ]
-        ).astype(np.float32)
+        parts = [
+            [min(dist / GOAL_SCALE, 5.0), np.cos(bearing), np.sin(bearing)],
+            self.ranges() / MAX_RANGE,
+            np.clip(vel, -3.0, 3.0),
+            self.embodiment_spec.descriptor(),
+        ]
+        if self.privileged_position:
+            parts.append([x, y, np.cos(yaw), np.sin(yaw)])
+        obs = np.concatenate(parts).astype(np.float32)
         return np.clip(obs, self.observation_space.low, self.observation_space.high)
