@@ -89,8 +89,8 @@ def detour_seeds(cfg, embodiment: str, seeds: list[int], slack: float = 1.0) -> 
     rarely do."""
     from robodistill.envs import make_env
     from robodistill.envs.embodiments import EMBODIMENTS
-    from robodistill.envs.nav import GRID_RES, occupancy_grid, to_cell
     from robodistill.envs.nav_expert import astar
+    from robodistill.envs.nav_grid import GRID_RES, occupancy_grid, to_cell
 
     def length(layout, inflate: float) -> float:
         cost = np.where(occupancy_grid(layout, inflate), np.inf, 1.0)

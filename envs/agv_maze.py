@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from robodistill.envs.nav import Layout, NavEnv
+from robodistill.envs.nav import NavEnv
+from robodistill.envs.nav_grid import Layout
 
 HALL_H = 12.0  # m
 ROW_PITCH = 4.0  # m between shelf-row centre lines (and from each end wall to its row)

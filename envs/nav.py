@@ -44,7 +44,6 @@ on success, else 0.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from typing import Any
 
 import gymnasium as gym
@@ -59,6 +58,7 @@ from robodistill.envs.embodiments import (
     EmbodimentSpec,
     RobotModel,
 )
+from robodistill.envs.nav_grid import GRID_RES, Layout, occupancy_grid, reachable, to_cell
 
 MAX_RANGE = 4.0  # m, rangefinder normalization and cutoff
 GOAL_SCALE = 5.0  # m
@@ -66,7 +66,6 @@ VEL_SCALE = 1.0  # m/s
 YAW_SCALE = 1.0  # rad/s
 GOAL_RADIUS = 0.3  # m
 OBSTACLE_HEIGHT = 0.5  # m
-GRID_RES = 0.1  # m per occupancy cell
 MAX_FOOTPRINT = BUILTIN_MAX_FOOTPRINT
 TIMESTEP = 0.005  # s
 PARTITION_PROB = 0.7
@@ -105,82 +104,6 @@ def _partition(
         if min(y1 - y0 for y0, y1 in spans) >= 0.3:
             return np.array([[xd, (y0 + y1) / 2, t, (y1 - y0) / 2, 0.0] for y0, y1 in spans])
     return None
-
-
-@dataclass
-class Layout:
-    """One arena: everything a planner needs, in metres and radians, origin at a corner.
-
-    Attributes:
-        width, height: room extent along x and y; walls sit just outside ``[0, width]``.
-        boxes: (N, 5) ``[cx, cy, half_x, half_y, yaw]``.
-        cylinders: (M, 3) ``[cx, cy, radius]``.
-        start: (3,) ``[x, y, yaw]`` of the robot.
-        goal: (2,) ``[x, y]``.
-    """
-
-    width: float
-    height: float
-    boxes: np.ndarray
-    cylinders: np.ndarray
-    start: np.ndarray
-    goal: np.ndarray
-
-    def copy(self) -> Layout:
-        """A copy whose arrays are not shared with this one."""
-        return replace(
-            self,
-            boxes=self.boxes.copy(),
-            cylinders=self.cylinders.copy(),
-            start=self.start.copy(),
-            goal=self.goal.copy(),
-        )
-
-
-def occupancy_grid(layout: Layout, inflate: float, res: float = GRID_RES) -> np.ndarray:
-    """Boolean grid (ny, nx), True where a disc of radius ``inflate`` m would hit something.
-
-    Cell ``(i, j)`` has centre ``((j + 0.5) * res, (i + 0.5) * res)``. Inflated boxes keep
-    square corners (slightly conservative).
-    """
-    nx, ny = int(np.ceil(layout.width / res)), int(np.ceil(layout.height / res))
-    xs = (np.arange(nx) + 0.5) * res
-    ys = (np.arange(ny) + 0.5) * res
-    x, y = np.meshgrid(xs, ys)
-    occ = (x < inflate) | (y < inflate) | (x > layout.width - inflate)
-    occ |= y > layout.height - inflate
-    for cx, cy, hx, hy, yaw in layout.boxes:
-        c, s = np.cos(yaw), np.sin(yaw)
-        u, v = c * (x - cx) + s * (y - cy), -s * (x - cx) + c * (y - cy)
-        occ |= (np.abs(u) <= hx + inflate) & (np.abs(v) <= hy + inflate)
-    for cx, cy, r in layout.cylinders:
-        occ |= (x - cx) ** 2 + (y - cy) ** 2 <= (r + inflate) ** 2
-    return occ
-
-
-def to_cell(p: np.ndarray, res: float = GRID_RES) -> tuple[int, int]:
-    """(x, y) m -> (row, col) of the grid cell containing it."""
-    return int(p[1] // res), int(p[0] // res)
-
-
-def reachable(free: np.ndarray, a: tuple[int, int], b: tuple[int, int]) -> bool:
-    """Whether cell ``b`` can be reached from ``a`` through ``free`` cells (4-connected)."""
-    if not (free[a] and free[b]):
-        return False
-    seen = np.zeros_like(free)
-    seen[a] = True
-    while True:
-        grown = seen.copy()
-        grown[1:] |= seen[:-1]
-        grown[:-1] |= seen[1:]
-        grown[:, 1:] |= seen[:, :-1]
-        grown[:, :-1] |= seen[:, 1:]
-        grown &= free
-        if grown[b]:
-            return True
-        if np.array_equal(grown, seen):
-            return False
-        seen = grown
 
 
 def _arena_xml(robot: RobotModel, n_boxes: int, n_cyls: int, floor: float) -> str:

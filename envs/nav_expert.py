@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from robodistill.envs.embodiments import EMBODIMENTS, N_RAYS
-from robodistill.envs.nav import GRID_RES, occupancy_grid
+from robodistill.envs.nav_grid import GRID_RES, occupancy_grid
 from robodistill.policies.base import Policy, register_policy
 
 _HOLO = EMBODIMENTS["holonomic"]

@@ -237,8 +237,9 @@ def test_agv_rows_out_of_range_is_a_clear_error(rows):
 
 
 def test_layouts_solvable_for_largest_footprint_with_shortcuts_only_small_bodies_fit():
-    from robodistill.envs.nav import MAX_FOOTPRINT, occupancy_grid, reachable, to_cell
+    from robodistill.envs.nav import MAX_FOOTPRINT
     from robodistill.envs.nav_expert import astar
+    from robodistill.envs.nav_grid import occupancy_grid, reachable, to_cell
 
     env = NavEnv(embodiment="heavy")
     longer = 0
