@@ -213,16 +213,22 @@ class RNDBonus(nn.Module):
         """The training loss on ``(N, D)`` observations, without training (RDD: noisy)."""
         return float(self._loss(self.normalize(obs)))
 
-    def update(self, obs: torch.Tensor | np.ndarray, epochs: int = 1) -> dict[str, float]:
-        """Train the predictor on a random ``update_proportion`` share of ``(N, D)`` obs.
-
-        One Adam step per ``batch_size`` minibatch, for ``epochs`` passes. Returns
+    def update(self, obs: torch.Tensor | np.ndarray, epochs: int = 1,
+               minibatches: int | None = None) -> dict[str, float]:  # fmt: skip
+        """Train the predictor on ``(N, D)`` obs for ``epochs`` passes; returns
         ``{"predictor_loss": mean minibatch loss}`` (NaN when the batch is empty).
+
+        ``minibatches`` given (RND's scheme, as in its PPO): each pass splits the shuffled
+        batch into that many minibatches and takes one Adam step per minibatch on a random
+        ``update_proportion`` share of it. ``None``: one Adam step per ``batch_size`` chunk of
+        a random ``update_proportion`` share of the whole batch.
         """
         x = self.normalize(obs)
         n = x.shape[0]
         if n == 0:
             return {"predictor_loss": float("nan")}
+        if minibatches is not None:
+            return self._update_minibatches(x, epochs, minibatches)
         losses = []
         for _ in range(epochs):
             # RND's trick: each sample is kept with probability update_proportion, so the
@@ -235,6 +241,24 @@ class RNDBonus(nn.Module):
             idx = idx[torch.randperm(idx.numel(), generator=self._gen)].to(self.device)
             for start in range(0, idx.numel(), self.batch_size):
                 batch = x[idx[start : start + self.batch_size]]
+                loss = self._loss(batch)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                losses.append(loss.item())
+        return {"predictor_loss": float(np.mean(losses))}
+
+    def _update_minibatches(
+        self, x: torch.Tensor, epochs: int, minibatches: int
+    ) -> dict[str, float]:
+        n, losses = x.shape[0], []
+        size = -(-n // minibatches)
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=self._gen).to(self.device)
+            for start in range(0, n, size):
+                mb = order[start : start + size]
+                keep = torch.rand(mb.numel(), generator=self._gen) < self.update_proportion
+                batch = x[mb[keep.to(self.device)]] if bool(keep.any()) else x[mb[:1]]
                 loss = self._loss(batch)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -18,10 +18,10 @@ import robodistill.policies.rllib_policy  # noqa: E402, F401  (registers the "rl
 from robodistill.config import ExplorationConfig, load_config  # noqa: E402
 from robodistill.core.rundir import StageRun  # noqa: E402
 from robodistill.policies import load_policy  # noqa: E402
+from robodistill.policies.exploration import GAMMA_INT  # noqa: E402
 from robodistill.policies.rllib_policy import RLlibPolicy  # noqa: E402
 from robodistill.teach.rl.exploration_rllib import (  # noqa: E402
     CONFIG_NAME,
-    GAMMA_INT,
     TENSORS_NAME,
     IntrinsicRewardConnector,
     _on_learner,

@@ -33,6 +33,20 @@ class ExplorationConfig(Section):
     """Normalized observations fed to the networks are clipped to [-obs_clip, obs_clip]."""
     rdd_sigma: float = Field(0.5, gt=0.0, le=100.0)
     """RDD: standard deviation of the Gaussian around the target's output."""
+    gamma_int: float = Field(0.99, gt=0.0, lt=1.0)
+    """Discount of the intrinsic return (RND's 0.99). With PPO it is the intrinsic value
+    head's discount (non-episodic: episode ends do not cut it); it also scales the bonus."""
+    predictor_epochs: int = Field(4, ge=1, le=1000)
+    """Passes of the predictor over each PPO rollout (RND / cleanrl: PPO's 4 epochs)."""
+    predictor_minibatches: int = Field(4, ge=1, le=10_000)
+    """Minibatches per pass; each Adam step trains on ``update_proportion`` of one."""
+    obs_norm_warmup_steps: int = Field(6400, ge=0, le=10_000_000)
+    """Random-action steps per env that initialise the bonus's observation normaliser
+    before training (cleanrl: 50 iterations of 128 steps)."""
+    bonus_input: list[str] = []
+    """Observation-layout fields the bonus sees (e.g. ``[position]`` with the robodistill
+    tasks' ``env.kwargs.privileged_position: true``); empty: the whole observation. The
+    policy always sees the whole observation. SB3 teachers only."""
 
 
 class TeachConfig(Section):

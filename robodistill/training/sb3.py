@@ -191,7 +191,10 @@ class ProgressCallback(BaseCallback):
 
 def _optimizers(model) -> dict[str, torch.optim.Optimizer]:
     if isinstance(model, PPO):
-        return {"policy": model.policy.optimizer}
+        optims = {"policy": model.policy.optimizer}
+        if hasattr(model, "critic_int"):  # TwoStreamPPO's intrinsic value head
+            optims["critic_int"] = model.critic_int_optimizer
+        return optims
     optims = {"actor": model.actor.optimizer, "critic": model.critic.optimizer}
     if model.ent_coef_optimizer is not None:
         optims["ent_coef"] = model.ent_coef_optimizer
@@ -221,6 +224,9 @@ def save_checkpoint(
     one is moved aside first and deleted last, so a crash leaves one complete checkpoint.
     """
     tensors = {f"policy.{k}": v.detach().clone() for k, v in model.policy.state_dict().items()}
+    if hasattr(model, "critic_int"):  # TwoStreamPPO: the intrinsic value head
+        tensors |= {f"critic_int.{k}": v.detach().clone()
+                    for k, v in model.critic_int.state_dict().items()}  # fmt: skip
     if isinstance(model, SAC) and model.ent_coef_optimizer is not None:
         tensors["sac.log_ent_coef"] = model.log_ent_coef.detach().clone()
     if vec_normalize is not None:
@@ -240,6 +246,7 @@ def save_checkpoint(
         "n_updates": int(model._n_updates),
         "episode_num": int(model._episode_num),
         "exploration": explore_venv is not None,
+        **({"int_rng": model._int_rng.bit_generator.state} if hasattr(model, "_int_rng") else {}),
         **extra,
     }
     tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
@@ -275,6 +282,11 @@ def restore_checkpoint(directory: Path, model, vec_normalize, explore_venv) -> d
     tensors = load_file(str(directory / TENSORS_NAME))
     policy_sd = {k[len("policy.") :]: v for k, v in tensors.items() if k.startswith("policy.")}
     model.policy.load_state_dict(policy_sd, strict=True)
+    if hasattr(model, "critic_int"):
+        prefix = "critic_int."
+        model.critic_int.load_state_dict(
+            {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        )
     for name, optimizer in _optimizers(model).items():
         prefix = f"optimizer.{name}."
         load_optimizer_state(
@@ -295,6 +307,8 @@ def restore_checkpoint(directory: Path, model, vec_normalize, explore_venv) -> d
         explore_venv.load_state_tensors(
             {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         )
+    if hasattr(model, "_int_rng") and "int_rng" in state:
+        model._int_rng.bit_generator.state = state["int_rng"]
     model.num_timesteps = int(state["num_timesteps"])
     model._n_updates = int(state["n_updates"])  # SAC's target-network schedule counts these
     model._episode_num = int(state["episode_num"])

@@ -84,8 +84,8 @@ from ray.rllib.connectors.learner import AddOneTsToEpisodesAndTruncate
 from ray.rllib.core import DEFAULT_MODULE_ID
 from safetensors.torch import load_file, save_file
 
-from robodistill.config import ExplorationConfig
-from robodistill.policies.exploration import GAMMA_INT, RNDBonus, RunningMeanStd, bonus_from_config
+from robodistill.config import ConfigError, ExplorationConfig
+from robodistill.policies.exploration import RNDBonus, RunningMeanStd, bonus_from_config
 
 LEARNER_CONFIG_KEY = "robodistill_exploration"
 """Key of the exploration settings in ``config.learner_config_dict``."""
@@ -106,7 +106,8 @@ class IntrinsicRewardConnector(ConnectorV2):
         obs_dim: flattened observation size.
         seed: seeds the bonus module's weights and its update-subset generator without
             touching torch's global RNG.
-        gamma_int: discount of the intrinsic return used for normalisation.
+        gamma_int: discount of the intrinsic return used for normalisation (default:
+            ``exploration.gamma_int``).
     """
 
     def __init__(
@@ -117,7 +118,7 @@ class IntrinsicRewardConnector(ConnectorV2):
         exploration: dict[str, Any],
         obs_dim: int,
         seed: int = 0,
-        gamma_int: float = GAMMA_INT,
+        gamma_int: float | None = None,
         **kwargs,
     ):
         super().__init__(input_observation_space, input_action_space, **kwargs)
@@ -127,7 +128,11 @@ class IntrinsicRewardConnector(ConnectorV2):
         self.method = cfg.method
         self.intrinsic_coef = float(cfg.intrinsic_coef)
         self.extrinsic_coef = float(cfg.extrinsic_coef)
-        self.gamma_int = float(gamma_int)
+        self.gamma_int = float(cfg.gamma_int if gamma_int is None else gamma_int)
+        self.predictor_epochs, self.predictor_minibatches = (
+            cfg.predictor_epochs,
+            cfg.predictor_minibatches,
+        )
         self.bonus: RNDBonus = bonus_from_config(cfg, obs_dim, seed)
         self.return_rms = RunningMeanStd(())
         self._carry: dict[str, float] = {}  # episode id -> R at the end of its last chunk
@@ -179,7 +184,8 @@ class IntrinsicRewardConnector(ConnectorV2):
         if not initialising:
             self.bonus.update_obs_stats(next_obs)
         with torch.enable_grad():  # the learner may call its pipeline under no_grad
-            train = self.bonus.update(next_obs)
+            train = self.bonus.update(next_obs, epochs=self.predictor_epochs,
+                                      minibatches=self.predictor_minibatches)  # fmt: skip
         stats = {
             "predictor_loss": train["predictor_loss"],
             "bonus_raw_mean": float(raw.mean()),
@@ -284,6 +290,12 @@ def add_exploration(config, exploration: ExplorationConfig, seed: int):
     unchanged. Returns ``config``."""
     if exploration.method == "none":
         return config
+    if exploration.bonus_input:
+        raise ConfigError(
+            "teach.exploration.bonus_input is built for stable-baselines3 teachers only; on "
+            "RLlib the bonus sees the whole observation: set teach.backend: sb3 or leave "
+            "bonus_input empty"
+        )
     if (config.num_learners or 0) > 1:
         raise ValueError(
             "intrinsic rewards on RLlib keep one predictor in the learner; num_learners > 1 "

@@ -11,12 +11,14 @@
 
 Variant implemented.
 
-* **One value head on the mixed reward.** The agent sees ``r = extrinsic_coef * r_ext +
-  intrinsic_coef * r_int`` and learns one value function with the algorithm's own gamma.
-  RND's paper uses two value heads (gamma_ext 0.999 episodic, gamma_int 0.99
-  non-episodic); SB3's PPO/SAC have a single critic and a single reward stream, and a
-  two-head variant would need a custom policy and rollout buffer, so it is not built. The
-  consequence: episode ends also cut the intrinsic part of the return in the critic.
+* **Two value heads with PPO.** With PPO the wrapper hands SB3 the extrinsic reward alone
+  and ``info["r_int"]``; :class:`ExplorationCallback` stages ``r_int`` in the rollout buffer
+  and :class:`~robodistill.teach.rl.two_stream_ppo.TwoStreamPPO` learns an intrinsic value
+  head (``gamma_int``, non-episodic) beside the extrinsic one and optimizes
+  ``extrinsic_coef·A_ext + intrinsic_coef·A_int`` (RND's recipe).
+* **One reward with SAC.** SAC has one critic and one reward stream: it sees ``r =
+  extrinsic_coef * r_ext + intrinsic_coef * r_int`` (``mix_rewards=True``), so episode
+  ends also cut the intrinsic part of its return.
 * **Non-episodic intrinsic-return normalisation** (RND's scheme). Per env we keep the
   discounted intrinsic return ``R_t = gamma_int * R_{t-1} + b_t`` with ``gamma_int =
   0.99``, *not* reset at episode ends, feed every ``R_t`` into a running mean/std and
@@ -30,8 +32,15 @@ Variant implemented.
   which wraps the raw vector env below any ``VecNormalize`` so it sees raw observations and
   raw extrinsic rewards. The env buffers the next observations since the last predictor
   update; :class:`ExplorationCallback` drains that buffer, updates the input normaliser,
-  then trains the predictor: at the end of each rollout for on-policy algorithms (PPO),
-  every ``train_every`` calls of ``_on_step`` for off-policy ones (SAC).
+  then trains the predictor: at the end of each rollout for on-policy algorithms (PPO, in
+  RND's scheme: ``predictor_epochs`` passes of ``predictor_minibatches`` minibatches, each
+  Adam step on ``update_proportion`` of one), every ``train_every`` calls of ``_on_step`` for
+  off-policy ones (SAC).
+* **Is the bonus alive?** After each predictor update the callback logs ``r_int`` and the
+  intrinsic return's spread, the predictor loss and the **novelty ratio**: the bonus on a
+  fixed set of held-out states the agent has not visited (drawn once, around and beyond
+  the warm-up's observation statistics) over the bonus on the states just visited. A
+  ratio near 1 means the bonus no longer tells new from old.
 * **RND vs RDD.** Only the bonus module differs: RDD's target output is a Gaussian sample
   around the fixed target and the bonus is ``discrepancy + pseudo_count`` (see
   :mod:`robodistill.policies.exploration` for the exact formula).
@@ -53,7 +62,7 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
-from robodistill.config import ExplorationConfig
+from robodistill.config import ConfigError, ExplorationConfig
 from robodistill.policies.exploration import GAMMA_INT, RNDBonus, RunningMeanStd, bonus_from_config
 
 
@@ -68,9 +77,13 @@ class IntrinsicRewardVecEnv(VecEnvWrapper):
         max_buffer: most observations kept between predictor updates (oldest dropped), so
             an env used without its callback cannot grow without bound.
         seed: seeds the action space used by :meth:`warmup`.
+        columns: the flattened observation's columns the bonus sees (``None``: all).
+        mix_rewards: return ``extrinsic_coef * r_ext + intrinsic_coef * r_int`` (one reward
+            stream, for SAC); ``False``: return ``r_ext`` and leave ``r_int`` to a two-stream
+            learner (PPO).
 
     ``step_wait`` returns ``extrinsic_coef * r_ext + intrinsic_coef * r_int`` (float32,
-    shape ``(num_envs,)``) and writes ``info["r_ext"]`` and ``info["r_int"]`` (normalised,
+    shape ``(num_envs,)``; ``r_ext`` unchanged with ``mix_rewards=False``) and writes ``info["r_ext"]`` and ``info["r_int"]`` (normalised,
     before the coefficient) for every env.
     """
 
@@ -83,6 +96,8 @@ class IntrinsicRewardVecEnv(VecEnvWrapper):
         gamma_int: float = GAMMA_INT,
         max_buffer: int = 200_000,
         seed: int | None = None,
+        mix_rewards: bool = True,
+        columns: np.ndarray | None = None,
     ):
         if not isinstance(venv.observation_space, spaces.Box):
             raise TypeError(
@@ -90,7 +105,9 @@ class IntrinsicRewardVecEnv(VecEnvWrapper):
                 f"observations first); got {venv.observation_space}"
             )
         super().__init__(venv)
-        self.obs_dim = int(np.prod(venv.observation_space.shape))
+        full = int(np.prod(venv.observation_space.shape))
+        self.columns = np.arange(full) if columns is None else np.asarray(columns, dtype=np.int64)
+        self.obs_dim = len(self.columns)
         if bonus.obs_dim != self.obs_dim:
             raise ValueError(f"bonus expects obs_dim {bonus.obs_dim}, env gives {self.obs_dim}")
         self.bonus = bonus
@@ -103,6 +120,8 @@ class IntrinsicRewardVecEnv(VecEnvWrapper):
         self._buffer: list[np.ndarray] = []
         self._buffered = 0
         self._seed = seed
+        self.mix_rewards = bool(mix_rewards)
+        self.held_out: np.ndarray | None = None
 
     # -- SB3 VecEnv API -------------------------------------------------------------------
     def reset(self) -> VecEnvObs:
@@ -110,13 +129,14 @@ class IntrinsicRewardVecEnv(VecEnvWrapper):
         return self.venv.reset()
 
     def _next_obs(self, obs: np.ndarray, dones: np.ndarray, infos: list[dict]) -> np.ndarray:
-        """``(num_envs, D)`` flattened next states (terminal observation where done)."""
+        """``(num_envs, D)`` next states as the bonus sees them (its columns of the
+        flattened observation; the terminal observation where done)."""
         flat = np.asarray(obs, dtype=np.float32).reshape(self.num_envs, -1).copy()
         for i in np.flatnonzero(dones):
             terminal = infos[i].get("terminal_observation")
             if terminal is not None:
                 flat[i] = np.asarray(terminal, dtype=np.float32).reshape(-1)
-        return flat
+        return flat[:, self.columns]
 
     def _push(self, flat: np.ndarray) -> None:
         self._buffer.append(flat)
@@ -137,6 +157,8 @@ class IntrinsicRewardVecEnv(VecEnvWrapper):
             info["r_ext"] = float(r_ext[i])
             info["r_int"] = float(r_int[i])
         self._push(flat)
+        if not self.mix_rewards:
+            return obs, np.asarray(rewards, dtype=np.float32), dones, infos
         mixed = self.extrinsic_coef * r_ext + self.intrinsic_coef * r_int
         return obs, mixed.astype(np.float32), dones, infos
 
@@ -151,14 +173,40 @@ class IntrinsicRewardVecEnv(VecEnvWrapper):
         if self._seed is not None:
             space.seed(self._seed)
         first = self.venv.reset()
-        seen = [np.asarray(first, dtype=np.float32).reshape(self.num_envs, -1)]
+        seen = [np.asarray(first, dtype=np.float32).reshape(self.num_envs, -1)[:, self.columns]]
         for _ in range(steps):
             actions = np.stack([space.sample() for _ in range(self.num_envs)])
             obs, _, dones, infos = self.venv.step(actions)
             seen.append(self._next_obs(obs, dones, infos))
         batch = np.concatenate(seen)
         self.bonus.update_obs_stats(batch)
+        self.held_out = self._held_out_states(batch)
         return len(batch)
+
+    def _held_out_states(self, seen: np.ndarray, count: int = 512) -> np.ndarray:
+        """``count`` states the agent has not visited, for the novelty ratio: the warm-up's
+        per-feature mean plus 2-4 of its standard deviations in a random direction (clipped
+        to the observation space), from a generator of their own."""
+        rng = np.random.default_rng([0 if self._seed is None else self._seed, 12])
+        mean, std = seen.mean(0), seen.std(0) + 1e-3
+        direction = rng.standard_normal((count, seen.shape[1]))
+        direction /= np.linalg.norm(direction, axis=1, keepdims=True) + 1e-12
+        radius = rng.uniform(2.0, 4.0, (count, 1)) * np.sqrt(seen.shape[1])
+        states = mean + direction * radius * std
+        space = self.venv.observation_space
+        low = np.asarray(space.low).reshape(-1)[self.columns]
+        high = np.asarray(space.high).reshape(-1)[self.columns]
+        return np.clip(states, low, high).astype(np.float32)
+
+    def novelty_ratio(self, visited: np.ndarray) -> float | None:
+        """Mean bonus on the held-out states over the mean bonus on ``visited`` (N, D);
+        ``None`` before the warm-up drew the held-out set."""
+        if self.held_out is None or len(visited) == 0:
+            return None
+        with torch.no_grad():
+            novel = float(self.bonus.bonus(self.held_out).mean())
+            seen = float(self.bonus.bonus(visited).mean())
+        return novel / max(seen, 1e-12)
 
     def pop_buffer(self) -> np.ndarray:
         """The ``(N, D)`` next observations since the last call; empties the buffer."""
@@ -168,14 +216,20 @@ class IntrinsicRewardVecEnv(VecEnvWrapper):
         self._buffer, self._buffered = [], 0
         return batch
 
-    def train_predictor(self, epochs: int = 1) -> dict[str, float]:
+    def train_predictor(self, epochs: int = 1, minibatches: int | None = None) -> dict[str, float]:
         """Update the input normaliser on the buffered observations, then train the
-        predictor on them (RND's order). Returns the bonus module's stats."""
+        predictor on them (RND's order; ``minibatches``: see ``RNDBonus.update``). Returns
+        the bonus module's stats, the novelty ratio and the intrinsic return's std."""
         batch = self.pop_buffer()
         if len(batch) == 0:
             return {}
         self.bonus.update_obs_stats(batch)
-        return self.bonus.update(batch, epochs=epochs)
+        stats = self.bonus.update(batch, epochs=epochs, minibatches=minibatches)
+        ratio = self.novelty_ratio(batch)
+        if ratio is not None:
+            stats["novelty_ratio"] = ratio
+        stats["intrinsic_return_std"] = float(self.return_rms.std)
+        return stats
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         out = {f"bonus.{k}": v.detach().cpu().clone() for k, v in self.bonus.state_dict().items()}
@@ -199,21 +253,27 @@ class IntrinsicRewardVecEnv(VecEnvWrapper):
 
 
 class ExplorationCallback(BaseCallback):
-    """Trains the exploration predictor and logs its statistics.
+    """Trains the exploration predictor, feeds a two-stream PPO its intrinsic rewards, and
+    logs the bonus's statistics.
 
     On-policy algorithms: once per rollout in ``_on_rollout_end`` (all the rollout's next
-    observations). Off-policy algorithms: every ``train_every`` calls of ``_on_step`` (one
-    call = one vector-env step). Logs ``exploration/predictor_loss``,
-    ``exploration/r_int_mean`` and ``exploration/r_ext_mean`` (means since the last update).
+    observations; ``epochs`` passes of ``minibatches`` minibatches, RND's scheme).
+    Off-policy algorithms: every ``train_every`` calls of ``_on_step`` (one call = one
+    vector-env step). Each step's ``info["r_int"]`` is staged in a
+    :class:`~robodistill.teach.rl.two_stream_ppo.TwoStreamRolloutBuffer` when the model has
+    one. Logs ``exploration/{predictor_loss, r_int_mean, r_ext_mean, novelty_ratio,
+    intrinsic_return_std}`` to SB3's logger (TensorBoard) and, with ``stage``, a
+    ``{"stage": "exploration", ...}`` row to ``stage.log_metrics`` (``metrics.jsonl``).
     """
 
-    def __init__(
-        self, env: IntrinsicRewardVecEnv, train_every: int = 256, epochs: int = 1, verbose=0
-    ):
+    def __init__(self, env: IntrinsicRewardVecEnv, train_every: int = 256, epochs: int = 1,
+                 minibatches: int | None = None, stage: Any = None, verbose: int = 0):  # fmt: skip
         super().__init__(verbose)
         self.env = env
         self.train_every = int(train_every)
         self.epochs = int(epochs)
+        self.minibatches = minibatches
+        self.stage = stage
         self._r_int: list[float] = []
         self._r_ext: list[float] = []
         self.last_stats: dict[str, float] = {}
@@ -222,24 +282,28 @@ class ExplorationCallback(BaseCallback):
         return isinstance(self.model, OffPolicyAlgorithm)
 
     def _train(self) -> None:
-        stats = self.env.train_predictor(self.epochs)
-        if "predictor_loss" in stats:
-            self.logger.record("exploration/predictor_loss", stats["predictor_loss"])
-        if self._r_int:
-            self.logger.record("exploration/r_int_mean", float(np.mean(self._r_int)))
-            self.logger.record("exploration/r_ext_mean", float(np.mean(self._r_ext)))
+        stats = self.env.train_predictor(self.epochs, self.minibatches)
         self.last_stats = {
             **stats,
             "r_int_mean": float(np.mean(self._r_int)) if self._r_int else float("nan"),
             "r_ext_mean": float(np.mean(self._r_ext)) if self._r_ext else float("nan"),
         }
+        for key, value in self.last_stats.items():
+            if np.isfinite(value):
+                self.logger.record(f"exploration/{key}", value)
+        if self.stage is not None and stats:
+            row = {k: v for k, v in self.last_stats.items() if np.isfinite(v)}
+            self.stage.log_metrics(int(self.num_timesteps), {"stage": "exploration", **row})
         self._r_int, self._r_ext = [], []
 
     def _on_step(self) -> bool:
-        for info in self.locals.get("infos", ()):
-            if "r_int" in info:
-                self._r_int.append(info["r_int"])
-                self._r_ext.append(info["r_ext"])
+        infos = self.locals.get("infos", ())
+        r_int = [info["r_int"] for info in infos if "r_int" in info]
+        self._r_int += r_int
+        self._r_ext += [info["r_ext"] for info in infos if "r_ext" in info]
+        buffer = getattr(self.model, "rollout_buffer", None)
+        if hasattr(buffer, "stage_intrinsic") and len(r_int) == len(infos):
+            buffer.stage_intrinsic(np.asarray(r_int))
         if self._off_policy() and self.n_calls % self.train_every == 0:
             self._train()
         return True
@@ -250,38 +314,64 @@ class ExplorationCallback(BaseCallback):
             self._train()
 
 
+def bonus_columns(names: list[str], layout: list[dict] | None) -> np.ndarray | None:
+    """The flattened-observation columns of the layout fields ``names`` (``None``: all of
+    them when ``names`` is empty); a clear error for a name the layout does not have."""
+    if not names:
+        return None
+    known = {entry["key"]: entry for entry in layout or []}
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise ConfigError(
+            f"teach.exploration.bonus_input: {missing} not in the observation layout "
+            f"{sorted(known) or '(the env reports none)'}; name fields of env.id's layout, "
+            "or leave it empty for the whole observation"
+        )
+    return np.concatenate([np.arange(known[n]["start"], known[n]["stop"]) for n in names])
+
+
 def wrap_exploration(
     venv: VecEnv,
     cfg: ExplorationConfig,
     gamma: float,
     seed: int,
-    warmup_steps: int = 64,
+    *,
+    two_stream: bool = False,
+    warmup_steps: int | None = None,
     train_every: int = 256,
+    stage: Any = None,
+    layout: list[dict] | None = None,
 ) -> tuple[VecEnv, BaseCallback | None]:
     """Wrap the raw vector env with the configured bonus.
 
     ``method == "none"`` -> ``(venv, None)`` unchanged. Otherwise builds the bonus module
     with weights seeded by ``seed`` (without touching torch's global RNG), wraps ``venv``,
-    runs ``warmup_steps`` random-action steps to initialise the input normaliser, and
-    returns ``(wrapped, ExplorationCallback)``. ``gamma`` is the agent's discount; the
-    intrinsic-return normaliser uses its own ``GAMMA_INT`` (RND's 0.99) because the value
-    head is shared (see the module docstring), so ``gamma`` is only checked here.
+    runs ``warmup_steps`` (default ``cfg.obs_norm_warmup_steps``) random-action steps per env
+    to initialise the input
+    normaliser, and returns ``(wrapped, ExplorationCallback)``. ``two_stream``: the learner
+    is a :class:`~robodistill.teach.rl.two_stream_ppo.TwoStreamPPO` (rewards stay extrinsic;
+    the predictor trains RND's way once per rollout); otherwise the rewards are mixed (SAC).
+    ``gamma`` is the agent's discount (checked here); the intrinsic return uses
+    ``cfg.gamma_int``. ``stage`` receives the bonus's metrics rows. ``layout`` (the env's
+    observation layout) resolves ``cfg.bonus_input``.
     """
     if cfg.method == "none":
         return venv, None
     if not 0.0 < gamma <= 1.0:
         raise ValueError(f"gamma must be in (0, 1], got {gamma}")
-    obs_dim = int(np.prod(venv.observation_space.shape))
+    columns = bonus_columns(list(cfg.bonus_input), layout)
+    obs_dim = int(np.prod(venv.observation_space.shape)) if columns is None else len(columns)
     bonus = bonus_from_config(cfg, obs_dim, seed)
     wrapped = IntrinsicRewardVecEnv(
-        venv,
-        bonus,
-        intrinsic_coef=cfg.intrinsic_coef,
-        extrinsic_coef=cfg.extrinsic_coef,
-        seed=seed,
-    )
-    wrapped.warmup(warmup_steps)
-    return wrapped, ExplorationCallback(wrapped, train_every=train_every)
+        venv, bonus, intrinsic_coef=cfg.intrinsic_coef, extrinsic_coef=cfg.extrinsic_coef,
+        gamma_int=cfg.gamma_int, seed=seed, mix_rewards=not two_stream, columns=columns,
+    )  # fmt: skip
+    wrapped.warmup(cfg.obs_norm_warmup_steps if warmup_steps is None else warmup_steps)
+    callback = ExplorationCallback(
+        wrapped, train_every=train_every, epochs=cfg.predictor_epochs if two_stream else 1,
+        minibatches=cfg.predictor_minibatches if two_stream else None, stage=stage,
+    )  # fmt: skip
+    return wrapped, callback
 
 
 def find_exploration_env(venv: Any) -> IntrinsicRewardVecEnv | None:

@@ -38,11 +38,13 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from robodistill.config import RunConfig
+from robodistill.core.rollout import env_spaces
 from robodistill.core.rundir import StageRun
 from robodistill.envs import make_env
 from robodistill.policies.sb3_policy import SB3Policy
 from robodistill.teach.rl.exploration_sb3 import find_exploration_env, wrap_exploration
 from robodistill.teach.rl.metrics import teacher_metrics
+from robodistill.teach.rl.two_stream_ppo import TwoStreamPPO
 from robodistill.training.sb3 import (
     CheckpointCallback,
     EvalCallback,
@@ -80,7 +82,10 @@ def run_teach_sb3(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
     venv.seed(cfg.seed)  # env i gets seed cfg.seed + i at its first reset
     explore_venv, explore_callback = None, None
     if teach.exploration.method != "none":
-        venv, explore_callback = wrap_exploration(venv, teach.exploration, teach.gamma, cfg.seed)
+        venv, explore_callback = wrap_exploration(
+            venv, teach.exploration, teach.gamma, cfg.seed, two_stream=teach.algo == "ppo",
+            stage=stage, layout=env_spaces(cfg.env.id, cfg.env.kwargs)[2]["observation_layout"],
+        )  # fmt: skip
         explore_venv = find_exploration_env(venv)
     vec_normalize = None
     if teach.normalize_obs or teach.normalize_reward:
@@ -96,7 +101,14 @@ def run_teach_sb3(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
         tensorboard_log=str(stage.dir / "tb"), device="cpu", verbose=0,
     )  # fmt: skip
     if teach.algo == "ppo":
-        model = PPO("MlpPolicy", venv, n_steps=teach.n_steps, n_epochs=teach.n_epochs, **common)
+        ppo = dict(n_steps=teach.n_steps, n_epochs=teach.n_epochs, **common)
+        if explore_callback is not None:  # RND's two value heads (teach/rl/two_stream_ppo.py)
+            x = teach.exploration
+            model = TwoStreamPPO("MlpPolicy", venv, gamma_int=x.gamma_int,
+                                 extrinsic_coef=x.extrinsic_coef,
+                                 intrinsic_coef=x.intrinsic_coef, **ppo)  # fmt: skip
+        else:
+            model = PPO("MlpPolicy", venv, **ppo)
     else:
         model = SAC(
             "MlpPolicy", venv, buffer_size=teach.buffer_size,

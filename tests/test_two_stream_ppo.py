@@ -1,0 +1,173 @@
+"""PPO with an intrinsic value head (RND's recipe) on stable-baselines3."""
+
+from __future__ import annotations
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from pydantic import ValidationError
+from stable_baselines3 import PPO
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from robodistill.config import ConfigError, ExplorationConfig, load_config
+from robodistill.core.rundir import StageRun
+from robodistill.policies.exploration import bonus_from_config
+from robodistill.teach.rl.exploration_sb3 import (
+    IntrinsicRewardVecEnv,
+    bonus_columns,
+    wrap_exploration,
+)
+from robodistill.teach.rl.sb3 import run_teach_sb3
+from robodistill.teach.rl.two_stream_ppo import TwoStreamPPO, TwoStreamRolloutBuffer
+from robodistill.training import sb3 as sb3_training
+
+PPO_ARGS = dict(n_steps=32, batch_size=32, n_epochs=2, seed=0, device="cpu", verbose=0)
+
+
+def _venv(n: int = 2) -> DummyVecEnv:
+    venv = DummyVecEnv([lambda: gym.make("Pendulum-v1") for _ in range(n)])
+    venv.seed(0)
+    return venv
+
+
+def _two_stream(intrinsic_coef: float, extrinsic_coef: float = 1.0, warmup: int = 0):
+    cfg = ExplorationConfig(method="rnd", intrinsic_coef=intrinsic_coef,
+                            extrinsic_coef=extrinsic_coef, predictor_minibatches=2)  # fmt: skip
+    venv, callback = wrap_exploration(_venv(), cfg, 0.99, seed=0, two_stream=True,
+                                      warmup_steps=warmup)  # fmt: skip
+    model = TwoStreamPPO("MlpPolicy", venv, intrinsic_coef=intrinsic_coef,
+                         extrinsic_coef=extrinsic_coef, **PPO_ARGS)  # fmt: skip
+    return model, callback
+
+
+def test_with_intrinsic_coef_zero_it_learns_exactly_what_plain_ppo_learns():
+    plain = PPO("MlpPolicy", _venv(), **PPO_ARGS)
+    plain.learn(128)
+    model, callback = _two_stream(intrinsic_coef=0.0)
+    model.learn(128, callback=callback)
+    assert callback.last_stats["r_int_mean"] > 0  # the bonus ran, its weight is zero
+    a, b = plain.policy.state_dict(), model.policy.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # ... while the intrinsic head learned its own returns.
+    assert np.abs(model.rollout_buffer.returns_int).sum() > 0
+
+
+def _buffer(gamma_int: float = 0.5) -> TwoStreamRolloutBuffer:
+    box = spaces.Box(-1.0, 1.0, (1,), np.float32)
+    return TwoStreamRolloutBuffer(4, box, box, device="cpu", gamma=0.9, gae_lambda=1.0,
+                                  n_envs=1, gamma_int=gamma_int, extrinsic_coef=2.0,
+                                  intrinsic_coef=1.0)  # fmt: skip
+
+
+def test_the_intrinsic_return_runs_across_episode_ends_the_extrinsic_one_does_not():
+    buf = _buffer()
+    ext, intr, starts = [0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 1.0], [1.0, 0.0, 1.0, 0.0]
+    for r, ri, start in zip(ext, intr, starts, strict=True):
+        buf.stage_intrinsic(np.array([ri]))
+        buf.add(np.zeros((1, 1)), np.zeros((1, 1)), np.array([r]), np.array([start]),
+                torch.zeros(1), torch.zeros(1))  # fmt: skip
+    buf.compute_returns_and_advantage(torch.zeros(1), np.array([0.0]))
+    ext_adv = buf.advantages.copy()
+    buf.compute_intrinsic(np.zeros((4, 1), np.float32), np.zeros(1, np.float32))
+    # An episode starts at step 2: the extrinsic reward of step 3 does not reach step 1.
+    np.testing.assert_allclose(buf.returns[:, 0], [0.0, 0.0, 0.9, 1.0])
+    # The intrinsic one does, discounted by gamma_int = 0.5.
+    np.testing.assert_allclose(buf.returns_int[:, 0], [0.125, 0.25, 0.5, 1.0])
+    np.testing.assert_allclose(buf.advantages, 2.0 * ext_adv + 1.0 * buf.advantages_int)
+
+
+def test_a_step_without_a_staged_intrinsic_reward_is_refused():
+    buf = _buffer()
+    with pytest.raises(RuntimeError, match="no intrinsic reward was staged"):
+        buf.add(np.zeros((1, 1)), np.zeros((1, 1)), np.array([0.0]), np.array([1.0]),
+                torch.zeros(1), torch.zeros(1))  # fmt: skip
+
+
+def test_the_predictor_learns_visited_states_and_the_bonus_stays_high_on_novel_ones():
+    cfg = ExplorationConfig(method="rnd", predictor_epochs=4, predictor_minibatches=4,
+                            learning_rate=1e-3)  # fmt: skip
+    venv, callback = wrap_exploration(_venv(), cfg, 0.99, seed=0, two_stream=True,
+                                      warmup_steps=50)  # fmt: skip
+    env: IntrinsicRewardVecEnv = venv
+    visited = np.random.default_rng(0).normal(0.0, 0.3, (512, 3)).astype(np.float32)
+    losses, ratios = [], []
+    for _ in range(10):
+        env._push(visited)
+        stats = env.train_predictor(cfg.predictor_epochs, cfg.predictor_minibatches)
+        losses.append(stats["predictor_loss"])
+        ratios.append(stats["novelty_ratio"])
+    assert losses[-1] < 0.5 * losses[0]
+    assert ratios[-1] > 1.5 and ratios[-1] > ratios[0]
+    assert stats["intrinsic_return_std"] >= 0
+
+
+def test_resume_restores_both_heads_the_predictor_the_normalizers_and_the_rng(tmp_path):
+    model, callback = _two_stream(intrinsic_coef=1.0, warmup=8)
+    model.learn(128, callback=callback)
+    ckpt = tmp_path / "checkpoint"
+    sb3_training.save_checkpoint(ckpt, model, None, model.get_env(), {"best": None})
+    fresh, _ = _two_stream(intrinsic_coef=1.0, warmup=3)
+    state = sb3_training.restore_checkpoint(ckpt, fresh, None, fresh.get_env())
+    assert state["num_timesteps"] == model.num_timesteps
+    for name in ("policy", "critic_int"):
+        a, b = getattr(model, name).state_dict(), getattr(fresh, name).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    a, b = model.get_env().state_tensors(), fresh.get_env().state_tensors()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # predictor, target, both normalizers
+    sa = model.critic_int_optimizer.state_dict()["state"]
+    sb = fresh.critic_int_optimizer.state_dict()["state"]
+    assert all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa)
+    assert fresh._int_rng.bit_generator.state == model._int_rng.bit_generator.state
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [({"gamma_int": 1.0}, "gamma_int"), ({"intrinsic_coef": -1.0}, "intrinsic_coef"),
+     ({"extrinsic_coef": -0.5}, "extrinsic_coef"), ({"predictor_epochs": 0}, "predictor_epochs")],
+)  # fmt: skip
+def test_bad_exploration_settings_name_the_key(override, key):
+    with pytest.raises(ValidationError, match=key):
+        ExplorationConfig(method="rnd", **override)
+    with pytest.raises(ConfigError, match=f"teach.exploration.{key}"):
+        load_config(None, [f"teach.exploration.{key}={next(iter(override.values()))}"])
+
+
+def test_the_bonus_sees_the_layout_fields_it_names():
+    layout = [{"key": "goal", "start": 0, "stop": 3}, {"key": "position", "start": 27, "stop": 29}]
+    assert bonus_columns([], layout) is None
+    np.testing.assert_array_equal(bonus_columns(["position"], layout), [27, 28])
+    with pytest.raises(ConfigError, match=r"teach.exploration.bonus_input: \['pose'\]"):
+        bonus_columns(["pose"], layout)
+    bonus = bonus_from_config(ExplorationConfig(method="rnd"), 2, seed=0)
+    env = IntrinsicRewardVecEnv(_venv(), bonus, columns=np.array([0, 2]), mix_rewards=False)
+    obs = env.reset()
+    env.step_async(np.zeros((2, 1), np.float32))
+    _, _, _, infos = env.step_wait()
+    assert env.pop_buffer().shape == (2, 2) and obs.shape == (2, 3)
+    assert all("r_int" in info for info in infos)
+
+
+def test_teach_ppo_with_rnd_logs_the_bonus_and_trains_both_heads(tmp_path):
+    cfg = load_config(None, [
+        f"runs_dir={tmp_path}", "env.id=Pendulum-v1", "env.num_envs=2", "teach.algo=ppo",
+        "teach.total_timesteps=256", "teach.n_steps=64", "teach.batch_size=64",
+        "teach.n_epochs=2", "teach.eval_every=256", "teach.checkpoint_every=256",
+        "teach.eval_episodes=1", "env.max_episode_steps=50", "teach.exploration.method=rdd",
+        "teach.exploration.obs_norm_warmup_steps=16",
+    ])  # fmt: skip
+    with StageRun(cfg, "teach") as stage:
+        run_teach_sb3(cfg, stage)
+        stage.finish({})
+    rows = [json.loads(line) for line in (stage.dir / "metrics.jsonl").read_text().splitlines()]
+    bonus = [r for r in rows if r.get("stage") == "exploration"]
+    assert len(bonus) == 2  # one per rollout of 128 steps
+    assert {"r_int_mean", "predictor_loss", "novelty_ratio", "intrinsic_return_std"} <= set(
+        bonus[-1]
+    )
+    state = json.loads((stage.dir / "checkpoint" / "state.json").read_text())
+    assert "critic_int" in state["optimizers"] and "int_rng" in state
