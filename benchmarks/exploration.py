@@ -49,8 +49,9 @@ DEFAULT_STEPS = 122_880
 
 
 def run_one(
-    method: str, seed: int, steps: int, runs_dir: str, fresh: bool, rows: int
-) -> dict[str, Any]:
+    method: str, seed: int, steps: int, runs_dir: str, fresh: bool, rows: int,
+    overrides: tuple[str, ...] = (),
+) -> dict[str, Any]:  # fmt: skip
     """Train one (method, seed) teacher in this (worker) process; returns its numbers."""
     import torch
 
@@ -70,6 +71,7 @@ def run_one(
             f"name={name}",
             f"runs_dir={runs_dir}",
             f"env.kwargs.rows={rows}",
+            *overrides,
         ],
     )
     t0 = time.monotonic()
@@ -79,6 +81,8 @@ def run_one(
     curve = [
         [r["step"], r["train_success"], r["train_episodes"]] for r in rows if "train_success" in r
     ]
+    bonus = [[r["step"], r.get("novelty_ratio"), r.get("r_int_mean")]
+             for r in rows if r.get("stage") == "exploration"]  # fmt: skip
     return {
         "method": method,
         "seed": seed,
@@ -92,11 +96,13 @@ def run_one(
         "steps_per_s": metrics["steps_per_s"],
         "wall_s": round(time.monotonic() - t0, 1),
         "curve": curve,  # [step, successes, episodes] per PPO rollout
-        **closest_approach(stage_dir / "policy", rows, seed),
+        "bonus": bonus,  # [step, novelty ratio, mean r_int] per predictor update
+        **closest_approach(stage_dir / "policy", cfg.env.kwargs, seed),
     }
 
 
-def closest_approach(policy_dir: Path, rows: int, seed: int, episodes: int = 5) -> dict[str, Any]:
+def closest_approach(policy_dir: Path, env_kwargs: dict, seed: int, episodes: int = 5
+                     ) -> dict[str, Any]:  # fmt: skip
     """How close the trained policy drives to the goal (a signal even when no run succeeds).
 
     Rolls the final policy out on ``episodes`` held-out layouts and records, per episode, the
@@ -109,7 +115,7 @@ def closest_approach(policy_dir: Path, rows: int, seed: int, episodes: int = 5) 
     from robodistill.policies.base import load_policy
 
     policy = load_policy(policy_dir)
-    env = make_env("robodistill/AGVMaze-v0", rows=rows)
+    env = make_env("robodistill/AGVMaze-v0", **env_kwargs)
     closest, covered = [], []
     for i in range(episodes):
         obs, _ = env.reset(seed=seed * 1_000_000 + 700_000 + i)
@@ -177,6 +183,10 @@ def summarize(runs: list[dict[str, Any]], steps: int, n_bins: int) -> dict[str, 
                 r.get("closest_goal_distance_m", math.nan) for r in mine
             ),
             "steps_per_s_per_seed": [r["steps_per_s"] for r in mine],
+            "novelty_ratio_last_per_seed": [
+                next((b[1] for b in reversed(r.get("bonus", [])) if b[1] is not None), None)
+                for r in mine
+            ],
             "curve_bin_edges": [round(steps * i / n_bins) for i in range(n_bins + 1)],
             "curve_mean": mean_curve,
         }
@@ -250,6 +260,8 @@ def main() -> None:
     parser.add_argument("--bins", type=int, default=16)
     parser.add_argument("--out", type=Path, default=Path("runs/benchmarks/exploration"))
     parser.add_argument("--fresh", action="store_true", help="retrain finished runs")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every run, e.g. env.kwargs.layout_seed=0")  # fmt: skip
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     runs_dir = str(args.out / "runs")
@@ -261,7 +273,9 @@ def main() -> None:
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=args.workers, mp_context=ctx) as pool:
         futures = {
-            pool.submit(run_one, m, s, args.steps, runs_dir, args.fresh, args.rows): (m, s)
+            pool.submit(
+                run_one, m, s, args.steps, runs_dir, args.fresh, args.rows, tuple(args.set)
+            ): (m, s)
             for m, s in jobs
         }
         for future in as_completed(futures):
@@ -292,6 +306,7 @@ def _write(args, runs, summary, wall, table: str | None = None) -> None:
         "seeds": args.seeds,
         "workers": args.workers,
         "rows": args.rows,
+        "overrides": args.set,
         "wall_s": round(wall, 1),
         "complete": table is not None,
         "summary": summary,
