@@ -128,6 +128,14 @@ def write_json_atomic(path: Path, document: Any) -> None:
     os.replace(tmp, path)
 
 
+def staging_dir(directory: Path) -> Path:
+    """A sibling path of ``directory`` that does not exist, to build its next version in
+    before :func:`replace_dir` moves it into place (a leftover of a crash is removed)."""
+    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return tmp
+
+
 def replace_dir(tmp: Path, directory: Path) -> None:
     """Move ``tmp`` to ``directory``; the old one is moved aside first and deleted last, so
     a crash leaves one complete directory (``.<name>.old`` if it hit between the renames)."""

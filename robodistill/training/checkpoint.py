@@ -15,7 +15,6 @@ checkpoint at ``.<name>.old``, which ``committed_dir`` finds.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from robodistill.core.rundir import committed_dir, replace_dir, write_json_atomic
+from robodistill.core.rundir import committed_dir, replace_dir, staging_dir, write_json_atomic
 from robodistill.data.store import StoreError
 
 CHECKPOINT_FORMAT = 1
@@ -53,8 +52,7 @@ def result_or_workdir(directory: Path) -> dict[str, Any] | None:
 
 def copy_dir(src: Path, dst: Path) -> None:
     """Copy ``src`` to ``dst`` atomically (built aside, renamed into place)."""
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = staging_dir(dst)
     shutil.copytree(src, tmp)
     replace_dir(tmp, dst)
 
@@ -88,8 +86,7 @@ def load_optimizer_state(optimizer, tensors: dict[str, torch.Tensor], doc: dict)
 def save_checkpoint(directory: Path, trainer, extra: dict[str, Any]) -> Path:
     """Write ``trainer``'s state (a :class:`robodistill.training.loop.Trainer`) and ``extra``
     (JSON: step, evals, ...) into ``directory`` (module docstring)."""
-    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = staging_dir(directory)
     tmp.mkdir(parents=True)
     trainer.acting_policy().save(tmp / POLICY_DIR)
     tensors, optim_doc = optimizer_state(trainer.optimizer)

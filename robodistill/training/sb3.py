@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ from robodistill.core.rundir import (
     committed_dir,
     progress,
     replace_dir,
+    staging_dir,
     write_json_atomic,
 )
 from robodistill.data.store import StoreError
@@ -249,8 +248,7 @@ def save_checkpoint(
         **({"int_rng": model._int_rng.bit_generator.state} if hasattr(model, "_int_rng") else {}),
         **extra,
     }
-    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = staging_dir(directory)
     tmp.mkdir(parents=True)
     save_file({k: v.cpu().contiguous() for k, v in tensors.items()}, str(tmp / TENSORS_NAME))
     write_json_atomic(tmp / STATE_NAME, state)

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from typing import Any
 
@@ -51,7 +50,13 @@ import numpy as np
 from robodistill.config import RunConfig
 from robodistill.core.parallel import init_ray
 from robodistill.core.rollout import env_spaces
-from robodistill.core.rundir import StageRun, write_json_atomic
+from robodistill.core.rundir import (
+    StageRun,
+    committed_dir,
+    replace_dir,
+    staging_dir,
+    write_json_atomic,
+)
 from robodistill.envs import make_env
 from robodistill.errors import StageNotBuilt
 from robodistill.policies.rllib_policy import RLlibPolicy
@@ -171,9 +176,7 @@ def to_policy(algo, obs_space: gym.Space, act_space: gym.Space) -> RLlibPolicy:
 
 def save_rllib_checkpoint(algo, directory, state: dict[str, Any]) -> None:
     """``algo.save_to_path`` into a sibling, then swap it in (a crash keeps the old one)."""
-    tmp = directory.with_name(directory.name + ".tmp")
-    old = directory.with_name(directory.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = staging_dir(directory)
     algo.save_to_path(str(tmp))
     if state.get("exploration", "none") != "none":
         from robodistill.teach.rl.exploration_rllib import save_exploration
@@ -182,11 +185,7 @@ def save_rllib_checkpoint(algo, directory, state: dict[str, Any]) -> None:
         if not save_exploration(algo, tmp):
             raise RuntimeError("teach: exploration is on but the learner has no predictor")
     write_json_atomic(tmp / STATE_NAME, state)
-    if directory.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        directory.rename(old)
-    tmp.rename(directory)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, directory)
 
 
 def _count(value: Any) -> int:
@@ -207,13 +206,6 @@ def exploration_row(result: dict[str, Any]) -> dict[str, float]:
         k: float(v) for k, v in module.items()
         if k.startswith("exploration_") and v is not None and np.isfinite(v)
     }  # fmt: skip
-
-
-def _resumable(directory):
-    for d in (directory, directory.with_name(directory.name + ".old")):
-        if (d / STATE_NAME).is_file():
-            return d
-    return None
 
 
 def run_teach_rllib(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
@@ -246,7 +238,7 @@ def run_teach_rllib(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
         # -- resume ------------------------------------------------------------------------
         ckpt_dir = stage.dir / CHECKPOINT_DIR
         state: dict[str, Any] = {}
-        source = _resumable(ckpt_dir)
+        source = committed_dir(ckpt_dir, STATE_NAME)  # a crash between renames: .old
         if source is not None:
             algo.restore_from_path(str(source))
             state = json.loads((source / STATE_NAME).read_text())
