@@ -63,8 +63,9 @@ class ToyTrainer(Trainer):
         loss = (mean - target).pow(2).mean()
         return loss, {"loss": float(loss.detach()), "mse": float(loss.detach())}
 
-    def on_finish(self, out: Path, keeper: BestPolicyKeeper) -> None:
+    def finish(self, out: Path, keeper: BestPolicyKeeper, evals: list) -> dict:
         self.finished_before_result = not (out / "result.json").exists()
+        return {"validations": len(evals)}
 
 
 @pytest.fixture
@@ -90,6 +91,7 @@ def test_the_loop_trains_logs_validates_and_writes_the_result_last(cfg, tmp_path
     assert all(row["stage"] == "toy" for _, row in stage.rows)
     assert [e["step"] for e in result["evals"]] == [6, 12]
     assert result["steps"] == 12 and result["resumed_from_step"] == 0
+    assert result["validations"] == 2
     assert result["final_mse_loss"] == pytest.approx(result["final_loss"])
     assert result["final_never_logged_loss"] is None
     assert result["best_step"] in (6, 12)

@@ -125,7 +125,7 @@ class ConsistencyTrainer(Trainer):
         self.target.load_state_dict({k[len("target.") :]: v.to(self.device)
                                      for k, v in tensors.items() if k.startswith("target.")})  # fmt: skip
 
-    def result_fields(self) -> dict[str, Any]:
+    def finish(self, out: Path, keeper: Any, evals: list[dict[str, Any]]) -> dict[str, Any]:
         c = self.policy.config
         return {"student": "consistency", "teacher": str(self.teacher_path), "loss": self.cc.loss,
                 "inference_steps": self.policy.inference_steps,

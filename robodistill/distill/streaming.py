@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from robodistill.config import ConfigError, RunConfig
-from robodistill.core.rundir import StageRun, progress, write_json_atomic
+from robodistill.core.rundir import StageRun, progress
 from robodistill.core.seeds import RNGStream, stream_rng
 from robodistill.data.demos import demos_path, load_demos
 from robodistill.data.sampler import SequenceSampler
@@ -192,11 +192,13 @@ class StreamingTrainer(Trainer):
         loss, _ = self.policy.compute_loss(batch, generator=self.gen)
         return loss, {"loss": float(loss.detach())}
 
-    def result_fields(self) -> dict[str, Any]:
+    def finish(self, out: Path, keeper: Any, evals: list[dict[str, Any]]) -> dict[str, Any]:
         sc, student = self.sc, self.policy
+        calls = [e["network_calls_per_decision"] for e in evals]
         return {"student": "streaming", "teacher": str(self.teacher_dir), "targets": sc.targets,
                 "buffer_horizon": sc.buffer_horizon, "calls_per_step": sc.calls_per_step,
                 "network_calls_per_decision": student.network_calls_per_decision,
+                "network_calls_per_decision_measured": float(np.mean(calls)),
                 "init_from_teacher": self.init, "demos": self.demos,
                 "windows": len(self.sampler)}  # fmt: skip
 
@@ -204,12 +206,6 @@ class StreamingTrainer(Trainer):
 def run_distill_streaming(cfg: RunConfig, stage: StageRun, teacher: Path) -> dict[str, Any]:
     """Train the streaming student of ``teacher`` in ``stage.dir / "streaming"``; returns the
     metrics (also in ``result.json``). Resumes from the last checkpoint."""
-    out = stage.dir / "streaming"
-    result = train_student(cfg, stage, out, cfg.distill.streaming,
-                           lambda: StreamingTrainer(cfg, Path(teacher)),
-                           validate=lambda policy, seeds: validate_counting_calls(cfg, policy, seeds))  # fmt: skip
-    if "network_calls_per_decision_measured" not in result:
-        calls = [e["network_calls_per_decision"] for e in result["evals"]]
-        result["network_calls_per_decision_measured"] = float(np.mean(calls))
-        write_json_atomic(out / "result.json", result)
-    return result
+    return train_student(cfg, stage, stage.dir / "streaming", cfg.distill.streaming,
+                         lambda: StreamingTrainer(cfg, Path(teacher)),
+                         validate=lambda policy, seeds: validate_counting_calls(cfg, policy, seeds))  # fmt: skip

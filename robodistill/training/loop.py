@@ -19,8 +19,8 @@ optimizer (from its config's preset), its random streams, and it computes one ba
   :class:`~robodistill.training.selection.BestPolicyKeeper`, which keeps the best policy;
 - every ``checkpoint_every`` steps a checkpoint (:mod:`robodistill.training.checkpoint`);
 - at the end: a final validation if the last step was not validated (a resume after the
-  last checkpoint), ``out/policy_last``, and ``out/result.json`` with the common fields and
-  the trainer's own. ``result.json`` present = done: a later call returns it.
+  last checkpoint), ``out/policy_last``, the trainer's :meth:`Trainer.finish`, and
+  ``out/result.json`` with the common fields and the trainer's own. ``result.json`` present = done: a later call returns it.
 """
 
 from __future__ import annotations
@@ -115,13 +115,13 @@ class Trainer:
     def load_extra_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         """Restore what :meth:`extra_tensors` saved."""
 
-    def result_fields(self) -> dict[str, Any]:
-        """The trainer's own fields of ``result.json``."""
+    def finish(self, out: Path, keeper: BestPolicyKeeper, evals: list[dict[str, Any]]
+               ) -> dict[str, Any]:  # fmt: skip
+        """Called once training is over, before ``result.json`` is written: do what must
+        exist before the trainer counts as done (e.g. copies of the kept policy) and return
+        the trainer's own fields of ``result.json``. ``evals``: every validation's
+        ``step``, success, return and ``eval_keys``."""
         return {}
-
-    def on_finish(self, out: Path, keeper: BestPolicyKeeper) -> None:
-        """Called once training is over, before ``result.json`` is written (what must exist
-        before the trainer counts as done, e.g. copies of the kept policy)."""
 
 
 def train(cfg: RunConfig, stage: StageRun, trainer: Trainer, settings: LoopSettings, out: Path,
@@ -219,7 +219,7 @@ def _train(cfg: RunConfig, stage: StageRun, trainer: Trainer, settings: LoopSett
         evaluate()
     train_s = time.monotonic() - t_train
     trainer.acting_policy().save(out / "policy_last")
-    trainer.on_finish(out, keeper)
+    own = trainer.finish(out, keeper, evals)
     best = keeper.best
     result = {
         "steps": step,
@@ -235,7 +235,7 @@ def _train(cfg: RunConfig, stage: StageRun, trainer: Trainer, settings: LoopSett
         "policy_last": str(out / "policy_last"),
         "num_parameters": sum(p.numel() for p in trainer.policy.net.parameters()),
         "device": str(trainer.device),
-        **trainer.result_fields(),
+        **own,
         "train_s": round(train_s, 1),
         "steps_per_s": round((step - resumed_from) / max(train_s, 1e-9), 2),
         "wall_s": round(time.monotonic() - t0, 1),

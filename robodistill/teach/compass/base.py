@@ -11,6 +11,7 @@ validation success on ``teach.compass.base_embodiment``), ``policy_last/``,
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -91,7 +92,7 @@ class BaseTrainer(Trainer):
         total, parts = base_loss(self.policy, batch, c.bc_loss, c.world_model_coef)
         return total, {"loss": float(total.detach()), **parts}
 
-    def result_fields(self) -> dict[str, Any]:
+    def finish(self, out: Path, keeper: Any, evals: list[dict[str, Any]]) -> dict[str, Any]:
         return dict(self.demo_info)
 
 

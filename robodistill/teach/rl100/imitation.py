@@ -95,15 +95,13 @@ class ImitationTrainer(Trainer):
         loss, _ = self.policy.compute_loss(batch, generator=self.gen)
         return loss, {"loss": float(loss.detach())}
 
-    def on_finish(self, out: Path, keeper: BestPolicyKeeper) -> None:
+    def finish(self, out: Path, keeper: BestPolicyKeeper, evals: list[dict[str, Any]]
+               ) -> dict[str, Any]:  # fmt: skip
         # The best imitation policy, kept apart: later sub-stages replace teach/policy.
         copy_dir(keeper.directory / "policy", out / "policy")
         shutil.copyfile(keeper.best_path, out / "best.json")
-        self.kept = out / "policy"
-
-    def result_fields(self) -> dict[str, Any]:
-        return {"policy": str(self.kept), "demos": self.demos, "demo_episodes": self.episodes,
-                "windows": len(self.sampler)}  # fmt: skip
+        return {"policy": str(out / "policy"), "demos": self.demos,
+                "demo_episodes": self.episodes, "windows": len(self.sampler)}  # fmt: skip
 
 
 def run_il(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
