@@ -93,7 +93,10 @@ class TwoStreamRolloutBuffer(RolloutBuffer):
 
 
 def intrinsic_critic(obs_dim: int, hidden: list[int]) -> nn.Sequential:
-    """``obs (B, D) -> V_int (B, 1)``: SB3's critic shape (Tanh MLP, orthogonal init)."""
+    """``obs (B, D) -> V_int (B, 1)``: SB3's critic shape (Tanh MLP, orthogonal init).
+
+    Built layer by layer rather than with SB3's ``create_mlp`` + ``init_weights``: the
+    same init, but in the RNG order the measured exploration runs were made with."""
     layers: list[nn.Module] = []
     last = obs_dim
     for width in hidden:
