@@ -29,9 +29,12 @@ Failed env runners are restarted (``fault_tolerance(restart_failed_env_runners=T
 
 ``teach.exploration.method: rnd | rdd`` adds intrinsic rewards through
 :mod:`robodistill.teach.rl.exploration_rllib`: the predictor lives in the (single) learner as a learner
-connector piece, so nothing is synchronized to env runners; its state is saved next to
-RLlib's files in ``checkpoint/`` as ``exploration.safetensors`` + ``exploration.json`` and
-restored on resume, and its statistics are logged per iteration as ``exploration_*``.
+connector piece, so nothing is synchronized to env runners, and PPO becomes two-stream
+(:mod:`robodistill.teach.rl.two_stream_rllib`: an intrinsic value head, ``A = extrinsic_coef·A_ext +
+intrinsic_coef·A_int``). The intrinsic head is part of the RLModule, so RLlib's checkpoint
+carries it; the predictor's state is saved next to RLlib's files in ``checkpoint/`` as
+``exploration.safetensors`` + ``exploration.json`` and restored on resume, and the
+statistics of both are logged per iteration as ``exploration_*``.
 
 Not supported on this backend: ``teach.algo: sac`` (raises), ``teach.normalize_reward``
 (ignored with a warning).
@@ -133,6 +136,7 @@ def build_config(cfg: RunConfig):
             num_epochs=teach.n_epochs,
             train_batch_size_per_learner=teach.n_steps * envs_per * max(num_runners, 1),
             minibatch_size=teach.batch_size,
+            entropy_coeff=teach.entropy_coef,
         )
         .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=list(teach.net_arch)))
         .fault_tolerance(
