@@ -50,6 +50,14 @@ Caveat, stated honestly: a network trained by constant-step Adam averages recent
 with an exponential window rather than the exact ``1/n`` mean, so the term decays like
 ``1/n`` at first and then levels off at a floor set by the learning rate.
 
+**Input scaling by bounds** (an addition to both papers, for low-dimensional inputs such
+as the robot's world position). With ``input_bounds=(low, high)`` inputs are mapped
+affinely from that box to ``[-1, 1]`` instead of by the running mean/std. RND's running
+statistics describe the states *visited*: after a policy that stays in a 3 m strip of an
+8 m hall, every place beyond ``obs_clip`` of its std maps to the same clipped input, so
+the unvisited part of the hall reads as already seen (measured on ``AGVMaze-v0``, see
+``docs/algorithms/exploration.md``).
+
 Both modules keep their normalisers as buffers, so ``state_dict()`` round-trips, and all
 randomness (init, update subsets, RDD noise) comes from torch's global RNG at construction
 (the update generator is seeded from it), so a run is deterministic given
@@ -72,10 +80,18 @@ class RunningMeanStd(nn.Module):
     ``update(x)`` with ``x`` of shape ``(N, *shape)`` merges the batch moments with the
     parallel (Chan et al.) formula, as in RND's reference implementation. ``count`` starts
     at a tiny epsilon (RND's choice) so the first merge is well defined.
+
+    ``max_count``: the weight of the old statistics is capped at this many samples, so the
+    estimate follows the last ~``max_count`` samples (an exponential forgetting window)
+    instead of the whole history; ``None`` keeps the whole history (RND).
     """
 
-    def __init__(self, shape: tuple[int, ...] = (), epsilon: float = 1e-4):
+    def __init__(self, shape: tuple[int, ...] = (), epsilon: float = 1e-4,
+                 max_count: float | None = None):  # fmt: skip
         super().__init__()
+        if max_count is not None and max_count <= 0:
+            raise ValueError(f"max_count must be positive or None, got {max_count}")
+        self.max_count = max_count
         self.register_buffer("mean", torch.zeros(shape, dtype=torch.float64))
         self.register_buffer("var", torch.ones(shape, dtype=torch.float64))
         self.register_buffer("count", torch.tensor(epsilon, dtype=torch.float64))
@@ -96,7 +112,7 @@ class RunningMeanStd(nn.Module):
         m2 = m2 + delta.square() * self.count * batch_count / total
         self.mean.copy_(new_mean)
         self.var.copy_(m2 / total)
-        self.count.copy_(total)
+        self.count.copy_(total if self.max_count is None else total.clamp(max=self.max_count))
 
     @property
     def std(self) -> torch.Tensor:
@@ -130,6 +146,8 @@ class RNDBonus(nn.Module):
         update_proportion: share of each batch the predictor trains on.
         obs_clip: normalised inputs are clipped to ``[-obs_clip, obs_clip]``.
         batch_size: minibatch size of one Adam step in :meth:`update`.
+        input_bounds: ``(low, high)``, each ``(D,)`` and finite: scale inputs from this box
+            to ``[-1, 1]`` instead of by the running mean/std (see the module docstring).
     """
 
     def __init__(
@@ -141,6 +159,7 @@ class RNDBonus(nn.Module):
         update_proportion: float = 0.25,
         obs_clip: float = 5.0,
         batch_size: int = 256,
+        input_bounds: tuple[Any, Any] | None = None,
     ):
         super().__init__()
         self.obs_dim = int(obs_dim)
@@ -149,6 +168,7 @@ class RNDBonus(nn.Module):
         self.obs_clip = float(obs_clip)
         self.batch_size = int(batch_size)
         self.obs_rms = RunningMeanStd((self.obs_dim,))
+        self._set_bounds(input_bounds)
         self.target = _mlp([self.obs_dim, hidden, hidden, self.embedding_dim])
         self.target.requires_grad_(False)  # fixed random features: never trained
         self.predictor = _mlp([self.obs_dim, hidden, hidden, hidden, self.embedding_dim])
@@ -159,6 +179,25 @@ class RNDBonus(nn.Module):
         # global stream during training.
         seed = int(torch.randint(0, 2**62, (1,)).item())
         self._gen = torch.Generator().manual_seed(seed)
+
+    def _set_bounds(self, bounds: tuple[Any, Any] | None) -> None:
+        """Registers the input box as buffers, only when given, so the state dict of a
+        running-normalised module keeps RND's keys."""
+        self.has_bounds = bounds is not None
+        if bounds is None:
+            return
+        low, high = (np.asarray(b, dtype=np.float64).reshape(-1) for b in bounds)
+        if low.shape != (self.obs_dim,) or high.shape != (self.obs_dim,):
+            raise ValueError(
+                f"input_bounds need {self.obs_dim} values each, got {low.shape} and {high.shape}"
+            )
+        if not (np.isfinite(low).all() and np.isfinite(high).all() and (high > low).all()):
+            raise ValueError(
+                f"input_bounds must be finite with high > low, got low={low.tolist()}, "
+                f"high={high.tolist()}"
+            )
+        self.register_buffer("input_low", torch.as_tensor(low))
+        self.register_buffer("input_high", torch.as_tensor(high))
 
     # -- hooks for RDD -------------------------------------------------------------------
     def _build_extra(self, hidden: int) -> None:
@@ -177,11 +216,16 @@ class RNDBonus(nn.Module):
         return x.to(device=self.device, dtype=torch.float32).reshape(-1, self.obs_dim)
 
     def normalize(self, obs: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """``(B, D)`` raw -> ``(B, D)`` float32, standardised and clipped."""
+        """``(B, D)`` raw -> ``(B, D)`` float32, standardised (or scaled from
+        ``input_bounds`` to ``[-1, 1]``) and clipped."""
         x = self._as_tensor(obs)
-        mean = self.obs_rms.mean.float()
-        std = torch.sqrt(self.obs_rms.var.float() + 1e-8)
-        return ((x - mean) / std).clamp(-self.obs_clip, self.obs_clip)
+        if self.has_bounds:
+            low, high = self.input_low.float(), self.input_high.float()
+            x = 2 * (x - low) / (high - low) - 1
+        else:
+            mean = self.obs_rms.mean.float()
+            x = (x - mean) / torch.sqrt(self.obs_rms.var.float() + 1e-8)
+        return x.clamp(-self.obs_clip, self.obs_clip)
 
     def update_obs_stats(self, obs: torch.Tensor | np.ndarray) -> None:
         """Merge ``(N, D)`` raw observations into the input normaliser."""
@@ -276,6 +320,9 @@ class RNDBonus(nn.Module):
             "update_proportion": self.update_proportion,
             "obs_clip": self.obs_clip,
             "batch_size": self.batch_size,
+            "input_bounds": (
+                [self.input_low.tolist(), self.input_high.tolist()] if self.has_bounds else None
+            ),
         }
 
 
@@ -328,9 +375,15 @@ GAMMA_INT = 0.99
 """Discount of the non-episodic intrinsic return used only to normalise the bonus (RND's)."""
 
 
-def bonus_from_config(cfg: Any, obs_dim: int, seed: int) -> RNDBonus:
+def bonus_from_config(cfg: Any, obs_dim: int, seed: int,
+                      input_bounds: tuple[Any, Any] | None = None) -> RNDBonus:  # fmt: skip
     """The bonus module ``cfg`` (an ``ExplorationConfig``) describes, its weights seeded by
-    ``seed`` without touching torch's global RNG (both teacher backends build it this way)."""
+    ``seed`` without touching torch's global RNG (both teacher backends build it this way).
+    ``input_bounds``: the bonus input's ``(low, high)`` box, used when
+    ``cfg.input_scaling == "bounds"``."""
+    scaling = cfg.input_scaling
+    if scaling == "bounds" and input_bounds is None:
+        raise ValueError("input_scaling 'bounds' needs the bonus input's bounds")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return make_bonus(
@@ -342,6 +395,7 @@ def bonus_from_config(cfg: Any, obs_dim: int, seed: int) -> RNDBonus:
             update_proportion=cfg.update_proportion,
             obs_clip=cfg.obs_clip,
             sigma=cfg.rdd_sigma,
+            input_bounds=input_bounds if scaling == "bounds" else None,
         )
 
 

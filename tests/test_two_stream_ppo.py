@@ -15,7 +15,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 from robodistill.config import ConfigError, ExplorationConfig, load_config
 from robodistill.core.rundir import StageRun
-from robodistill.policies.exploration import bonus_from_config
+from robodistill.policies.exploration import bonus_from_config, make_bonus
 from robodistill.teach.rl.exploration_sb3 import (
     IntrinsicRewardVecEnv,
     bonus_columns,
@@ -171,3 +171,46 @@ def test_teach_ppo_with_rnd_logs_the_bonus_and_trains_both_heads(tmp_path):
     )
     state = json.loads((stage.dir / "checkpoint" / "state.json").read_text())
     assert "critic_int" in state["optimizers"] and "int_rng" in state
+
+
+def _strip_and_beyond(bounds):
+    """A bonus trained on a 3 m strip of an 8 x 12 m hall: (bonus, visited, beyond) where
+    ``beyond`` are places 3.5-7.5 m from the strip's far edge."""
+    rng = np.random.default_rng(0)
+    visited = np.stack([rng.uniform(0.3, 3.2, 4000), rng.uniform(1.5, 10.5, 4000)], 1)
+    beyond = np.stack([np.linspace(4.5, 7.5, 4).repeat(3), np.tile([2.0, 6.0, 10.0], 4)], 1)
+    cfg = ExplorationConfig(method="rnd", input_scaling="bounds" if bounds else "running")
+    bonus = bonus_from_config(cfg, 2, seed=0, input_bounds=([0, 0], [8, 12]) if bounds else None)
+    bonus.update_obs_stats(visited)
+    for _ in range(20):
+        bonus.update(visited[rng.integers(0, len(visited), 1024)], epochs=4, minibatches=4)
+    return bonus, visited.astype(np.float32), beyond.astype(np.float32)
+
+
+def test_running_scaling_clips_the_unvisited_hall_to_one_input_bounds_scaling_does_not():
+    running, _, beyond = _strip_and_beyond(bounds=False)
+    # Beyond obs_clip standard deviations of the strip (here from ~6 m on) every x looks
+    # the same to the bonus: 6.5 m and 7.5 m are one input.
+    assert torch.equal(running.normalize(beyond[6:9]), running.normalize(beyond[9:]))
+    scaled, visited, beyond = _strip_and_beyond(bounds=True)
+    x = scaled.normalize(beyond)[:, 0]
+    assert torch.allclose(x, torch.as_tensor(beyond[:, 0] / 4 - 1))  # [0, 8] m -> [-1, 1]
+    novel, seen = scaled.bonus(beyond), scaled.bonus(visited)
+    assert float(novel.min()) > 5 * float(seen.mean())
+    # The further from the visited strip, the higher the bonus: a gradient to follow.
+    far, near = novel.reshape(4, 3).mean(1)[[-1, 0]]
+    assert float(far) > float(near)
+
+
+def test_bounds_scaling_round_trips_and_refuses_unbounded_inputs():
+    cfg = ExplorationConfig(method="rdd", input_scaling="bounds")
+    bonus = bonus_from_config(cfg, 2, seed=1, input_bounds=([0, 0], [8, 12]))
+    again = make_bonus("rdd", **bonus.config())
+    again.load_state_dict(bonus.state_dict())
+    obs = np.array([[1.0, 2.0], [7.0, 11.0]], np.float32)
+    assert torch.equal(bonus.bonus(obs), again.bonus(obs))
+    with pytest.raises(ValueError, match="input_bounds must be finite"):
+        make_bonus("rnd", 2, input_bounds=([0, 0], [np.inf, 1]))
+    venv = DummyVecEnv([lambda: gym.make("CartPole-v1")])  # two velocities are unbounded
+    with pytest.raises(ConfigError, match="teach.exploration.input_scaling"):
+        wrap_exploration(venv, cfg, gamma=0.99, seed=0, two_stream=True, warmup_steps=0)

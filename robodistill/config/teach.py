@@ -43,6 +43,17 @@ class ExplorationConfig(Section):
     obs_norm_warmup_steps: int = Field(6400, ge=0, le=10_000_000)
     """Random-action steps per env that initialise the bonus's observation normaliser
     before training (cleanrl: 50 iterations of 128 steps)."""
+    input_scaling: Literal["running", "bounds"] = "running"
+    """How the bonus's input is normalized. ``running``: RND's running mean/std (initialized
+    by the warm-up), clipped at ``obs_clip``. ``bounds``: the observation space's bounds of
+    the bonus input mapped to [-1, 1]; needs finite bounds (e.g. ``[position]``). With a
+    running std over the few places a young policy visits, every unvisited place is
+    clipped to the same input and looks seen."""
+    return_norm_window: int | None = Field(None, ge=1, le=10**9)
+    """The bonus is divided by the std of the intrinsic return over about the last this
+    many (per-env) returns; ``null``: over the whole run (RND). On a small input space the
+    bonus falls 1000-fold in 100k steps while a whole-run std falls 2-fold, leaving the
+    intrinsic critic to fit returns of 1e-3 with Adam's fixed step size. SB3 only."""
     bonus_input: list[str] = []
     """Observation-layout fields the bonus sees (e.g. ``[position]`` with the robodistill
     tasks' ``env.kwargs.privileged_position: true``); empty: the whole observation. The
@@ -72,6 +83,10 @@ class TeachConfig(Section):
     """Minibatch size."""
     n_epochs: int = Field(10, ge=1, le=1000)
     """PPO: optimization epochs per rollout."""
+    entropy_coef: float = Field(0.0, ge=0.0, le=10.0)
+    """PPO: weight of the policy-entropy bonus in the loss (SB3's ``ent_coef``, RLlib's
+    ``entropy_coeff``). RND's PPO uses 0.001: without it a reward-free policy's action std
+    shrinks (measured on AGVMaze-v0: 1.0 to 0.25 in 400k steps) and exploration stops."""
     buffer_size: int = Field(1_000_000, ge=1, le=100_000_000)
     """SAC: replay buffer size."""
     learning_starts: int = Field(1000, ge=0, le=10**9)

@@ -81,6 +81,8 @@ class IntrinsicRewardVecEnv(VecEnvWrapper):
         mix_rewards: return ``extrinsic_coef * r_ext + intrinsic_coef * r_int`` (one reward
             stream, for SAC); ``False``: return ``r_ext`` and leave ``r_int`` to a two-stream
             learner (PPO).
+        return_window: the intrinsic return's std is taken over about the last this many
+            returns (``None``: all of them, RND's choice).
 
     ``step_wait`` returns ``extrinsic_coef * r_ext + intrinsic_coef * r_int`` (float32,
     shape ``(num_envs,)``; ``r_ext`` unchanged with ``mix_rewards=False``) and writes ``info["r_ext"]`` and ``info["r_int"]`` (normalised,
@@ -98,6 +100,7 @@ class IntrinsicRewardVecEnv(VecEnvWrapper):
         seed: int | None = None,
         mix_rewards: bool = True,
         columns: np.ndarray | None = None,
+        return_window: int | None = None,
     ):
         if not isinstance(venv.observation_space, spaces.Box):
             raise TypeError(
@@ -115,7 +118,7 @@ class IntrinsicRewardVecEnv(VecEnvWrapper):
         self.extrinsic_coef = float(extrinsic_coef)
         self.gamma_int = float(gamma_int)
         self.max_buffer = int(max_buffer)
-        self.return_rms = RunningMeanStd(())
+        self.return_rms = RunningMeanStd((), max_count=return_window)
         self.intrinsic_return = np.zeros(self.num_envs, dtype=np.float64)
         self._buffer: list[np.ndarray] = []
         self._buffered = 0
@@ -330,6 +333,26 @@ def bonus_columns(names: list[str], layout: list[dict] | None) -> np.ndarray | N
     return np.concatenate([np.arange(known[n]["start"], known[n]["stop"]) for n in names])
 
 
+def _input_bounds(venv: VecEnv, columns: np.ndarray | None, cfg: ExplorationConfig
+                  ) -> tuple[np.ndarray, np.ndarray] | None:  # fmt: skip
+    """The bonus input's ``(low, high)`` from the observation space when
+    ``cfg.input_scaling == "bounds"``; a clear error when a bound is infinite."""
+    if cfg.input_scaling != "bounds":
+        return None
+    space = venv.observation_space
+    low = np.asarray(space.low, dtype=np.float64).reshape(-1)
+    high = np.asarray(space.high, dtype=np.float64).reshape(-1)
+    if columns is not None:
+        low, high = low[columns], high[columns]
+    if not (np.isfinite(low).all() and np.isfinite(high).all()):
+        raise ConfigError(
+            "teach.exploration.input_scaling: 'bounds' needs finite observation bounds for "
+            f"the bonus input, got low={low.tolist()}, high={high.tolist()}; pick bounded "
+            "fields with teach.exploration.bonus_input or use input_scaling: running"
+        )
+    return low, high
+
+
 def wrap_exploration(
     venv: VecEnv,
     cfg: ExplorationConfig,
@@ -361,10 +384,11 @@ def wrap_exploration(
         raise ValueError(f"gamma must be in (0, 1], got {gamma}")
     columns = bonus_columns(list(cfg.bonus_input), layout)
     obs_dim = int(np.prod(venv.observation_space.shape)) if columns is None else len(columns)
-    bonus = bonus_from_config(cfg, obs_dim, seed)
+    bonus = bonus_from_config(cfg, obs_dim, seed, input_bounds=_input_bounds(venv, columns, cfg))
     wrapped = IntrinsicRewardVecEnv(
         venv, bonus, intrinsic_coef=cfg.intrinsic_coef, extrinsic_coef=cfg.extrinsic_coef,
         gamma_int=cfg.gamma_int, seed=seed, mix_rewards=not two_stream, columns=columns,
+        return_window=cfg.return_norm_window,
     )  # fmt: skip
     wrapped.warmup(cfg.obs_norm_warmup_steps if warmup_steps is None else warmup_steps)
     callback = ExplorationCallback(

@@ -101,7 +101,8 @@ def run_teach_sb3(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
         tensorboard_log=str(stage.dir / "tb"), device="cpu", verbose=0,
     )  # fmt: skip
     if teach.algo == "ppo":
-        ppo = dict(n_steps=teach.n_steps, n_epochs=teach.n_epochs, **common)
+        ppo = dict(n_steps=teach.n_steps, n_epochs=teach.n_epochs, ent_coef=teach.entropy_coef,
+                   **common)  # fmt: skip
         if explore_callback is not None:  # RND's two value heads (teach/rl/two_stream_ppo.py)
             x = teach.exploration
             model = TwoStreamPPO("MlpPolicy", venv, gamma_int=x.gamma_int,
