@@ -113,3 +113,19 @@ def test_replace_dir_and_a_crash_between_its_renames(tmp_path):
     # A half-written directory (no marker) is never taken for a checkpoint.
     ckpt.mkdir()
     assert committed_dir(ckpt, "state.json") == tmp_path / ".checkpoint.old"
+
+
+def test_a_setting_added_after_a_run_refuses_it_only_when_not_at_its_default(tmp_path):
+    ppo = ("teach.algo=ppo",)
+    with StageRun(_cfg(tmp_path, *ppo), "teach") as stage:
+        stage.finish({})
+    # Rewrite the finished run as an older release wrote it: without the newer settings.
+    path = tmp_path / "default/teach/manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["config_sections"]["teach"]["entropy_coef"]
+    del manifest["config_sections"]["teach"]["exploration"]["return_norm_window"]
+    path.write_text(json.dumps(manifest))
+    with StageRun(_cfg(tmp_path, *ppo), "teach") as stage:
+        assert stage.skipped
+    with pytest.raises(StageConfigMismatch, match=r"teach.entropy_coef: \(not set\) -> 0.01"):
+        StageRun(_cfg(tmp_path, *ppo, "teach.entropy_coef=0.01"), "teach").__enter__()

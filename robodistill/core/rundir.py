@@ -168,13 +168,28 @@ def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
         ) from e
 
 
-def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+_ABSENT = object()
+
+
+def _diff(old: Any, new: Any, default: Any = None, prefix: str = "") -> list[str]:
+    """The settings that differ between two config dumps, as ``"key: old -> new"``.
+
+    A key the old dump does not have (a setting added to robodistill after that run) is no
+    change when the new dump holds its default (``default``: the dump of a default config):
+    a release that adds a setting must not refuse the runs made before it.
+    """
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
         for key in sorted(set(old) | set(new)):
-            out += _diff(old.get(key), new.get(key), f"{prefix}{key}.")
+            sub = default.get(key, _ABSENT) if isinstance(default, dict) else _ABSENT
+            out += _diff(old.get(key, _ABSENT), new.get(key, _ABSENT), sub, f"{prefix}{key}.")
         return out
-    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+    if old is _ABSENT and new == default:
+        return []
+    if old == new:
+        return []
+    show = lambda v: "(not set)" if v is _ABSENT else repr(v)  # noqa: E731
+    return [f"{prefix.rstrip('.')}: {show(old)} -> {show(new)}"]
 
 
 class StageRun:
@@ -235,8 +250,11 @@ class StageRun:
         if self.inputs:
             sections["inputs"] = self.inputs
         previous = read_manifest(self.dir)
+        changes = []
         if previous is not None and previous.get("config_sections") != sections:
-            changes = _diff(previous.get("config_sections"), sections)
+            default = type(self.cfg)().section_dump(STAGE_SECTIONS[self.stage])
+            changes = _diff(previous.get("config_sections"), sections, default)
+        if changes:
             if not self.overwrite:
                 raise StageConfigMismatch(
                     f"{self.dir} was made with another configuration ({'; '.join(changes)}). "
