@@ -49,8 +49,8 @@ DEFAULT_STEPS = 122_880
 
 
 def run_one(
-    method: str, seed: int, steps: int, runs_dir: str, fresh: bool, rows: int,
-    overrides: tuple[str, ...] = (),
+    method: str, seed: int, steps: int, runs_dir: str, fresh: bool, rows: int | None,
+    overrides: tuple[str, ...] = (), config: str = CONFIG,
 ) -> dict[str, Any]:  # fmt: skip
     """Train one (method, seed) teacher in this (worker) process; returns its numbers."""
     import torch
@@ -61,7 +61,7 @@ def run_one(
 
     name = f"{method.replace('+', '-')}-s{seed}"
     cfg = load_config(
-        CONFIG,
+        config,
         [
             f"teach.exploration.method={METHODS[method]}",
             f"seed={seed}",
@@ -70,7 +70,7 @@ def run_one(
             f"teach.checkpoint_every={max(steps // 4, 1)}",
             f"name={name}",
             f"runs_dir={runs_dir}",
-            f"env.kwargs.rows={rows}",
+            *([f"env.kwargs.rows={rows}"] if rows is not None else []),
             *overrides,
         ],
     )
@@ -97,12 +97,12 @@ def run_one(
         "wall_s": round(time.monotonic() - t0, 1),
         "curve": curve,  # [step, successes, episodes] per PPO rollout
         "bonus": bonus,  # [step, novelty ratio, mean r_int] per predictor update
-        **closest_approach(stage_dir / "policy", cfg.env.kwargs, seed),
+        **closest_approach(stage_dir / "policy", cfg.env.id, cfg.env.kwargs, seed),
     }
 
 
-def closest_approach(policy_dir: Path, env_kwargs: dict, seed: int, episodes: int = 5
-                     ) -> dict[str, Any]:  # fmt: skip
+def closest_approach(policy_dir: Path, env_id: str, env_kwargs: dict, seed: int,
+                     episodes: int = 5) -> dict[str, Any]:  # fmt: skip
     """How close the trained policy drives to the goal (a signal even when no run succeeds).
 
     Rolls the final policy out on ``episodes`` held-out layouts and records, per episode, the
@@ -115,7 +115,7 @@ def closest_approach(policy_dir: Path, env_kwargs: dict, seed: int, episodes: in
     from robodistill.policies.base import load_policy
 
     policy = load_policy(policy_dir)
-    env = make_env("robodistill/AGVMaze-v0", **env_kwargs)
+    env = make_env(env_id, **env_kwargs)
     closest, covered = [], []
     for i in range(episodes):
         obs, _ = env.reset(seed=seed * 1_000_000 + 700_000 + i)
@@ -183,6 +183,11 @@ def summarize(runs: list[dict[str, Any]], steps: int, n_bins: int) -> dict[str, 
                 r.get("closest_goal_distance_m", math.nan) for r in mine
             ),
             "steps_per_s_per_seed": [r["steps_per_s"] for r in mine],
+            # Training wall time only (steps / steps-per-second): the two workers share two
+            # cores, so this is the time per run with another run beside it.
+            "wall_s_median": statistics.median(
+                r["timesteps"] / r["steps_per_s"] for r in mine if r["steps_per_s"]
+            ),
             "novelty_ratio_last_per_seed": [
                 next((b[1] for b in reversed(r.get("bonus", [])) if b[1] is not None), None)
                 for r in mine
@@ -201,11 +206,11 @@ def summarize(runs: list[dict[str, Any]], steps: int, n_bins: int) -> dict[str, 
     return out
 
 
-def print_table(summary: dict[str, Any], steps: int) -> str:
+def print_table(summary: dict[str, Any], steps: int, title: str) -> str:
     lines = [
-        f"AGVMaze-v0, {steps} env steps per run, 1000-step episodes",
+        f"{title}, {steps} env steps per run",
         f"{'method':<9} {'eval success (mean±std)':<24} {'train-episode success':<26} "
-        f"{'distance covered':<17} steps to first success (per seed)",
+        f"{'distance covered':<17} {'wall s/run':<11} steps to first success (per seed)",
     ]
     for method, s in summary.items():
         first = ", ".join(
@@ -214,7 +219,8 @@ def print_table(summary: dict[str, Any], steps: int) -> str:
         train = f"{s['train_success_fraction']:.3f} ({s['train_successes']}/{s['train_episodes']})"
         lines.append(
             f"{method:<9} {s['eval_success_mean']:.2f} ± {s['eval_success_std']:.2f}"
-            f"{'':<13} {train:<26} {s['distance_covered_mean']:<17.2f} {first}"
+            f"{'':<13} {train:<26} {s['distance_covered_mean']:<17.2f} "
+            f"{s['wall_s_median']:<11.0f} {first}"
         )
     for method in ("ppo+rnd", "ppo+rdd"):
         ratio = summary.get(method, {}).get("train_success_fraction_vs_ppo", "n/a")
@@ -225,13 +231,16 @@ def print_table(summary: dict[str, Any], steps: int) -> str:
     return text
 
 
-def plot(summary: dict[str, Any], path: Path) -> None:
+def plot(summary: dict[str, Any], runs: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Left: training-episode success vs env steps (mean over seeds). Middle and right: the
+    bonus per seed over training, novelty ratio and mean normalised r_int (log scale)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    ax = axes[0]
     for method, s in summary.items():
         edges = s["curve_bin_edges"]
         xs = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:], strict=True)]
@@ -239,10 +248,26 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         ax.plot(xs, ys, marker=".", label=f"{method} (n={len(s['seeds'])})")
     ax.set_xlabel("environment steps")
     ax.set_ylabel("training-episode success rate")
-    ax.set_title("AGVMaze-v0 (sparse reward): mean over seeds")
+    ax.set_title(f"{title}: mean over seeds")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend()
+    colors = {"ppo+rnd": "tab:orange", "ppo+rdd": "tab:green"}
+    for col, (ax, label) in enumerate(
+        [(axes[1], "novelty ratio (held-out / visited)"), (axes[2], "mean r_int per step")]
+    ):
+        for r in runs:
+            pts = [(b[0], b[col + 1]) for b in r.get("bonus", []) if b[col + 1]]
+            if pts and r["method"] in colors:
+                solved = r["first_success_step"] is not None
+                ax.plot(*zip(*pts, strict=True), color=colors[r["method"]], lw=0.8,
+                        ls="-" if solved else ":",
+                        label=f"{r['method']} s{r['seed']}{'' if solved else ' (never)'}")  # fmt: skip
+        ax.set_yscale("log")
+        ax.set_xlabel("environment steps")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -250,12 +275,13 @@ def plot(summary: dict[str, Any], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default=CONFIG, help="teacher config every run starts from")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
-        "--rows", type=int, default=5, help="AGVMaze shelf rows (5: the full 24 m hall)"
+        "--rows", type=int, default=None, help="AGVMaze shelf rows (default: the config's)"
     )
     parser.add_argument("--bins", type=int, default=16)
     parser.add_argument("--out", type=Path, default=Path("runs/benchmarks/exploration"))
@@ -265,6 +291,13 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     runs_dir = str(args.out / "runs")
+    from robodistill.config import load_config
+
+    cfg = load_config(args.config, [*([f"env.kwargs.rows={args.rows}"] if args.rows else []),
+                                    *args.set])  # fmt: skip
+    args.env_id = cfg.env.id
+    kwargs = ", ".join(f"{k}={v}" for k, v in cfg.env.kwargs.items())
+    title = f"{cfg.env.id.split('/')[-1]} ({kwargs})"
 
     # Slowest methods first within each seed, so the two workers finish close together.
     jobs = [(m, s) for s in args.seeds for m in reversed(args.methods)]
@@ -274,10 +307,11 @@ def main() -> None:
     with ProcessPoolExecutor(max_workers=args.workers, mp_context=ctx) as pool:
         futures = {
             pool.submit(
-                run_one, m, s, args.steps, runs_dir, args.fresh, args.rows, tuple(args.set)
+                run_one, m, s, args.steps, runs_dir, args.fresh, args.rows, tuple(args.set),
+                args.config,
             ): (m, s)
             for m, s in jobs
-        }
+        }  # fmt: skip
         for future in as_completed(futures):
             m, s = futures[future]
             r = future.result()
@@ -292,16 +326,16 @@ def main() -> None:
             _write(args, runs, summary, time.monotonic() - t0)
 
     summary = summarize(runs, args.steps, args.bins)
-    table = print_table(summary, args.steps)
+    table = print_table(summary, args.steps, title)
     _write(args, runs, summary, time.monotonic() - t0, table)
-    plot(summary, args.out / "learning_curve.png")
+    plot(summary, runs, args.out / "learning_curve.png", title)
     print(f"plot: {args.out / 'learning_curve.png'}\njson: {args.out / 'results.json'}")
 
 
 def _write(args, runs, summary, wall, table: str | None = None) -> None:
     document = {
-        "env": "robodistill/AGVMaze-v0",
-        "config": CONFIG,
+        "env": args.env_id,
+        "config": args.config,
         "steps_per_run": args.steps,
         "seeds": args.seeds,
         "workers": args.workers,
