@@ -56,7 +56,13 @@ affinely from that box to ``[-1, 1]`` instead of by the running mean/std. RND's 
 statistics describe the states *visited*: after a policy that stays in a 3 m strip of an
 8 m hall, every place beyond ``obs_clip`` of its std maps to the same clipped input, so
 the unvisited part of the hall reads as already seen (measured on ``AGVMaze-v0``, see
-``docs/algorithms/exploration.md``).
+``docs/algorithms/exploration.md``). ``centre_on_visited=True`` keeps RND's running *mean*
+as the centre and only takes the *scale* from the box. Why the centre matters: target and
+predictor start with zero biases, so at initialisation both are positively homogeneous
+ReLU maps and the bonus grows like ``|x|^2`` away from the normalised origin. Centred on
+the box, the first landscape is lowest in the middle of the arena and highest in its
+corners, whichever is near the start; centred on the visited states, it grows with the
+distance from where the robot has been, in every direction.
 
 Both modules keep their normalisers as buffers, so ``state_dict()`` round-trips, and all
 randomness (init, update subsets, RDD noise) comes from torch's global RNG at construction
@@ -148,6 +154,8 @@ class RNDBonus(nn.Module):
         batch_size: minibatch size of one Adam step in :meth:`update`.
         input_bounds: ``(low, high)``, each ``(D,)`` and finite: scale inputs from this box
             to ``[-1, 1]`` instead of by the running mean/std (see the module docstring).
+        centre_on_visited: with ``input_bounds``, centre the inputs on the running mean of
+            the visited ones instead of the box's centre (the scale stays the box's).
     """
 
     def __init__(
@@ -160,8 +168,10 @@ class RNDBonus(nn.Module):
         obs_clip: float = 5.0,
         batch_size: int = 256,
         input_bounds: tuple[Any, Any] | None = None,
+        centre_on_visited: bool = False,
     ):
         super().__init__()
+        self.centre_on_visited = bool(centre_on_visited)
         self.obs_dim = int(obs_dim)
         self.embedding_dim = int(embedding_dim)
         self.update_proportion = float(update_proportion)
@@ -221,7 +231,8 @@ class RNDBonus(nn.Module):
         x = self._as_tensor(obs)
         if self.has_bounds:
             low, high = self.input_low.float(), self.input_high.float()
-            x = 2 * (x - low) / (high - low) - 1
+            centre = self.obs_rms.mean.float() if self.centre_on_visited else (low + high) / 2
+            x = 2 * (x - centre) / (high - low)
         else:
             mean = self.obs_rms.mean.float()
             x = (x - mean) / torch.sqrt(self.obs_rms.var.float() + 1e-8)
@@ -323,6 +334,7 @@ class RNDBonus(nn.Module):
             "input_bounds": (
                 [self.input_low.tolist(), self.input_high.tolist()] if self.has_bounds else None
             ),
+            "centre_on_visited": self.centre_on_visited,
         }
 
 
@@ -382,8 +394,9 @@ def bonus_from_config(cfg: Any, obs_dim: int, seed: int,
     ``input_bounds``: the bonus input's ``(low, high)`` box, used when
     ``cfg.input_scaling == "bounds"``."""
     scaling = cfg.input_scaling
-    if scaling == "bounds" and input_bounds is None:
-        raise ValueError("input_scaling 'bounds' needs the bonus input's bounds")
+    bounded = scaling in ("bounds", "bounds_running_mean")
+    if bounded and input_bounds is None:
+        raise ValueError(f"input_scaling {scaling!r} needs the bonus input's bounds")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return make_bonus(
@@ -395,7 +408,8 @@ def bonus_from_config(cfg: Any, obs_dim: int, seed: int,
             update_proportion=cfg.update_proportion,
             obs_clip=cfg.obs_clip,
             sigma=cfg.rdd_sigma,
-            input_bounds=input_bounds if scaling == "bounds" else None,
+            input_bounds=input_bounds if bounded else None,
+            centre_on_visited=scaling == "bounds_running_mean",
         )
 
 

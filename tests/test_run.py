@@ -123,9 +123,20 @@ def test_a_setting_added_after_a_run_refuses_it_only_when_not_at_its_default(tmp
     path = tmp_path / "default/teach/manifest.json"
     manifest = json.loads(path.read_text())
     del manifest["config_sections"]["teach"]["entropy_coef"]
-    del manifest["config_sections"]["teach"]["exploration"]["return_norm_window"]
     path.write_text(json.dumps(manifest))
     with StageRun(_cfg(tmp_path, *ppo), "teach") as stage:
         assert stage.skipped
     with pytest.raises(StageConfigMismatch, match=r"teach.entropy_coef: \(not set\) -> 0.01"):
         StageRun(_cfg(tmp_path, *ppo, "teach.entropy_coef=0.01"), "teach").__enter__()
+
+
+def test_the_bonus_settings_of_a_run_without_a_bonus_are_not_part_of_its_fingerprint(tmp_path):
+    ppo = ("teach.algo=ppo", "teach.exploration.method=none")
+    with StageRun(_cfg(tmp_path, *ppo, "teach.exploration.hidden=32"), "teach") as stage:
+        stage.finish({})
+    with StageRun(_cfg(tmp_path, *ppo, "teach.exploration.hidden=64"), "teach") as stage:
+        assert stage.skipped
+    with pytest.raises(StageConfigMismatch, match="teach.exploration.method: 'none' -> 'rnd'"):
+        StageRun(
+            _cfg(tmp_path, "teach.algo=ppo", "teach.exploration.method=rnd"), "teach"
+        ).__enter__()

@@ -214,3 +214,21 @@ def test_bounds_scaling_round_trips_and_refuses_unbounded_inputs():
     venv = DummyVecEnv([lambda: gym.make("CartPole-v1")])  # two velocities are unbounded
     with pytest.raises(ConfigError, match="teach.exploration.input_scaling"):
         wrap_exploration(venv, cfg, gamma=0.99, seed=0, two_stream=True, warmup_steps=0)
+
+
+def test_centred_on_visited_the_first_bonus_grows_with_the_distance_from_the_visits():
+    cfg = ExplorationConfig(method="rnd", input_scaling="bounds_running_mean")
+    bonus = bonus_from_config(cfg, 2, seed=0, input_bounds=([0, 0], [8, 12]))
+    start = np.array([1.2, 2.5])
+    bonus.update_obs_stats(np.random.default_rng(0).normal(start, 0.3, (5000, 2)))
+    mean = bonus.obs_rms.mean.numpy()
+    # Zero biases at init: target and predictor vanish at the centre, the bonus with them.
+    assert float(bonus.bonus(mean[None].astype(np.float32))) < 1e-8
+    ray = mean + np.linspace(0.5, 5.0, 10)[:, None] * np.array([0.8, 0.6])
+    values = bonus.bonus(ray.astype(np.float32)).numpy()
+    assert (np.diff(values) > 0).all()
+    box = bonus_from_config(ExplorationConfig(method="rnd", input_scaling="bounds"), 2, seed=0,
+                            input_bounds=([0, 0], [8, 12]))  # fmt: skip
+    # Centred on the box instead, the hall's centre is the least novel place.
+    centre, visited = box.bonus(np.array([[4.0, 6.0], start], np.float32)).numpy()
+    assert centre < 1e-8 < visited

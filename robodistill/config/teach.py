@@ -43,12 +43,14 @@ class ExplorationConfig(Section):
     obs_norm_warmup_steps: int = Field(6400, ge=0, le=10_000_000)
     """Random-action steps per env that initialise the bonus's observation normaliser
     before training (cleanrl: 50 iterations of 128 steps)."""
-    input_scaling: Literal["running", "bounds"] = "running"
+    input_scaling: Literal["running", "bounds", "bounds_running_mean"] = "running"
     """How the bonus's input is normalized. ``running``: RND's running mean/std (initialized
     by the warm-up), clipped at ``obs_clip``. ``bounds``: the observation space's bounds of
     the bonus input mapped to [-1, 1]; needs finite bounds (e.g. ``[position]``). With a
     running std over the few places a young policy visits, every unvisited place is
-    clipped to the same input and looks seen."""
+    clipped to the same input and looks seen. ``bounds_running_mean``: centred on the
+    running mean (RND's), scaled by the bounds' half-width: the first bonus landscape then
+    grows with the distance from the visited places, not from the arena's centre."""
     return_norm_window: int | None = Field(None, ge=1, le=10**9)
     """The bonus is divided by the std of the intrinsic return over about the last this
     many (per-env) returns; ``null``: over the whole run (RND). On a small input space the

@@ -176,7 +176,9 @@ def _diff(old: Any, new: Any, default: Any = None, prefix: str = "") -> list[str
 
     A key the old dump does not have (a setting added to robodistill after that run) is no
     change when the new dump holds its default (``default``: the dump of a default config):
-    a release that adds a setting must not refuse the runs made before it.
+    a release that adds a setting must not refuse the runs made before it. A key only the
+    old dump has is a setting the stage no longer depends on (pruned, e.g. the bonus's
+    settings of a run without a bonus), so no change either.
     """
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
@@ -184,7 +186,7 @@ def _diff(old: Any, new: Any, default: Any = None, prefix: str = "") -> list[str
             sub = default.get(key, _ABSENT) if isinstance(default, dict) else _ABSENT
             out += _diff(old.get(key, _ABSENT), new.get(key, _ABSENT), sub, f"{prefix}{key}.")
         return out
-    if old is _ABSENT and new == default:
+    if (old is _ABSENT and new == default) or new is _ABSENT:
         return []
     if old == new:
         return []
@@ -243,6 +245,8 @@ class StageRun:
                 teach.pop(key, None)
         if teach and teach.get("algo") != "compass":
             teach.pop("compass", None)
+        if teach and teach.get("exploration", {}).get("method") == "none":
+            teach["exploration"] = {"method": "none"}  # the bonus's settings are unused
         distill = sections.get("distill")
         if distill:
             for key in set(STUDENT_SECTIONS) - set(distill.get("students", [])):

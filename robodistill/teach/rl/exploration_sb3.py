@@ -336,8 +336,8 @@ def bonus_columns(names: list[str], layout: list[dict] | None) -> np.ndarray | N
 def _input_bounds(venv: VecEnv, columns: np.ndarray | None, cfg: ExplorationConfig
                   ) -> tuple[np.ndarray, np.ndarray] | None:  # fmt: skip
     """The bonus input's ``(low, high)`` from the observation space when
-    ``cfg.input_scaling == "bounds"``; a clear error when a bound is infinite."""
-    if cfg.input_scaling != "bounds":
+    ``cfg.input_scaling`` uses bounds; a clear error when a bound is infinite."""
+    if cfg.input_scaling == "running":
         return None
     space = venv.observation_space
     low = np.asarray(space.low, dtype=np.float64).reshape(-1)
@@ -346,7 +346,7 @@ def _input_bounds(venv: VecEnv, columns: np.ndarray | None, cfg: ExplorationConf
         low, high = low[columns], high[columns]
     if not (np.isfinite(low).all() and np.isfinite(high).all()):
         raise ConfigError(
-            "teach.exploration.input_scaling: 'bounds' needs finite observation bounds for "
+            f"teach.exploration.input_scaling: {cfg.input_scaling!r} needs finite observation bounds for "
             f"the bonus input, got low={low.tolist()}, high={high.tolist()}; pick bounded "
             "fields with teach.exploration.bonus_input or use input_scaling: running"
         )
