@@ -92,8 +92,10 @@ class TwoStreamRolloutBuffer(RolloutBuffer):
                            + self.intrinsic_coef * self.advantages_int).astype(np.float32)  # fmt: skip
 
 
-def intrinsic_critic(obs_dim: int, hidden: list[int]) -> nn.Sequential:
-    """``obs (B, D) -> V_int (B, 1)``: SB3's critic shape (Tanh MLP, orthogonal init).
+def intrinsic_critic(obs_dim: int, hidden: list[int],
+                     activation: type[nn.Module] | None = nn.Tanh) -> nn.Sequential:  # fmt: skip
+    """``obs (B, D) -> V_int (B, 1)``: SB3's critic shape (Tanh MLP, orthogonal init; the
+    RLlib learner passes its ``fcnet_activation``).
 
     Built layer by layer rather than with SB3's ``create_mlp`` + ``init_weights``: the
     same init, but in the RNG order the measured exploration runs were made with."""
@@ -103,7 +105,7 @@ def intrinsic_critic(obs_dim: int, hidden: list[int]) -> nn.Sequential:
         linear = nn.Linear(last, width)
         nn.init.orthogonal_(linear.weight, gain=np.sqrt(2))
         nn.init.zeros_(linear.bias)
-        layers += [linear, nn.Tanh()]
+        layers += [linear] + ([activation()] if activation is not None else [])
         last = width
     head = nn.Linear(last, 1)
     nn.init.orthogonal_(head.weight, gain=1.0)

@@ -67,7 +67,8 @@ from ray.rllib.core.rl_module.multi_rl_module import MultiRLModule
 from ray.rllib.models.utils import get_activation_fn
 from ray.rllib.utils.numpy import convert_to_numpy
 from ray.rllib.utils.torch_utils import explained_variance
-from torch import nn
+
+from robodistill.teach.rl.two_stream_ppo import intrinsic_critic
 
 TWO_STREAM_KEY = "robodistill_two_stream"
 """Key of ``{"gamma_int", "extrinsic_coef", "intrinsic_coef"}`` in ``learner_config_dict``."""
@@ -118,23 +119,6 @@ def intrinsic_value_targets(values: np.ndarray, rewards: np.ndarray, terminateds
     return (advantages + values).astype(np.float32)
 
 
-def _intrinsic_mlp(in_dim: int, hidden: list[int], activation: Any) -> nn.Sequential:
-    """``obs (B, in_dim) -> V_int (B, 1)``; orthogonal init (gain √2, head 1), zero biases."""
-    act = get_activation_fn(activation, framework="torch")
-    layers: list[nn.Module] = []
-    last = in_dim
-    for width in hidden:
-        linear = nn.Linear(last, width)
-        nn.init.orthogonal_(linear.weight, gain=np.sqrt(2))
-        nn.init.zeros_(linear.bias)
-        layers += [linear] + ([act()] if act is not None else [])
-        last = width
-    head = nn.Linear(last, 1)
-    nn.init.orthogonal_(head.weight, gain=1.0)
-    nn.init.zeros_(head.bias)
-    return nn.Sequential(*layers, head)
-
-
 class TwoStreamPPOTorchRLModule(DefaultPPOTorchRLModule):
     """RLlib's default PPO module plus an intrinsic value head ``vf_int``: a separate
     (non-shared) MLP on the flattened observation, hidden sizes ``fcnet_hiddens`` and
@@ -152,8 +136,9 @@ class TwoStreamPPOTorchRLModule(DefaultPPOTorchRLModule):
         # intrinsic head exists.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(cfg.get(SEED_KEY, 0)))
-            self.vf_int = _intrinsic_mlp(in_dim, list(cfg.get("fcnet_hiddens", [256, 256])),
-                                         cfg.get("fcnet_activation", "tanh"))  # fmt: skip
+            activation = get_activation_fn(cfg.get("fcnet_activation", "tanh"), framework="torch")
+            self.vf_int = intrinsic_critic(in_dim, list(cfg.get("fcnet_hiddens", [256, 256])),
+                                           activation)  # fmt: skip
 
     def get_non_inference_attributes(self) -> list[str]:
         return super().get_non_inference_attributes() + ["vf_int"]
