@@ -16,9 +16,11 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from robodistill.config import ConfigError, ExplorationConfig, load_config
 from robodistill.core.rundir import StageRun
 from robodistill.policies.exploration import bonus_from_config, make_bonus
+from robodistill.teach.rl.episodic import EpisodicNovelty
 from robodistill.teach.rl.exploration_sb3 import (
     IntrinsicRewardVecEnv,
     bonus_columns,
+    find_exploration_env,
     wrap_exploration,
 )
 from robodistill.teach.rl.sb3 import run_teach_sb3
@@ -232,3 +234,39 @@ def test_centred_on_visited_the_first_bonus_grows_with_the_distance_from_the_vis
     # Centred on the box instead, the hall's centre is the least novel place.
     centre, visited = box.bonus(np.array([[4.0, 6.0], start], np.float32)).numpy()
     assert centre < 1e-8 < visited
+
+
+def test_episodic_novelty_falls_with_revisits_in_an_episode_and_resets_after_it():
+    episodic = EpisodicNovelty(num_envs=2, cell=0.1)
+    same = np.array([[0.52, 0.31], [0.05, 0.05]])
+    flat = np.ones(2)  # equal lifelong bonuses: modulation 1
+    rewards = [episodic.reward(same, flat) for _ in range(4)]
+    np.testing.assert_allclose([r[0] for r in rewards], 1 / np.sqrt([1, 2, 3, 4]))
+    moved = episodic.reward(same + [0.2, 0.0], flat)  # a new cell for both envs
+    np.testing.assert_allclose(moved, [1.0, 1.0])
+    episodic.end_episodes(np.array([True, False]))
+    again = episodic.reward(same, flat)
+    np.testing.assert_allclose(again, [1.0, 1 / np.sqrt(5)])  # env 0 forgot, env 1 did not
+    # The lifelong bonus scales it between 1x and 5x: far above its running mean -> 5x.
+    for _ in range(50):
+        episodic.reward(np.random.default_rng(0).uniform(0, 9, (2, 2)), np.array([1.0, 1.1]))
+    high = episodic.reward(np.array([[30.0, 3.0], [40.0, 4.0]]), np.array([1e3, 1.0]))
+    assert high[0] == pytest.approx(5.0) and high[1] == pytest.approx(1.0)
+    restored = EpisodicNovelty(num_envs=2, cell=0.1)
+    restored.load_state(episodic.state())
+    np.testing.assert_array_equal(restored.state(), episodic.state())
+
+
+def test_the_episodic_bonus_reaches_the_rewards_and_the_checkpoint():
+    cfg = ExplorationConfig(method="rnd", episodic_cell=0.1)
+    venv, _ = wrap_exploration(_venv(), cfg, 0.99, seed=0, two_stream=True, warmup_steps=8)
+    env = find_exploration_env(venv)
+    venv.reset()
+    for _ in range(3):
+        venv.step_async(np.zeros((2, 1), np.float32))
+        _, _, _, infos = venv.step_wait()
+        assert all(info["r_int"] > 0 for info in infos)
+    state = env.state_tensors()
+    assert state["episodic"].shape == (3,) and float(state["episodic"][2]) == 6
+    with pytest.raises(ConfigError, match="teach.exploration.episodic_cell"):
+        load_config(None, ["teach.exploration.episodic_cell=-1"])

@@ -56,6 +56,11 @@ class ExplorationConfig(Section):
     many (per-env) returns; ``null``: over the whole run (RND). On a small input space the
     bonus falls 1000-fold in 100k steps while a whole-run std falls 2-fold, leaving the
     intrinsic critic to fit returns of 1e-3 with Adam's fixed step size. SB3 only."""
+    episodic_cell: float | None = Field(None, gt=0.0, le=100.0)
+    """NGU's episodic novelty times the lifelong bonus: the reward is ``1/sqrt(visits to
+    this cell in this episode) * clip(1 + standardized lifelong bonus, 1, 5)``, cells of
+    this side in normalized bonus-input units (with ``bounds`` scaling 0.1 is 1/20 of the
+    arena). ``null``: the lifelong bonus (RND / RDD) alone. SB3 only."""
     bonus_input: list[str] = []
     """Observation-layout fields the bonus sees (e.g. ``[position]`` with the robodistill
     tasks' ``env.kwargs.privileged_position: true``); empty: the whole observation. The

@@ -316,6 +316,7 @@ def add_exploration(config, exploration: ExplorationConfig, seed: int):
         "bonus_input": (bool(exploration.bonus_input), "leave it empty"),
         "input_scaling": (exploration.input_scaling != "running", "use running"),
         "return_norm_window": (exploration.return_norm_window is not None, "use null"),
+        "episodic_cell": (exploration.episodic_cell is not None, "use null"),
     }
     for key, (set_, fix) in sb3_only.items():
         if set_:

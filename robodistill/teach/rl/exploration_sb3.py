@@ -64,6 +64,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepR
 
 from robodistill.config import ConfigError, ExplorationConfig
 from robodistill.policies.exploration import GAMMA_INT, RNDBonus, RunningMeanStd, bonus_from_config
+from robodistill.teach.rl.episodic import EpisodicNovelty
 
 
 class IntrinsicRewardVecEnv(VecEnvWrapper):
@@ -83,6 +84,9 @@ class IntrinsicRewardVecEnv(VecEnvWrapper):
             learner (PPO).
         return_window: the intrinsic return's std is taken over about the last this many
             returns (``None``: all of them, RND's choice).
+        episodic_cell: multiply in NGU's episodic novelty with visit counts on cells of
+            this side (normalised bonus-input units; :mod:`robodistill.teach.rl.episodic`);
+            ``None``: the lifelong bonus alone.
 
     ``step_wait`` returns ``extrinsic_coef * r_ext + intrinsic_coef * r_int`` (float32,
     shape ``(num_envs,)``; ``r_ext`` unchanged with ``mix_rewards=False``) and writes ``info["r_ext"]`` and ``info["r_int"]`` (normalised,
@@ -101,6 +105,7 @@ class IntrinsicRewardVecEnv(VecEnvWrapper):
         mix_rewards: bool = True,
         columns: np.ndarray | None = None,
         return_window: int | None = None,
+        episodic_cell: float | None = None,
     ):
         if not isinstance(venv.observation_space, spaces.Box):
             raise TypeError(
@@ -125,6 +130,9 @@ class IntrinsicRewardVecEnv(VecEnvWrapper):
         self._seed = seed
         self.mix_rewards = bool(mix_rewards)
         self.held_out: np.ndarray | None = None
+        self.episodic = (
+            None if episodic_cell is None else EpisodicNovelty(self.num_envs, episodic_cell)
+        )
 
     # -- SB3 VecEnv API -------------------------------------------------------------------
     def reset(self) -> VecEnvObs:
@@ -151,6 +159,9 @@ class IntrinsicRewardVecEnv(VecEnvWrapper):
         obs, rewards, dones, infos = self.venv.step_wait()
         flat = self._next_obs(obs, dones, infos)
         raw = self.bonus.bonus(flat).cpu().numpy().astype(np.float64)
+        if self.episodic is not None:
+            raw = self.episodic.reward(self.bonus.normalize(flat).cpu().numpy(), raw)
+            self.episodic.end_episodes(np.asarray(dones, dtype=bool))
         # Non-episodic discounted intrinsic return -> running std -> scale of the bonus.
         self.intrinsic_return = self.intrinsic_return * self.gamma_int + raw
         self.return_rms.update(torch.as_tensor(self.intrinsic_return))
@@ -238,6 +249,8 @@ class IntrinsicRewardVecEnv(VecEnvWrapper):
         out = {f"bonus.{k}": v.detach().cpu().clone() for k, v in self.bonus.state_dict().items()}
         out.update({f"return_rms.{k}": v.clone() for k, v in self.return_rms.state_dict().items()})
         out["intrinsic_return"] = torch.as_tensor(self.intrinsic_return.copy())
+        if self.episodic is not None:
+            out["episodic"] = torch.as_tensor(self.episodic.state())
         return out
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
@@ -253,6 +266,8 @@ class IntrinsicRewardVecEnv(VecEnvWrapper):
                 f"{self.num_envs} envs"
             )
         self.intrinsic_return = returns.copy()
+        if self.episodic is not None:
+            self.episodic.load_state(tensors["episodic"].numpy())
 
 
 class ExplorationCallback(BaseCallback):
@@ -388,7 +403,7 @@ def wrap_exploration(
     wrapped = IntrinsicRewardVecEnv(
         venv, bonus, intrinsic_coef=cfg.intrinsic_coef, extrinsic_coef=cfg.extrinsic_coef,
         gamma_int=cfg.gamma_int, seed=seed, mix_rewards=not two_stream, columns=columns,
-        return_window=cfg.return_norm_window,
+        return_window=cfg.return_norm_window, episodic_cell=cfg.episodic_cell,
     )  # fmt: skip
     wrapped.warmup(cfg.obs_norm_warmup_steps if warmup_steps is None else warmup_steps)
     callback = ExplorationCallback(
