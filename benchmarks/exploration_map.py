@@ -4,7 +4,7 @@ For runs of ``benchmarks/exploration.py`` whose bonus sees the privileged ``posi
 (``teach.exploration.bonus_input: [position]``), draws one panel per run: the trained
 bonus (from the run's last checkpoint) on a 0.25 m grid over the arena, log colour scale,
 the arena's obstacles, start and goal, and the final policy's path on the fixed layout.
-A bonus that is low where the robot has been and rises towards the unexplored part is a
+Runs without a bonus get the path alone. A bonus that is low where the robot has been and rises towards the unexplored part is a
 bonus that points somewhere; a path that stays in the low part is a policy that did not
 follow it.
 
@@ -73,15 +73,19 @@ def draw(run_dirs: list[Path], out: Path) -> None:
         layout = env.unwrapped.layout
         cols_entry = {e["key"]: e for e in env.unwrapped.observation_layout}["position"]
         cols = np.arange(cols_entry["start"], cols_entry["stop"])
-        bonus = load_bonus(stage_dir, cfg, env)
-        xs = np.arange(0.125, layout.width, 0.25)
-        ys = np.arange(0.125, layout.height, 0.25)
-        grid = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2).astype(np.float32)
-        values = bonus.bonus(grid).numpy().reshape(len(ys), len(xs))
-        image = ax.imshow(
-            values, origin="lower", extent=(0, layout.width, 0, layout.height),
-            norm=LogNorm(vmin=max(values.min(), 1e-9), vmax=values.max()), cmap="viridis",
-        )  # fmt: skip
+        image = None
+        if cfg.teach.exploration.method != "none":  # plain PPO: the path alone
+            bonus = load_bonus(stage_dir, cfg, env)
+            xs = np.arange(0.125, layout.width, 0.25)
+            ys = np.arange(0.125, layout.height, 0.25)
+            grid = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2).astype(np.float32)
+            values = bonus.bonus(grid).numpy().reshape(len(ys), len(xs))
+            image = ax.imshow(
+                values, origin="lower", extent=(0, layout.width, 0, layout.height),
+                norm=LogNorm(vmin=max(values.min(), 1e-9), vmax=values.max()), cmap="viridis",
+            )  # fmt: skip
+        ax.set_xlim(0, layout.width)
+        ax.set_ylim(0, layout.height)
         for cx, cy, hx, hy, _yaw in layout.boxes:
             ax.add_patch(Rectangle((cx - hx, cy - hy), 2 * hx, 2 * hy, color="white", alpha=0.9))
         for cx, cy, r in layout.cylinders:
@@ -98,7 +102,8 @@ def draw(run_dirs: list[Path], out: Path) -> None:
                                           else ""), fontsize=9)  # fmt: skip
         ax.set_xlabel("x (m)")
         ax.set_ylabel("y (m)")
-        fig.colorbar(image, ax=ax, fraction=0.046, label="bonus (raw)")
+        if image is not None:
+            fig.colorbar(image, ax=ax, fraction=0.046, label="bonus (raw)")
         ax.legend(fontsize=6, loc="upper left")
         env.close()
     fig.tight_layout()
