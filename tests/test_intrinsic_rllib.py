@@ -203,7 +203,12 @@ def test_add_exploration_refuses_several_learners(tmp_path):
 
 @pytest.mark.parametrize(
     "setting",
-    ["bonus_input=[position]", "input_scaling=bounds", "return_norm_window=4096"],
+    [
+        "bonus_input=[position]",
+        "input_scaling=bounds",
+        "return_norm_window=4096",
+        "episodic_cell=0.1",
+    ],
 )
 def test_sb3_only_bonus_settings_are_refused_on_rllib_naming_the_key(tmp_path, setting):
     cfg = load_config(None, _overrides(tmp_path, "teach.exploration.method=rnd",
