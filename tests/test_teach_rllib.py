@@ -44,8 +44,11 @@ def _overrides(tmp_path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def test_teach_rllib_pendulum(ray_session, tmp_path):
-    cfg = load_config(None, _overrides(tmp_path))
+def test_teach_rllib_pendulum(ray_session, tmp_path, monkeypatch):
+    # A relative runs_dir, as the default "runs" is: RLlib's checkpoint writer (pyarrow)
+    # refused relative paths once.
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, [*_overrides(tmp_path), "runs_dir=runs"])
     with pytest.raises(KeyboardInterrupt), StageRun(cfg, "teach") as stage:
         metrics = run_teach_rllib(cfg, stage)
         raise KeyboardInterrupt  # interrupted before finish(): the next run resumes

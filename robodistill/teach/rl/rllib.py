@@ -45,6 +45,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -181,7 +182,8 @@ def to_policy(algo, obs_space: gym.Space, act_space: gym.Space) -> RLlibPolicy:
 def save_rllib_checkpoint(algo, directory, state: dict[str, Any]) -> None:
     """``algo.save_to_path`` into a sibling, then swap it in (a crash keeps the old one)."""
     tmp = staging_dir(directory)
-    algo.save_to_path(str(tmp))
+    # pyarrow (under RLlib) reads a relative path as a URI without a scheme and refuses it.
+    algo.save_to_path(str(Path(tmp).resolve()))
     if state.get("exploration", "none") != "none":
         from robodistill.teach.rl.exploration_rllib import save_exploration
 
@@ -244,7 +246,7 @@ def run_teach_rllib(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
         state: dict[str, Any] = {}
         source = committed_dir(ckpt_dir, STATE_NAME)  # a crash between renames: .old
         if source is not None:
-            algo.restore_from_path(str(source))
+            algo.restore_from_path(str(Path(source).resolve()))
             state = json.loads((source / STATE_NAME).read_text())
             if teach.exploration.method != "none":
                 from robodistill.teach.rl.exploration_rllib import load_exploration
