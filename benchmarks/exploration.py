@@ -22,7 +22,8 @@ PPO's success rate and >= 50 % absolute. Only one evaluation is run, at the end.
 
 Budget, measured on this 2-core machine with 2 runs side by side: PPO ~1,800 env steps/s,
 PPO+RND ~1,380, PPO+RDD ~1,280 on the 1-row hall; 3 methods x 5 seeds x 300k steps took
-22 min.
+22 min (two of the 15 runs resumed from checkpoints of an interrupted call, so a little
+more from scratch).
 
     python benchmarks/exploration.py --rows 1 --steps 300000
     python benchmarks/exploration.py --config configs/teachers/ppo_rnd_nav_sparse.yaml

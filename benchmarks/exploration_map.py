@@ -4,9 +4,9 @@ For runs of ``benchmarks/exploration.py`` whose bonus sees the privileged ``posi
 (``teach.exploration.bonus_input: [position]``), draws one panel per run: the trained
 bonus (from the run's last checkpoint) on a 0.25 m grid over the arena, log colour scale,
 the arena's obstacles, start and goal, and the final policy's path on the fixed layout.
-Runs without a bonus get the path alone. A bonus that is low where the robot has been and rises towards the unexplored part is a
-bonus that points somewhere; a path that stays in the low part is a policy that did not
-follow it.
+Runs without a bonus get the path alone. A bonus that is low where the robot has been and
+rises towards the unexplored part is a bonus that points somewhere; a path that stays in
+the low part is a policy that did not follow it.
 
     python benchmarks/exploration_map.py runs/benchmarks/exploration-1row/runs/ppo-rnd-s0 \\
         runs/benchmarks/exploration-1row/runs/ppo-rnd-s1 --out docs/exploration_bonus_map.png

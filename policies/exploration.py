@@ -391,8 +391,8 @@ def bonus_from_config(cfg: Any, obs_dim: int, seed: int,
                       input_bounds: tuple[Any, Any] | None = None) -> RNDBonus:  # fmt: skip
     """The bonus module ``cfg`` (an ``ExplorationConfig``) describes, its weights seeded by
     ``seed`` without touching torch's global RNG (both teacher backends build it this way).
-    ``input_bounds``: the bonus input's ``(low, high)`` box, used when
-    ``cfg.input_scaling == "bounds"``."""
+    ``input_bounds``: the bonus input's ``(low, high)`` box, needed when
+    ``cfg.input_scaling`` is ``bounds`` or ``bounds_running_mean``."""
     scaling = cfg.input_scaling
     bounded = scaling in ("bounds", "bounds_running_mean")
     if bounded and input_bounds is None:

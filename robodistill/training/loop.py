@@ -20,7 +20,8 @@ optimizer (from its config's preset), its random streams, and it computes one ba
 - every ``checkpoint_every`` steps a checkpoint (:mod:`robodistill.training.checkpoint`);
 - at the end: a final validation if the last step was not validated (a resume after the
   last checkpoint), ``out/policy_last``, the trainer's :meth:`Trainer.finish`, and
-  ``out/result.json`` with the common fields and the trainer's own. ``result.json`` present = done: a later call returns it.
+  ``out/result.json`` with the common fields and the trainer's own. ``result.json``
+  present = done: a later call returns it.
 """
 
 from __future__ import annotations

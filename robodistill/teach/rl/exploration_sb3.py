@@ -361,9 +361,9 @@ def _input_bounds(venv: VecEnv, columns: np.ndarray | None, cfg: ExplorationConf
         low, high = low[columns], high[columns]
     if not (np.isfinite(low).all() and np.isfinite(high).all()):
         raise ConfigError(
-            f"teach.exploration.input_scaling: {cfg.input_scaling!r} needs finite observation bounds for "
-            f"the bonus input, got low={low.tolist()}, high={high.tolist()}; pick bounded "
-            "fields with teach.exploration.bonus_input or use input_scaling: running"
+            f"teach.exploration.input_scaling: {cfg.input_scaling!r} needs finite observation "
+            f"bounds for the bonus input, got low={low.tolist()}, high={high.tolist()}; pick "
+            "bounded fields with teach.exploration.bonus_input or use input_scaling: running"
         )
     return low, high
 

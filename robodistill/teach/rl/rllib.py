@@ -28,10 +28,10 @@ Env runners and envs per runner come from ``cfg.teach.num_env_runners`` (default
 Failed env runners are restarted (``fault_tolerance(restart_failed_env_runners=True)``).
 
 ``teach.exploration.method: rnd | rdd`` adds intrinsic rewards through
-:mod:`robodistill.teach.rl.exploration_rllib`: the predictor lives in the (single) learner as a learner
-connector piece, so nothing is synchronized to env runners, and PPO becomes two-stream
-(:mod:`robodistill.teach.rl.two_stream_rllib`: an intrinsic value head, ``A = extrinsic_coef·A_ext +
-intrinsic_coef·A_int``). The intrinsic head is part of the RLModule, so RLlib's checkpoint
+:mod:`robodistill.teach.rl.exploration_rllib`: the predictor lives in the (single) learner
+as a learner connector piece, so nothing is synchronized to env runners, and PPO becomes
+two-stream (:mod:`robodistill.teach.rl.two_stream_rllib`: an intrinsic value head,
+``A = extrinsic_coef·A_ext + intrinsic_coef·A_int``). The intrinsic head is part of the RLModule, so RLlib's checkpoint
 carries it; the predictor's state is saved next to RLlib's files in ``checkpoint/`` as
 ``exploration.safetensors`` + ``exploration.json`` and restored on resume, and the
 statistics of both are logged per iteration as ``exploration_*``.
@@ -45,7 +45,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -183,7 +182,7 @@ def save_rllib_checkpoint(algo, directory, state: dict[str, Any]) -> None:
     """``algo.save_to_path`` into a sibling, then swap it in (a crash keeps the old one)."""
     tmp = staging_dir(directory)
     # pyarrow (under RLlib) reads a relative path as a URI without a scheme and refuses it.
-    algo.save_to_path(str(Path(tmp).resolve()))
+    algo.save_to_path(str(tmp.resolve()))
     if state.get("exploration", "none") != "none":
         from robodistill.teach.rl.exploration_rllib import save_exploration
 
@@ -246,7 +245,7 @@ def run_teach_rllib(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
         state: dict[str, Any] = {}
         source = committed_dir(ckpt_dir, STATE_NAME)  # a crash between renames: .old
         if source is not None:
-            algo.restore_from_path(str(Path(source).resolve()))
+            algo.restore_from_path(str(source.resolve()))
             state = json.loads((source / STATE_NAME).read_text())
             if teach.exploration.method != "none":
                 from robodistill.teach.rl.exploration_rllib import load_exploration
