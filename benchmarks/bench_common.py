@@ -10,14 +10,14 @@ from typing import Any
 
 
 def evaluate(cfg, policy, seeds: list[int], num_envs: int | None = None) -> dict[str, Any]:
-    """Success rate, mean return and mean episode length of ``policy`` on ``seeds``."""
+    """Success rate, mean max score (``max_score_mean``, of ``info["score"]`` or else the
+    reward: ``score_source``), mean return and mean episode length of ``policy`` on ``seeds``."""
     from robodistill.core.rollout import rollout
-    from robodistill.core.summaries import summarize_episodes
+    from robodistill.core.summaries import summarize_episode_list
 
     episodes = rollout(cfg.env.id, policy, seeds, num_envs=num_envs or cfg.env.num_envs,
                        max_episode_steps=cfg.env.max_episode_steps, env_kwargs=cfg.env.kwargs)  # fmt: skip
-    return summarize_episodes([e.return_ for e in episodes], [e.length for e in episodes],
-                              [e.success for e in episodes])  # fmt: skip
+    return summarize_episode_list(episodes)
 
 
 def diffusion_variant(path: str | Path, **changes):
@@ -44,6 +44,11 @@ def observation(cfg, seed: int):
 
 def pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.0f} %"
+
+
+def score(x: float | None) -> str:
+    """A mean max score (``max_score_mean``) for a table cell."""
+    return "—" if x is None else f"{x:.3f}"
 
 
 def markdown(header: list[str], rows: list[list[Any]]) -> str:

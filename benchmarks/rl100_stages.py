@@ -29,7 +29,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import diffusion_variant, evaluate, markdown, observation, pct  # noqa: E402
+from bench_common import (  # noqa: E402
+    diffusion_variant,
+    evaluate,
+    markdown,
+    observation,
+    pct,
+    score,
+)
 
 CONFIG = "configs/pipelines/rl100.yaml"
 
@@ -98,20 +105,25 @@ def main() -> None:
         sampling[name] = result
         logging.info("%s: %s", name, result)
 
-    stage_rows = [[k, r["episodes"], pct(r["success_rate"]), f"{r['length_mean']:.1f}",
-                   f"{r['return_mean']:.2f}"] for k, r in rows.items()]  # fmt: skip
-    table1 = markdown(["policy", "episodes", "success", "mean length", "mean return"], stage_rows)
-    sampler_rows = [[k, pct(r["success_rate"]), f"{r['length_mean']:.1f}",
-                     f"{r['latency']['median_ms']:.1f}", f"{r['latency']['p99_ms']:.1f}"]
-                    for k, r in sampling.items()]  # fmt: skip
-    table2 = markdown(["sampler (" + last.parent.name + " policy)", "success", "mean length",
-                       "decision ms (median)", "p99"], sampler_rows)  # fmt: skip
+    stage_rows = [[k, r["episodes"], pct(r["success_rate"]), score(r["max_score_mean"]),
+                   f"{r['length_mean']:.1f}", f"{r['return_mean']:.2f}"]
+                  for k, r in rows.items()]  # fmt: skip
+    table1 = markdown(["policy", "episodes", "success", "mean max score", "mean length",
+                       "mean return"], stage_rows)  # fmt: skip
+    sampler_rows = [[k, pct(r["success_rate"]), score(r["max_score_mean"]),
+                     f"{r['length_mean']:.1f}", f"{r['latency']['median_ms']:.1f}",
+                     f"{r['latency']['p99_ms']:.1f}"] for k, r in sampling.items()]  # fmt: skip
+    table2 = markdown(["sampler (" + last.parent.name + " policy)", "success", "mean max score",
+                       "mean length", "decision ms (median)", "p99"], sampler_rows)  # fmt: skip
+    sources = sorted({r["score_source"] for r in rows.values() if r.get("score_source")})
     stages = [r["success_rate"] or 0.0 for k, r in rows.items() if k.startswith("after")]
     monotone = all(b >= a for a, b in zip(stages, stages[1:], strict=False))
     expert = rows["expert (demonstrations)"]["success_rate"] or 0.0
     beyond = "after online" in rows and (rows["after online"]["success_rate"] or 0) > expert
     text = (f"{cfg.env.id}, {len(seeds)} evaluation seeds {seeds[0]}..{seeds[-1]}, "
             f"train+collect {t_train:.0f} s\n\n{table1}\n\n{table2}\n\n"
+            f"mean max score: each episode's max of {' / '.join(sources) or 'the reward'} "
+            "(info.score where the env defines one, else the reward), averaged\n\n"
             f"each stage >= the previous: {'met' if monotone else 'NOT met'}; "
             f"online RL beyond the expert's success: {'met' if beyond else 'NOT met'}")  # fmt: skip
     print("\n" + text)

@@ -84,11 +84,15 @@ class SimRobot:
         self._safe = np.asarray(safe_action, np.float32).reshape(self.action_shape)
         self.episodes, self.seed, self.seeds = episodes, seed, seeds
         self.results: list[dict[str, Any]] = []
-        """One entry per finished episode: seed, return, length, success (None if unknown)."""
+        """One entry per finished episode: seed, return, length, success (None if unknown),
+        max_score (max over its steps of ``info["score"]``, else of the reward) and
+        score_source (``"info.score"`` / ``"reward"``), as the rollout code records them."""
         self.new_episode = False
         self.done = False
         self._obs: np.ndarray | None = None
         self._return, self._length, self._success = 0.0, 0, None
+        self._max_info_score: float | None = None
+        self._max_reward = -np.inf
         self._episode_seed = 0
 
     def observe(self) -> np.ndarray:
@@ -98,6 +102,7 @@ class SimRobot:
             obs, _ = self.env.reset(seed=self._episode_seed)
             self._obs = np.asarray(obs, np.float32)
             self._return, self._length, self._success = 0.0, 0, None
+            self._max_info_score, self._max_reward = None, -np.inf
             self.new_episode = True
         else:
             self.new_episode = False
@@ -113,11 +118,19 @@ class SimRobot:
         self._obs = np.asarray(obs, np.float32)
         self._return += float(reward)
         self._length += 1
+        self._max_reward = max(self._max_reward, float(reward))
+        if info.get("score") is not None:
+            score = float(info["score"])
+            if self._max_info_score is None or score > self._max_info_score:
+                self._max_info_score = score
         # As the rollout code counts it: the final step's info decides success.
         self._success = bool(info["is_success"]) if "is_success" in info else None
         if terminated or truncated:
+            scored = self._max_info_score is not None
             self.results.append({"seed": self._episode_seed, "return": self._return,
-                                 "length": self._length, "success": self._success})  # fmt: skip
+                                 "length": self._length, "success": self._success,
+                                 "max_score": self._max_info_score if scored else self._max_reward,
+                                 "score_source": "info.score" if scored else "reward"})  # fmt: skip
             self._obs = None
             if self.episodes is not None and len(self.results) >= self.episodes:
                 self.done = True

@@ -75,7 +75,8 @@ def run_collect(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
             store.save_stats()
             meta = store.episode_meta()
             success = [None if v < 0 else bool(v) for v in meta["success"]]
-            metrics = summarize_episodes(meta["return"], meta["length"], success) | {
+            scores = (meta["max_score"], meta["score_source"])
+            metrics = summarize_episodes(meta["return"], meta["length"], success, *scores) | {
                 "store": str(path),
                 "steps": int(store.n_steps),
                 **{k: round(v, 2) for k, v in speed.rates().items()},

@@ -78,7 +78,9 @@ def run_control(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
             out.writelines(json.dumps(e) + "\n" for e in episodes)
         summary = summarize_episodes([e["return"] for e in episodes],
                                      [e["length"] for e in episodes],
-                                     [e["success"] for e in episodes])  # fmt: skip
+                                     [e["success"] for e in episodes],
+                                     [e.get("max_score") for e in episodes],
+                                     [e.get("score_source") for e in episodes])  # fmt: skip
         timing = result.to_dict()
         timing.pop("episodes")
         metrics = {**summary, "model": str(model), "hz": hz, **timing}

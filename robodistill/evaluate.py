@@ -9,6 +9,11 @@ the report::
     <run>/eval/table.json                       summary + decision latency per policy
     <run>/eval/success_latency.png              success rate against decision latency
 
+Each policy's summary holds both task metrics: ``success_rate`` and ``max_score_mean``, the
+mean over episodes of each episode's maximum of ``info["score"]`` where the env reports one
+(Push-T: ``clip(coverage / 0.95, 0, 1)``, Diffusion Policy's ``mean_score``), else of the
+reward; ``score_source`` says which (``"info.score"`` / ``"reward"``).
+
 Every policy runs on the same seeds. Per-episode rows are appended as they finish, so a
 resumed evaluation runs only the seeds missing from each policy's ``episodes.jsonl``.
 Latency is :func:`robodistill.core.latency.decision_latency` (batch 1, one torch thread).
@@ -106,7 +111,9 @@ def _evaluate(cfg: RunConfig, stage: StageRun, label: str, spec: str, out_dir: P
 
         def record(episode):
             row = {"seed": episode.seed, "return": float(episode.data["reward"].sum()),
-                   "length": len(episode.data["reward"]), "success": episode.success}  # fmt: skip
+                   "length": len(episode.data["reward"]), "success": episode.success,
+                   "max_score": episode.max_score,
+                   "score_source": episode.score_source}  # fmt: skip
             out.write(json.dumps(row) + "\n")
             out.flush()
             done.append(row)
@@ -126,9 +133,11 @@ def _evaluate(cfg: RunConfig, stage: StageRun, label: str, spec: str, out_dir: P
                               env_kwargs=env_kwargs, on_frames=on_frames)  # fmt: skip
         finally:
             bar.close()
+    # Rows written before max scores existed have none: those episodes count for success only.
     summary = summarize_episodes(
-        [r["return"] for r in done], [r["length"] for r in done], [r["success"] for r in done]
-    )
+        [r["return"] for r in done], [r["length"] for r in done], [r["success"] for r in done],
+        [r.get("max_score") for r in done], [r.get("score_source") for r in done],
+    )  # fmt: skip
     if cfg.eval.latency_decisions and spec not in ("random", "expert"):
         summary["latency"] = _latency(cfg, policy)
     return summary
@@ -144,13 +153,16 @@ def _latency(cfg: RunConfig, policy) -> dict[str, Any]:
 
 
 def add_ratios(table: dict[str, dict[str, Any]], reference: str) -> None:
-    """Each row gets ``success_ratio`` (its success / the reference's) and ``speedup`` (the
-    reference's median decision latency / its own), where both are known."""
+    """Each row gets ``success_ratio`` (its success / the reference's), ``max_score_ratio``
+    (its mean max score / the reference's) and ``speedup`` (the reference's median decision
+    latency / its own), where both are known."""
     ref = table[reference]
     ref_ms = (ref.get("latency") or {}).get("median_ms")
     for row in table.values():
-        s, s_ref = row.get("success_rate"), ref.get("success_rate")
-        row["success_ratio"] = (s / s_ref) if (s is not None and s_ref) else None
+        for name, ratio in (("success_rate", "success_ratio"),
+                            ("max_score_mean", "max_score_ratio")):  # fmt: skip
+            v, v_ref = row.get(name), ref.get(name)
+            row[ratio] = (v / v_ref) if (v is not None and v_ref) else None
         ms = (row.get("latency") or {}).get("median_ms")
         row["speedup"] = (ref_ms / ms) if (ref_ms and ms) else None
 

@@ -26,6 +26,22 @@ def _percent(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.0f} %"
 
 
+def _score(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def score_legend(rows: list[dict[str, Any]]) -> str:
+    """The sentence under a table that says what its "mean max score" column maximizes."""
+    sources = sorted({r["score_source"] for r in rows if r.get("score_source")})
+    what = {"info.score": '`info["score"]`', "reward": "the reward"}
+    named = " and ".join(what.get(s, f"`{s}`") for s in "+".join(sources).split("+") if s)
+    return (
+        'Mean max score: each episode\'s maximum over its steps of `info["score"]` where the '
+        "env defines one, else of the reward, averaged over episodes (Push-T: Diffusion "
+        "Policy's `mean_score`)" + (f"; here of {named}." if named else ".")
+    )
+
+
 def write_report(cfg: RunConfig, results: dict[str, Any]) -> Path:
     """``<run>/report.md``: one row per stage, then each built stage's metrics."""
     run_dir = Path(cfg.runs_dir) / cfg.name
@@ -34,8 +50,9 @@ def write_report(cfg: RunConfig, results: dict[str, Any]) -> Path:
         "",
         f"Environment `{cfg.env.id}`, seed {cfg.seed}. Configuration: `config.json`.",
         "",
-        "| stage | status | seconds | episodes | return (mean ± std) | length | success rate |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| stage | status | seconds | episodes | return (mean ± std) | length | success rate "
+        "| mean max score |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for stage, result in results.items():
         m = result.get("metrics") or {}
@@ -44,8 +61,15 @@ def write_report(cfg: RunConfig, results: dict[str, Any]) -> Path:
         lines.append(
             f"| {stage} | {result['status']} | {_fmt(result.get('seconds'))} | "
             f"{_fmt(m.get('episodes'))} | {ret} | {_fmt(m.get('length_mean'))} | "
-            f"{_percent(m.get('success_rate'))} |"
+            f"{_percent(m.get('success_rate'))} | {_score(m.get('max_score_mean'))} |"
         )
+    scored = [
+        r["metrics"]
+        for r in results.values()
+        if (r.get("metrics") or {}).get("max_score_mean") is not None
+    ]
+    if scored:
+        lines += ["", score_legend(scored)]
     not_built = [s for s, r in results.items() if r["status"] == "not built"]
     if not_built:
         lines += ["", "Not built in this version (nothing was run for them):", ""]
@@ -75,11 +99,12 @@ def write_report(cfg: RunConfig, results: dict[str, Any]) -> Path:
 
 
 def policy_table(table: dict[str, dict[str, Any]]) -> list[str]:
-    """Markdown rows of the eval stage's per-policy table (first row: the reference)."""
+    """Markdown rows of the eval stage's per-policy table (first row: the reference), then
+    the legend of its mean max score column."""
     lines = [
-        "| policy | episodes | success rate | return (mean ± std) | length | decision ms "
-        "(median / p99) | speed-up | success vs teacher |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| policy | episodes | success rate | mean max score | return (mean ± std) | length "
+        "| decision ms (median / p99) | speed-up | success vs teacher |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for label, row in table.items():
         lat = row.get("latency") or {}
@@ -90,9 +115,10 @@ def policy_table(table: dict[str, dict[str, Any]]) -> list[str]:
         ratio = f"{row['success_ratio']:.2f}" if row.get("success_ratio") is not None else "—"
         lines.append(
             f"| {label} | {_fmt(row.get('episodes'))} | {_percent(row.get('success_rate'))} | "
-            f"{ret} | {_fmt(row.get('length_mean'))} | {ms} | {speedup} | {ratio} |"
+            f"{_score(row.get('max_score_mean'))} | {ret} | {_fmt(row.get('length_mean'))} | "
+            f"{ms} | {speedup} | {ratio} |"
         )
-    return lines
+    return [*lines, "", score_legend(list(table.values()))]
 
 
 def _save_plot(path: Path, draw: Callable[[Any], None]) -> Path:

@@ -39,3 +39,7 @@ TorchThreads = Annotated[int, Field(ge=0, le=1024)]
 """CPU threads torch uses while training (0: torch's default)."""
 Activation = Literal["Tanh", "ReLU", "ELU", "SiLU", "GELU", "LeakyReLU"]
 """Hidden activation of an MLP (a ``torch.nn`` class name)."""
+Selection = Literal["success", "max_score"]
+"""How a trainer's best-policy keeper orders validation results: ``success`` (success rate,
+then the mean max score where the env defines ``info["score"]``, then mean return) or
+``max_score`` (mean max score, then success rate, then mean return)."""

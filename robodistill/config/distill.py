@@ -38,6 +38,12 @@ class DAggerConfig(base.Section):
     (SB3 / RLlib teachers), else ``mse``."""
     eval_episodes: base.EvalEpisodes = 10
     """Validation episodes after each round (fixed validation seeds); the best student is kept."""
+    selection: base.Selection = "success"
+    """Which round's student is kept. ``success``: the highest validation
+    success rate first, then the mean max score where the env defines ``info["score"]``,
+    then mean return. ``max_score``: the highest mean max score first (each episode's
+    maximum of ``info["score"]`` where the env defines one, else of the reward; Push-T:
+    Diffusion Policy's ``mean_score``), then success rate, then mean return."""
     obs_clip: float = Field(10.0, gt=0.0, le=1e6)
     """Normalized observations are clipped to ±obs_clip inside the student."""
 
@@ -80,6 +86,12 @@ class ConsistencyConfig(base.Section):
     """Validate on the validation seeds every N steps and at the end; the best is kept."""
     eval_episodes: base.EvalEpisodes = 10
     """Validation episodes per evaluation."""
+    selection: base.Selection = "success"
+    """Which checkpoint is kept. ``success``: the highest validation
+    success rate first, then the mean max score where the env defines ``info["score"]``,
+    then mean return. ``max_score``: the highest mean max score first (each episode's
+    maximum of ``info["score"]`` where the env defines one, else of the reward; Push-T:
+    Diffusion Policy's ``mean_score``), then success rate, then mean return."""
     checkpoint_every: base.Steps = 250
     """Save a resumable training checkpoint every N steps."""
     log_every: base.Steps = 50
@@ -119,6 +131,12 @@ class StreamingConfig(base.Section):
     """Validate every N steps and at the end; the best is kept."""
     eval_episodes: base.EvalEpisodes = 10
     """Validation episodes per evaluation."""
+    selection: base.Selection = "success"
+    """Which checkpoint is kept. ``success``: the highest validation
+    success rate first, then the mean max score where the env defines ``info["score"]``,
+    then mean return. ``max_score``: the highest mean max score first (each episode's
+    maximum of ``info["score"]`` where the env defines one, else of the reward; Push-T:
+    Diffusion Policy's ``mean_score``), then success rate, then mean return."""
     checkpoint_every: base.Steps = 250
     """Save a resumable training checkpoint every N steps."""
     log_every: base.Steps = 50
@@ -179,12 +197,15 @@ class GeneralistConfig(base.Section):
     eval_episodes: base.EvalEpisodes = 6
     """Validation episodes per embodiment after each round (the specialists play the same
     seeds once, before round 0); ``selection`` picks the generalist that is kept."""
-    selection: Literal["specialist_ratio", "mean_success"] = "specialist_ratio"
+    selection: Literal["specialist_ratio", "mean_success", "max_score"] = "specialist_ratio"
     """Which round's generalist is kept. ``specialist_ratio``: the highest worst-embodiment
     ratio of its validation success to that embodiment's specialist's (capped at 1, so past
     every specialist the mean decides), then mean success, then mean return: COMPASS's goal
     is to match each specialist, and the mean alone kept rounds that traded one body for
-    another. ``mean_success``: mean success over the embodiments, then mean return."""
+    another. ``mean_success``: mean success over the embodiments, then mean return.
+    ``max_score``: the mean over the embodiments of the mean max score (each episode's
+    maximum of ``info["score"]`` where the env defines one, else of the reward) first, then
+    mean success, then mean return."""
     obs_clip: float = Field(10.0, gt=0.0, le=1e6)
     """Normalized observations are clipped to ±obs_clip inside the generalist."""
     finetune_from: str = ""

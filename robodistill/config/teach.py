@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from robodistill.config.base import EvalEpisodes, LearningRate, Section
+from robodistill.config.base import EvalEpisodes, LearningRate, Section, Selection
 from robodistill.config.compass import CompassConfig
 from robodistill.config.rl100 import DiffusionConfig, OfflineRLConfig, OnlineRLConfig, RL100Config
 
@@ -108,6 +108,12 @@ class TeachConfig(Section):
     """Evaluate on the fixed validation seeds every N environment steps; the best is kept."""
     eval_episodes: EvalEpisodes = 10
     """Episodes per evaluation."""
+    selection: Selection = "success"
+    """Which checkpoint is kept (every teacher: SB3, RLlib, RL-100, COMPASS). ``success``: the highest validation
+    success rate first, then the mean max score where the env defines ``info["score"]``,
+    then mean return. ``max_score``: the highest mean max score first (each episode's
+    maximum of ``info["score"]`` where the env defines one, else of the reward; Push-T:
+    Diffusion Policy's ``mean_score``), then success rate, then mean return."""
     checkpoint_every: int = Field(10_000, ge=1, le=10**10)
     """Save a resumable checkpoint every N environment steps."""
     num_env_runners: int = Field(1, ge=0, le=1024)

@@ -15,6 +15,11 @@ The rows are plain gymnasium envs stepped in turn rather than a
 rows must not be stepped, and the vector env's per-step info merging cost 50 µs per step
 (a fifth of a PushT step) that ``benchmarks/sim_throughput.py`` showed as overhead.
 Privileged policies (experts) get the env objects through ``policy.attach``.
+
+Each episode records its **max score**: the maximum over its steps (not the reset) of
+``info["score"]`` where the env reports one (Push-T: ``clip(coverage / 0.95, 0, 1)``, whose
+mean over episodes is Diffusion Policy's ``mean_score``), else of the reward;
+``Episode.score_source`` says which (``"info.score"`` / ``"reward"``).
 """
 
 from __future__ import annotations
@@ -46,6 +51,13 @@ class _Slot:
     actions: list = field(default_factory=list)
     rewards: list = field(default_factory=list)
     frames: list = field(default_factory=list)
+    max_info_score: float | None = None  # max of info["score"] over the steps that report one
+
+    def add_score(self, info: dict) -> None:
+        if "score" in info and info["score"] is not None:
+            score = float(info["score"])
+            if self.max_info_score is None or score > self.max_info_score:
+                self.max_info_score = score
 
 
 def rollout(
@@ -120,6 +132,7 @@ def rollout(
                 slot.obs.append(obs[i].copy())
                 slot.actions.append(actions[i])
                 slot.rewards.append(reward)
+                slot.add_score(info)
                 obs[i] = next_obs
                 if terminated or truncated:
                     episode = _finish(slot, next_obs, terminated, truncated, info, env_id,
@@ -163,6 +176,10 @@ def _finish(
     trunc = np.zeros(steps, dtype=bool)
     term[-1], trunc[-1] = bool(terminated), bool(truncated)
     success = bool(info["is_success"]) if "is_success" in info else None
+    if slot.max_info_score is not None:
+        max_score, score_source = slot.max_info_score, "info.score"
+    else:
+        max_score, score_source = float(np.max(slot.rewards)), "reward"
     return Episode(
         data={
             "obs": np.asarray(slot.obs, dtype=np.float32),
@@ -177,6 +194,8 @@ def _finish(
         embodiment=embodiment,
         source_policy=source_policy,
         success=success,
+        max_score=max_score,
+        score_source=score_source,
     )
 
 

@@ -34,6 +34,9 @@ class Episode:
     action (T, A), reward (T,), terminated (T,) bool and truncated (T,) bool. ``final[key]``
     (*feature_shape) is the observation after the last action, one per data key starting with
     "obs". ``success`` is None when the env has no notion of success. ``return_`` is the reward sum.
+    ``max_score`` is the episode's maximum of ``info["score"]`` over its steps where the env
+    reports one, else of the reward; ``score_source`` says which (``"info.score"`` /
+    ``"reward"``). Both are None / "" for episodes recorded before they existed.
     """
 
     data: dict[str, np.ndarray]
@@ -43,6 +46,8 @@ class Episode:
     embodiment: str = ""
     source_policy: str = ""
     success: bool | None = None
+    max_score: float | None = None
+    score_source: str = ""
     return_: float = field(init=False)
 
     def __post_init__(self) -> None:
@@ -106,6 +111,8 @@ class Episode:
         self.env_id, self.embodiment = str(self.env_id), str(self.embodiment)
         self.source_policy = str(self.source_policy)
         self.success = None if self.success is None else bool(self.success)
+        self.max_score = _optional_float(self.max_score)
+        self.score_source = str(self.score_source)
         self.return_ = float(self.data["reward"].sum(dtype=np.float64))
 
     @property
@@ -126,10 +133,22 @@ def success_code(s: bool | None) -> int:
     return -1 if s is None else int(s)
 
 
+def _optional_float(x: Any) -> float | None:
+    """``None`` for None or NaN (how stores write a missing max score), else ``float(x)``."""
+    return None if x is None or np.isnan(float(x)) else float(x)
+
+
+def score_code(x: float | None) -> float:
+    """A max score as stored: NaN stands for None."""
+    return np.nan if x is None else float(x)
+
+
 def write_journal(directory: Path, index: int, ep: Episode) -> None:
     arrays = {f"data/{k}": v for k, v in ep.data.items()}
     arrays.update({f"final/{k}": v for k, v in ep.final.items()})
     arrays.update(seed=np.int64(ep.seed), success=np.int8(success_code(ep.success)))
+    arrays.update(max_score=np.float64(score_code(ep.max_score)))
+    arrays.update(score_source=np.array(ep.score_source, dtype=str))
     arrays.update({k: np.array(getattr(ep, k), dtype=str) for k in STR_META})
     final = directory / f"{index:09d}.npz"
     tmp = directory / f".{index:09d}.{os.getpid()}.tmp"
@@ -158,6 +177,9 @@ def read_journal(path: Path) -> Episode:
         final={k[6:]: v for k, v in arrs.items() if k.startswith("final/")},
         seed=int(arrs["seed"]),
         success=None if succ < 0 else bool(succ),
+        # Journals written before max scores existed have neither key.
+        max_score=_optional_float(arrs["max_score"]) if "max_score" in arrs else None,
+        score_source=str(arrs["score_source"]) if "score_source" in arrs else "",
         **{k: str(arrs[k]) for k in STR_META},
     )
 

@@ -11,6 +11,8 @@
       meta/episode_success   int8 (E,)             -1 = no notion of success, else 0/1
       meta/episode_return    float64 (E,)
       meta/episode_env_id, meta/episode_embodiment, meta/episode_source_policy   str (E,)
+      meta/episode_max_score float64 (E,)          NaN = none recorded (older stores lack it)
+      meta/episode_score_source str (E,)           "info.score" / "reward" / ""
       meta/final_<obs key>   (E, *feature_shape)   observation after the last action
       pending/<idx:09d>.npz  write-ahead journal: one file = one whole episode, not yet merged
 
@@ -49,12 +51,14 @@ import zarr
 import zarr.errors
 from zarr.storage import LocalStore
 
-from robodistill.data.episode import STR_META, Episode, success_code, write_journal
+from robodistill.data.episode import STR_META, Episode, score_code, success_code, write_journal
 from robodistill.data.store_recovery import (
     _META_DTYPES,
+    _OPTIONAL_META,
     FORMAT_VERSION,
     RecoveryMixin,
     StoreError,
+    _missing,
 )
 
 _RESERVED_ATTRS = frozenset({"robodistill_store", "committed", "chunk_steps"})
@@ -290,8 +294,12 @@ class TrajectoryStore(RecoveryMixin):
             "seed": np.array([ep.seed for ep in eps], dtype=np.int64),
             "success": np.array([success_code(ep.success) for ep in eps], dtype=np.int8),
             "return": np.array([ep.return_ for ep in eps], dtype=np.float64),
+            "max_score": np.array([score_code(ep.max_score) for ep in eps], dtype=np.float64),
         }
-        meta.update({k: np.array([getattr(ep, k) for ep in eps], dtype=str) for k in STR_META})
+        meta.update({k: np.array([getattr(ep, k) for ep in eps], dtype=str)
+                     for k in (*STR_META, "score_source")})  # fmt: skip
+        for name in _OPTIONAL_META:
+            self._backfill(name, e0)
         for name, values in meta.items():
             _append(self._meta[f"episode_{name}"], e0, values)
         for k in self._schema:
@@ -350,16 +358,20 @@ class TrajectoryStore(RecoveryMixin):
 
     def episode_meta(self) -> dict[str, np.ndarray]:
         """Per-episode arrays (E,): seed, success (-1/0/1), return, length, env_id, embodiment,
-        source_policy. Plain diffusion_policy stores get -1 / NaN / "" where meta is missing."""
+        source_policy, max_score (NaN = none), score_source. Plain diffusion_policy stores (and
+        older stores, for max_score) get -1 / NaN / "" where meta is missing."""
         e, out = self._n_committed, {}
         for name, dtype in _META_DTYPES.items():
             arr = self._meta.get(f"episode_{name}")
-            if arr is not None and arr.shape[0] >= e:
-                values = arr[:e].tolist()
-            else:
-                values = [np.nan if name == "return" else "" if dtype is str else -1] * e
+            have = min(arr.shape[0], e) if arr is not None else 0
+            values = arr[:have].tolist() if have else []
+            values += [_missing(dtype)] * (e - have)
             for ep in self._pending:
-                v = {"return": ep.return_, "success": success_code(ep.success)}.get(name)
+                v = {
+                    "return": ep.return_,
+                    "success": success_code(ep.success),
+                    "max_score": score_code(ep.max_score),
+                }.get(name)
                 values.append(getattr(ep, name) if v is None else v)
             out[name] = np.array(values, dtype=dtype)
         out["length"] = np.diff(self.episode_ends, prepend=0)
@@ -380,12 +392,15 @@ class TrajectoryStore(RecoveryMixin):
             return arr[i].item() if arr is not None and arr.shape[0] > i else default
 
         succ = int(meta("success", -1))
+        max_score = float(meta("max_score", np.nan))
         return Episode._trusted(
             data={k: a[start:end] for k, a in self._data.items()},
             final={k[6:]: a[i] for k, a in self._meta.items() if k.startswith("final_")},
             seed=int(meta("seed", -1)),
             success=None if succ < 0 else bool(succ),
             return_=float(meta("return", np.nan)),
+            max_score=None if np.isnan(max_score) else max_score,
+            score_source=str(meta("score_source", "")),
             **{k: str(meta(k, "")) for k in STR_META},
         )
 

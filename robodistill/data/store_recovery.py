@@ -40,7 +40,17 @@ _META_DTYPES: dict[str, Any] = {
     "env_id": str,
     "embodiment": str,
     "source_policy": str,
+    "max_score": "float64",
+    "score_source": str,
 }
+# Meta arrays added after format 1 shipped: stores written before them lack them (read as
+# NaN / ""), and the first append to such a store creates them, back-filled.
+_OPTIONAL_META = frozenset({"max_score", "score_source"})
+
+
+def _missing(dtype: Any) -> Any:
+    """The value a meta array of ``dtype`` holds where nothing was recorded."""
+    return "" if dtype is str else -1 if np.dtype(dtype).kind == "i" else np.nan
 
 
 class StoreError(ValueError):
@@ -101,7 +111,8 @@ class RecoveryMixin:
                 )
         obs_finals = [f"final_{k}" for k in self._data if k.startswith("obs")]
         # Before the first commit the final_* arrays may not exist yet (torn first merge).
-        needed = [f"episode_{n}" for n in _META_DTYPES] + (obs_finals if n_eps else [])
+        needed = [f"episode_{n}" for n in _META_DTYPES if n not in _OPTIONAL_META]
+        needed += obs_finals if n_eps else []
         needed = [] if self._plain else needed
         for name in needed:
             got = self._meta[name].shape[0] if name in self._meta else "no"
@@ -136,6 +147,19 @@ class RecoveryMixin:
         if self.mode == "a" and self._pending:
             logger.info("merging %d journal episodes into %s", len(self._pending), self.path)
             self._merge()
+
+    def _backfill(self, name: str, e0: int) -> None:
+        """Before appending at episode ``e0``: give a store written before the optional
+        ``meta/episode_<name>`` existed that array, holding "missing" for its ``e0`` episodes."""
+        key, dtype = f"episode_{name}", _META_DTYPES[name]
+        if key not in self._meta:
+            self._meta[key] = self._root["meta"].create_array(
+                key, shape=(0,), chunks=(self._meta["episode_ends"].chunks[0],), dtype=dtype
+            )
+        arr, have = self._meta[key], self._meta[key].shape[0]
+        if have < e0:
+            arr.resize((e0,))
+            arr[have:e0] = np.array([_missing(dtype)] * (e0 - have), dtype=dtype)
 
     def _recover(self, done: dict[int, Path], tmp: list[Path]) -> None:
         n_eps, n_steps = self._n_committed, self._steps_committed

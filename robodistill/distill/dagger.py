@@ -227,7 +227,7 @@ def run_distill_dagger(
             loss_after = dataset_loss(student, data, loss)
             # 5. validate; keep the best.
             result = rollout_summary(cfg, student, val_seeds, "distill-dagger")[0] | {"round": i}
-            improved = is_better(result, state["best"])
+            improved = is_better(result, state["best"], dagger.selection)
             round_dir = f"rounds/round-{i:03d}"
             save_dataset(dataset_path, data)
             student.save(out / round_dir)
@@ -240,6 +240,7 @@ def run_distill_dagger(
                 "loss_after": loss_after, "loss_first_epoch": epoch_losses[0],
                 "loss_last_epoch": epoch_losses[-1], "val_return_mean": result["return_mean"],
                 "val_success_rate": result["success_rate"],
+                "val_max_score_mean": result.get("max_score_mean"),
                 "best_return_mean": state["best"]["return_mean"], "improved": improved,
             }  # fmt: skip
             state["history"].append(row)
@@ -273,8 +274,11 @@ def run_distill_dagger(
         "best_round": best["round"],
         "best_return_mean": best["return_mean"],
         "best_success_rate": best["success_rate"],
+        "best_max_score_mean": best.get("max_score_mean"),
         "teacher_return_mean": teacher_val["return_mean"],
         "teacher_success_rate": teacher_val["success_rate"],
+        "teacher_max_score_mean": teacher_val.get("max_score_mean"),
+        "selection": dagger.selection,
         "validation_return_ratio": ratio,
         "wall_s": round(time.monotonic() - t0, 3),
     }

@@ -149,13 +149,16 @@ def train_epochs(
 
 
 def validate_all(cfg: RunConfig, policy, names: list[str], seeds: list[int]) -> dict[str, Any]:
-    """Per-embodiment validation plus ``success_rate`` / ``return_mean`` averaged over them."""
+    """Per-embodiment validation plus ``success_rate`` / ``return_mean`` / ``max_score_mean``
+    averaged over them (the max score over the embodiments that have one; None if none)."""
     per = {}
     for name in names:
         acting = policy(name) if callable(policy) else policy.for_embodiment(name)
         per[name] = validate_on_embodiment(cfg, acting, name, seeds)
+    scores = [p["max_score_mean"] for p in per.values() if p.get("max_score_mean") is not None]
     return {"success_rate": float(np.mean([p["success_rate"] or 0.0 for p in per.values()])),
             "return_mean": float(np.mean([p["return_mean"] for p in per.values()])),
+            "max_score_mean": float(np.mean(scores)) if scores else None,
             "per_embodiment": per}  # fmt: skip
 
 
@@ -166,10 +169,14 @@ def selection_key(result: dict[str, Any], specialists: dict[str, Any], selection
 
     ``specialist_ratio``: ``(min_e min(1, g_e / s_e), mean g, mean return)`` with ``g_e`` /
     ``s_e`` the generalist's / specialist's success on embodiment ``e`` (``s_e = 0`` counts as
-    matched); ``mean_success``: ``(mean g, mean return)``."""
+    matched); ``mean_success``: ``(mean g, mean return)``; ``max_score``: ``(mean max score,
+    mean g, mean return)`` (a result without a max score ranks below any with one)."""
     mean = (result["success_rate"], result["return_mean"])
     if selection == "mean_success":
         return mean
+    if selection == "max_score":
+        score = result.get("max_score_mean")
+        return (float("-inf") if score is None else score, *mean)
     ratios = []
     for name, r in result["per_embodiment"].items():
         g = r["success_rate"] or 0.0
@@ -317,6 +324,7 @@ def run_distill_generalist(cfg: RunConfig, stage: StageRun, teacher: str | Path 
                    "dataset_states": len(data["obs"]), "loss_first_epoch": losses[0],
                    "loss_last_epoch": losses[-1], "val_success_rate": result["success_rate"],
                    "val_return_mean": result["return_mean"], "improved": improved,
+                   "val_max_score_mean": result.get("max_score_mean"),
                    **{f"val_success_{n}": r["success_rate"]
                       for n, r in result["per_embodiment"].items()}}  # fmt: skip
             state["history"].append(row)
@@ -340,5 +348,6 @@ def run_distill_generalist(cfg: RunConfig, stage: StageRun, teacher: str | Path 
             "dataset_states": state["history"][-1]["dataset_states"],
             "best_round": best["round"], "best_success_rate": best["success_rate"],
             "best_return_mean": best["return_mean"],
+            "best_max_score_mean": best.get("max_score_mean"),
             "specialists_success_rate": teacher_val["success_rate"], "per_embodiment": per,
             "wall_s": round(time.monotonic() - t0, 3)}  # fmt: skip

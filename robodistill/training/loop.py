@@ -141,14 +141,15 @@ def train_student(cfg: RunConfig, stage: StageRun, out: Path, section: Any,
                   make_trainer: Callable[[], Trainer],
                   **keeper_kwargs: Any) -> dict[str, Any]:  # fmt: skip
     """:func:`train` for a trainer whose config ``section`` has the loop's settings (see
-    :meth:`LoopSettings.of`) and ``eval_episodes``: a finished ``out`` returns its result
+    :meth:`LoopSettings.of`), ``eval_episodes`` and ``selection``: a finished ``out`` returns its result
     before ``make_trainer()`` loads anything; the trainer is built with the section's
     threads; ``keeper_kwargs`` go to the :class:`BestPolicyKeeper` over ``out``."""
     if (done := finished_result(out)) is not None:
         return done
     with torch_threads(section.torch_threads):
         trainer = make_trainer()
-    keeper = BestPolicyKeeper(cfg, out, section.eval_episodes, **keeper_kwargs)
+    keeper = BestPolicyKeeper(cfg, out, section.eval_episodes, selection=section.selection,
+                              **keeper_kwargs)  # fmt: skip
     return train(cfg, stage, trainer, LoopSettings.of(section), out, keeper)
 
 
@@ -164,7 +165,7 @@ def _train(cfg: RunConfig, stage: StageRun, trainer: Trainer, settings: LoopSett
     if state:
         log.info("%s: resumed from %s at step %d", trainer.name, ckpt, step)
     resumed_from = step
-    keys = ("step", "success_rate", "return_mean", *trainer.eval_keys)
+    keys = ("step", "success_rate", "max_score_mean", "return_mean", *trainer.eval_keys)
     row_tag = {"stage": trainer.name}
 
     def evaluate() -> None:
@@ -231,6 +232,8 @@ def _train(cfg: RunConfig, stage: StageRun, trainer: Trainer, settings: LoopSett
         "final_success_rate": evals[-1]["success_rate"],
         "best_success_rate": best["success_rate"],
         "best_return_mean": best["return_mean"],
+        "best_max_score_mean": best.get("max_score_mean"),
+        "selection": keeper.selection,
         "best_step": best["step"],
         "policy": str(keeper.directory / "policy"),
         "policy_last": str(out / "policy_last"),

@@ -127,6 +127,7 @@ def train_residual(cfg: RunConfig, stage: StageRun | MetricsAppender, base: Poli
     result = {"embodiment": embodiment, "timesteps": int(model.num_timesteps),
               "resumed_from_timesteps": int(resumed_from),
               "best_success_rate": best["success_rate"], "best_return_mean": best["return_mean"],
+              "best_max_score_mean": best.get("max_score_mean"),
               "best_step": best["step"], "policy": str(out / "policy"),
               "wall_s": round(time.monotonic() - t0, 2)}  # fmt: skip
     write_json_atomic(out / "result.json", result)

@@ -46,6 +46,11 @@ from robodistill.training.selection import BestPolicyKeeper
 log = logging.getLogger(__name__)
 
 
+SUMMARY_KEYS = ("episodes", "return_mean", "return_std", "length_mean", "success_rate",
+                "max_score_mean", "score_source")  # fmt: skip
+"""The kept policy's validation summary fields the teach stage's metrics repeat."""
+
+
 def run_teach_rl100(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
     """Run ``teach.rl100.stages`` in order; returns the teach stage's metrics.
 
@@ -60,10 +65,7 @@ def run_teach_rl100(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
     metrics = {
         "algo": "rl100",
         "stages": list(results),
-        **{
-            k: best.get(k)
-            for k in ("episodes", "return_mean", "return_std", "length_mean", "success_rate")
-        },  # fmt: skip
+        **{k: best.get(k) for k in SUMMARY_KEYS},
         "selected_on": "validation seeds",
         "best_stage": best.get("stage"),
         "best_step": best.get("step"),
