@@ -54,9 +54,8 @@ from robodistill.policies.checkpoint import (
 )
 from robodistill.policies.chunking import Affine, ChunkedPolicy
 from robodistill.policies.diffusion_nets import (
-    ConditionalUnet1D,
     DenoisingSchedule,
-    UnetConfig,
+    build_denoiser,
     count_parameters,
 )
 from robodistill.policies.normalizer import Normalizer
@@ -89,10 +88,13 @@ class ConsistencyStudentConfig:
     obs_horizon: int = 2
     pred_horizon: int = 16
     action_horizon: int = 8
+    backbone: str = "unet"
     down_dims: tuple[int, ...] = (32, 64, 128)
     kernel_size: int = 5
     n_groups: int = 8
     step_embed_dim: int = 64
+    mlp_width: int = 512
+    mlp_blocks: int = 3
     num_train_timesteps: int = 100
     beta_schedule: str = "squaredcos_cap_v2"
     clip_sample: bool = True
@@ -136,11 +138,15 @@ class ConsistencyStudentConfig:
         if problems:
             raise ValueError("invalid consistency student config: " + "; ".join(problems))
 
-    def unet(self) -> UnetConfig:
-        return UnetConfig(action_dim=self.action_dim,
-                          global_cond_dim=self.obs_dim * self.obs_horizon,
-                          down_dims=self.down_dims, kernel_size=self.kernel_size,
-                          n_groups=self.n_groups, step_embed_dim=self.step_embed_dim)  # fmt: skip
+    def denoiser(self) -> nn.Module:
+        """A fresh F network of the teacher's backbone and sizes."""
+        return build_denoiser(
+            self.backbone, action_dim=self.action_dim,
+            global_cond_dim=self.obs_dim * self.obs_horizon, horizon=self.pred_horizon,
+            down_dims=self.down_dims, kernel_size=self.kernel_size, n_groups=self.n_groups,
+            step_embed_dim=self.step_embed_dim, mlp_width=self.mlp_width,
+            mlp_blocks=self.mlp_blocks,
+        )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -230,7 +236,7 @@ class ConsistencyStudent(ChunkedPolicy):
 
     def __init__(self, config: ConsistencyStudentConfig, normalizer: Normalizer | None = None):
         self.config = c = config
-        self.net = ConditionalUnet1D(c.unet())
+        self.net = c.denoiser()
         self.ema_net = copy.deepcopy(self.net).requires_grad_(False).eval()
         if normalizer is None:
             normalizer = Normalizer({"obs": (c.obs_dim,), "action": (c.action_dim,)})
@@ -255,8 +261,9 @@ class ConsistencyStudent(ChunkedPolicy):
         config = ConsistencyStudentConfig(
             obs_dim=t.obs_dim, action_dim=t.action_dim, obs_horizon=t.obs_horizon,
             pred_horizon=t.pred_horizon, action_horizon=t.action_horizon,
-            down_dims=t.down_dims, kernel_size=t.kernel_size, n_groups=t.n_groups,
-            step_embed_dim=t.step_embed_dim, num_train_timesteps=t.num_train_timesteps,
+            backbone=t.backbone, down_dims=t.down_dims, kernel_size=t.kernel_size,
+            n_groups=t.n_groups, step_embed_dim=t.step_embed_dim, mlp_width=t.mlp_width,
+            mlp_blocks=t.mlp_blocks, num_train_timesteps=t.num_train_timesteps,
             beta_schedule=t.beta_schedule, clip_sample=t.clip_sample, sigma_data=sigma_data,
             ode_steps=ode_steps,
             inference_timesteps=inference_timesteps(t.num_train_timesteps, ode_steps,

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 from diffusers.training_utils import EMAModel
+from torch import nn
 
 from robodistill.policies.base import register_policy
 from robodistill.policies.checkpoint import (
@@ -50,7 +51,6 @@ from robodistill.policies.checkpoint import (
 from robodistill.policies.chunking import Affine, ChunkedPolicy
 from robodistill.policies.diffusion_config import DiffusionPolicyConfig
 from robodistill.policies.diffusion_nets import (
-    ConditionalUnet1D,
     DenoisingSchedule,
     count_parameters,
     gaussian_log_prob,
@@ -88,7 +88,7 @@ class DiffusionPolicy(ChunkedPolicy):
 
     def __init__(self, config: DiffusionPolicyConfig, normalizer: Normalizer | None = None):
         self.config = c = config
-        self.net = ConditionalUnet1D(c.unet())
+        self.net = c.denoiser()
         # The EMA copy never trains: no grads, eval mode (GroupNorm has no running stats, so
         # train/eval mode only matters for clarity).
         self.ema_net = copy.deepcopy(self.net).requires_grad_(False).eval()
@@ -133,7 +133,7 @@ class DiffusionPolicy(ChunkedPolicy):
     def _gen(self, generator: torch.Generator | None) -> torch.Generator:
         return self._generator if generator is None else generator
 
-    def _network(self, use_ema: bool) -> ConditionalUnet1D:
+    def _network(self, use_ema: bool) -> nn.Module:
         return self.ema_net if use_ema else self.net
 
     # -- input checks and conditioning ---------------------------------------------------------

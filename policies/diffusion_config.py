@@ -14,7 +14,9 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from robodistill.policies.diffusion_nets import UnetConfig
+from torch import nn
+
+from robodistill.policies.diffusion_nets import BACKBONES, build_denoiser
 
 
 @dataclass
@@ -26,10 +28,13 @@ class DiffusionPolicyConfig:
     obs_horizon: int = 2
     pred_horizon: int = 16
     action_horizon: int = 8
+    backbone: str = "unet"
     down_dims: tuple[int, ...] = (32, 64, 128)
     kernel_size: int = 5
     n_groups: int = 8
     step_embed_dim: int = 64
+    mlp_width: int = 512
+    mlp_blocks: int = 3
     num_train_timesteps: int = 100
     beta_schedule: str = "squaredcos_cap_v2"
     num_inference_steps: int = 10
@@ -61,7 +66,9 @@ class DiffusionPolicyConfig:
                 f"[1, {self.pred_horizon - self.obs_horizon + 1}] (executed actions start at "
                 f"index obs_horizon - 1 of the chunk), got {self.action_horizon}"
             )
-        multiple = 2 ** (len(self.down_dims) - 1)
+        multiple = 2 ** (len(self.down_dims) - 1) if self.backbone == "unet" else 1
+        if self.backbone not in BACKBONES:
+            problems.append(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
         if self.pred_horizon % multiple:
             problems.append(
                 f"pred_horizon {self.pred_horizon} must be a multiple of {multiple} for "
@@ -97,15 +104,15 @@ class DiffusionPolicyConfig:
         if problems:
             raise ValueError("invalid diffusion policy config: " + "; ".join(problems))
 
-    def unet(self) -> UnetConfig:
-        return UnetConfig(
-            action_dim=self.action_dim,
-            global_cond_dim=self.obs_dim * self.obs_horizon,
-            down_dims=self.down_dims,
-            kernel_size=self.kernel_size,
-            n_groups=self.n_groups,
-            step_embed_dim=self.step_embed_dim,
-        )
+    def denoiser(self) -> nn.Module:
+        """A fresh noise predictor of this config's backbone and sizes."""
+        return build_denoiser(
+            self.backbone, action_dim=self.action_dim,
+            global_cond_dim=self.obs_dim * self.obs_horizon, horizon=self.pred_horizon,
+            down_dims=self.down_dims, kernel_size=self.kernel_size, n_groups=self.n_groups,
+            step_embed_dim=self.step_embed_dim, mlp_width=self.mlp_width,
+            mlp_blocks=self.mlp_blocks,
+        )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -60,9 +60,9 @@ from robodistill.policies.checkpoint import (
     save_checkpoint,
 )
 from robodistill.policies.diffusion_nets import (
-    ConditionalUnet1D,
+    BACKBONES,
     DenoisingSchedule,
-    UnetConfig,
+    build_denoiser,
     count_parameters,
 )
 from robodistill.policies.normalizer import Normalizer
@@ -80,10 +80,13 @@ class StreamingStudentConfig:
     obs_horizon: int = 2
     buffer_horizon: int = 16
     calls_per_step: int = 1
+    backbone: str = "unet"
     down_dims: tuple[int, ...] = (32, 64, 128)
     kernel_size: int = 5
     n_groups: int = 8
     step_embed_dim: int = 64
+    mlp_width: int = 512
+    mlp_blocks: int = 3
     num_train_timesteps: int = 100
     beta_schedule: str = "squaredcos_cap_v2"
     clip_sample: bool = True
@@ -98,7 +101,9 @@ class StreamingStudentConfig:
         problems = []
         if self.obs_horizon < 1 or self.calls_per_step < 1:
             problems.append("obs_horizon and calls_per_step must be >= 1")
-        multiple = 2 ** (len(self.down_dims) - 1)
+        multiple = 2 ** (len(self.down_dims) - 1) if self.backbone == "unet" else 1
+        if self.backbone not in BACKBONES:
+            problems.append(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
         if self.buffer_horizon < 2 or self.buffer_horizon % multiple:
             problems.append(f"buffer_horizon {self.buffer_horizon} must be >= 2 and a multiple "
                             f"of {multiple} for {len(self.down_dims)} UNet levels")  # fmt: skip
@@ -109,10 +114,16 @@ class StreamingStudentConfig:
         if problems:
             raise ValueError("invalid streaming student config: " + "; ".join(problems))
 
-    def unet(self) -> UnetConfig:
-        return UnetConfig(self.action_dim, self.obs_dim * self.obs_horizon, self.down_dims,
-                          self.kernel_size, self.n_groups, self.step_embed_dim,
-                          local_cond_dim=LOCAL_COND_DIM)  # fmt: skip
+    def denoiser(self) -> nn.Module:
+        """A fresh noise predictor of this config's backbone; each buffer slot's noise level
+        enters as ``local_cond``."""
+        return build_denoiser(
+            self.backbone, action_dim=self.action_dim,
+            global_cond_dim=self.obs_dim * self.obs_horizon, horizon=self.buffer_horizon,
+            down_dims=self.down_dims, kernel_size=self.kernel_size, n_groups=self.n_groups,
+            step_embed_dim=self.step_embed_dim, mlp_width=self.mlp_width,
+            mlp_blocks=self.mlp_blocks, local_cond_dim=LOCAL_COND_DIM,
+        )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"down_dims": list(self.down_dims)}
@@ -185,7 +196,7 @@ class StreamingStudent(Policy):
 
     def __init__(self, config: StreamingStudentConfig, normalizer: Normalizer | None = None):
         self.config = c = config
-        self.net = ConditionalUnet1D(c.unet())
+        self.net = c.denoiser()
         self.ema_net = copy.deepcopy(self.net).requires_grad_(False).eval()
         if normalizer is None:
             normalizer = Normalizer({"obs": (c.obs_dim,), "action": (c.action_dim,)})

@@ -64,8 +64,9 @@ def build_student(teacher: DiffusionPolicy, cfg: RunConfig) -> StreamingStudent:
         config = StreamingStudentConfig(
             obs_dim=t.obs_dim, action_dim=t.action_dim, obs_horizon=t.obs_horizon,
             buffer_horizon=sc.buffer_horizon, calls_per_step=sc.calls_per_step,
-            down_dims=t.down_dims, kernel_size=t.kernel_size, n_groups=t.n_groups,
-            step_embed_dim=t.step_embed_dim, num_train_timesteps=t.num_train_timesteps,
+            backbone=t.backbone, down_dims=t.down_dims, kernel_size=t.kernel_size,
+            n_groups=t.n_groups, step_embed_dim=t.step_embed_dim, mlp_width=t.mlp_width,
+            mlp_blocks=t.mlp_blocks, num_train_timesteps=t.num_train_timesteps,
             beta_schedule=t.beta_schedule, clip_sample=t.clip_sample,
             mask_padded_actions=t.mask_padded_actions, action_low=t.action_low,
             action_high=t.action_high, seed=cfg.seed,

@@ -48,6 +48,7 @@ def build_policy(cfg: RunConfig, obs_dim: int, action_dim: int, stats: dict[str,
     config = DiffusionPolicyConfig(
         obs_dim=obs_dim, action_dim=action_dim, obs_horizon=d.obs_horizon,
         pred_horizon=d.pred_horizon, action_horizon=d.action_horizon,
+        backbone=d.backbone, mlp_width=d.mlp_width, mlp_blocks=d.mlp_blocks,
         down_dims=tuple(d.down_dims), kernel_size=d.kernel_size, n_groups=d.n_groups,
         step_embed_dim=d.step_embed_dim, num_train_timesteps=d.num_train_timesteps,
         beta_schedule=d.beta_schedule, num_inference_steps=d.num_inference_steps,
