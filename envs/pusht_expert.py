@@ -15,6 +15,12 @@ last waypoint of the route round the block) are broken by a per-episode generato
 from ``(seed, env.episode_seed)``, so the expert is deterministic given the env's seed but
 goes round the block by different sides across episodes.
 
+No longer the registered expert of ``robodistill/PushT-v0``: its hidden phases, random
+push lengths and 45-unit look-ahead are hard to imitate from two observation frames, so
+:mod:`robodistill.envs.pusht_smooth_expert` replaced it. It stays as the baseline of
+``benchmarks/pusht_expert.py`` and the planner of ``benchmarks/ope_ranking.py``, and its
+contact candidates and hull routing geometry are shared with the smooth expert.
+
 Only numpy and mujoco: the module never imports torch.
 """
 

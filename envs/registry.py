@@ -36,7 +36,7 @@ class UnknownExpertError(ValueError):
 
 
 EXPERTS: dict[str, str] = {
-    "robodistill/PushT-v0": "robodistill.envs.pusht_expert:PushTExpert",
+    "robodistill/PushT-v0": "robodistill.envs.pusht_smooth_expert:PushTSmoothExpert",
     "robodistill/Nav-v0": "robodistill.envs.nav_expert:NavPlannerExpert",
     "robodistill/AGVMaze-v0": "robodistill.envs.nav_expert:NavPlannerExpert",
 }
