@@ -212,8 +212,6 @@ class StreamingStudent(Policy):
         self._rng = np.random.default_rng(c.seed)
         self._state: dict[str, torch.Tensor] | None = None
         self._step = self.step_module(self.ema_net, self.normalizer)
-        self.network_calls = 0  # batched network calls made by act (all rows at once)
-        self.decisions = 0  # act calls (one decision for every row)
 
     # -- levels --------------------------------------------------------------------------------
     @property
@@ -222,14 +220,12 @@ class StreamingStudent(Policy):
         return self.levels[:-1].clone()
 
     @property
-    def network_calls_per_decision(self) -> int:
-        """Network calls per control step: ``calls_per_step``, fresh episodes included."""
+    def configured_calls_per_step(self) -> int:
+        """The configured network calls per control step (``calls_per_step``, fresh episodes
+        included): what :class:`StreamingStep` is built to run, not a measurement. Measure
+        with ``robodistill.core.latency.count_network_calls`` (a forward hook on
+        ``ema_net``), as the distillation's validation and the benchmarks do."""
         return self.config.calls_per_step
-
-    @property
-    def measured_calls_per_decision(self) -> float | None:
-        """``network_calls / decisions`` since the counters were last zeroed."""
-        return self.network_calls / self.decisions if self.decisions else None
 
     def alpha_at(self, levels: torch.Tensor) -> torch.Tensor:
         """alphas_cumprod at levels in [-1, T-1] (-1: clean, alpha 1). Staircase levels are
@@ -393,8 +389,6 @@ class StreamingStudent(Policy):
         noise = self._draw(b, 1, c.action_dim)
         with torch.no_grad():
             action, s["buffer"], s["age"] = self._step(s["hist"], s["buffer"], s["age"], noise)
-        self.network_calls += c.calls_per_step
-        self.decisions += 1
         action = action.cpu().numpy().astype(np.float32)
         if c.action_low is not None:
             action = np.clip(action, np.float32(c.action_low), np.float32(c.action_high))

@@ -6,8 +6,8 @@ the report::
 
     <run>/eval/episodes.jsonl, videos/          one policy
     <run>/eval/<label>/episodes.jsonl, videos/  several (labels: teacher, consistency, ...)
-    <run>/eval/table.json                       summary + decision latency per policy
-    <run>/eval/success_latency.png              success rate against decision latency
+    <run>/eval/table.json                       summary + control-tick latency per policy
+    <run>/eval/success_latency.png              success rate against both latencies
 
 Each policy's summary holds both task metrics: ``success_rate`` and ``max_score_mean``, the
 mean over episodes of each episode's maximum of ``info["score"]`` where the env reports one
@@ -16,7 +16,17 @@ reward; ``score_source`` says which (``"info.score"`` / ``"reward"``).
 
 Every policy runs on the same seeds. Per-episode rows are appended as they finish, so a
 resumed evaluation runs only the seeds missing from each policy's ``episodes.jsonl``.
-Latency is :func:`robodistill.core.latency.decision_latency` (batch 1, one torch thread).
+
+Latency (:func:`tick_latency`) times control ticks with
+:func:`robodistill.core.latency.policy_tick_latency` (batch 1, one torch thread) in the two
+units a chunked policy (teacher, RTI, consistency student: one 16-action chunk per plan, 8
+executed) and a per-step one (streaming student: one network call per control step) can be
+compared in: ``worst_tick``, the control step that plans (what a controller waits for), and
+``per_step``, a plan cycle's time over its control steps (the compute per executed action).
+Network calls are measured (a forward hook on the denoiser). Every ratio compares like with
+like (:func:`add_ratios`): ``worst_tick_speedup`` and ``per_step_speedup``. ``latency``
+repeats the worst tick's median / p99 for readers of older tables, whose ``latency`` was one
+timed decision (a chunk's plan, or one streaming ``act``): also the time of a planning tick.
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from robodistill.config import RunConfig
-from robodistill.core.latency import decision_latency
+from robodistill.core.latency import policy_tick_latency
 from robodistill.core.parallel import run_episodes
 from robodistill.core.policy_specs import policy_inputs, resolve_policy
 from robodistill.core.rollout import env_spaces
@@ -139,39 +149,90 @@ def _evaluate(cfg: RunConfig, stage: StageRun, label: str, spec: str, out_dir: P
         [r.get("max_score") for r in done], [r.get("score_source") for r in done],
     )  # fmt: skip
     if cfg.eval.latency_decisions and spec not in ("random", "expert"):
-        summary["latency"] = _latency(cfg, policy)
+        summary |= tick_latency(policy, _latency_obs(cfg), plans=cfg.eval.latency_decisions)
     return summary
 
 
-def _latency(cfg: RunConfig, policy) -> dict[str, Any]:
+def _latency_obs(cfg: RunConfig):
     env = make_env(cfg.env.id, **cfg.env.kwargs)
     try:
         obs, _ = env.reset(seed=episode_seeds(cfg, 1, EVAL_SEED_OFFSET)[0])
     finally:
         env.close()
-    return decision_latency(policy, obs, decisions=cfg.eval.latency_decisions)
+    return obs
+
+
+MEASURES = {"per_step": "compute per control step", "worst_tick": "worst control tick"}
+"""The two latencies of a row, by key: what each one is called on axes and in tables."""
+
+
+def tick_latency(policy, obs, plans: int) -> dict[str, Any]:
+    """A row's latency entries: ``plans`` plan cycles of ``policy`` timed at batch 1 on one
+    torch thread on observation ``obs`` (:func:`policy_tick_latency`).
+
+    ``worst_tick`` and ``per_step``: median / p99 / max / mean ms (module docstring);
+    ``steps_per_plan``: control steps per plan cycle (measured); ``network_calls``:
+    ``per_plan`` (mean; ``per_plan_max``) and ``per_step``, measured denoiser calls (None
+    for a policy without a denoiser: MLP and RL policies, one forward pass per step);
+    ``latency``: the worst tick's median / p99 under the keys older tables had."""
+    ticks = policy_tick_latency(policy, obs, plans=plans, threads=1)
+    worst = ticks["worst_tick"]
+    return {
+        "worst_tick": worst,
+        "per_step": ticks["per_step"],
+        "steps_per_plan": ticks["steps_per_plan"],
+        "network_calls": {
+            "per_plan": ticks["calls_per_plan"],
+            "per_plan_max": ticks["calls_per_plan_max"],
+            "per_step": ticks["calls_per_step"],
+        },  # fmt: skip
+        "latency": {
+            "measure": "worst_tick",
+            "median_ms": worst["median_ms"],
+            "p99_ms": worst["p99_ms"],
+            "plans": ticks["plans"],
+            "threads": 1,
+        },  # fmt: skip
+    }
+
+
+def tick_ms(row: dict[str, Any], measure: str, stat: str = "median_ms") -> float | None:
+    """``row``'s ``measure`` (``worst_tick`` / ``per_step``) ``stat`` in ms, or None. A row
+    of an older table has only ``latency``, one timed decision: a planning tick's time, so
+    its worst tick; its per-step compute is unknown."""
+    entry = row.get(measure)
+    if entry is None and measure == "worst_tick":
+        entry = row.get("latency")
+    return (entry or {}).get(stat)
 
 
 def add_ratios(table: dict[str, dict[str, Any]], reference: str) -> None:
     """Each row gets ``success_ratio`` (its success / the reference's), ``max_score_ratio``
-    (its mean max score / the reference's) and ``speedup`` (the reference's median decision
-    latency / its own), where both are known."""
+    (its mean max score / the reference's), ``worst_tick_speedup`` (the reference's median
+    worst tick / its own) and ``per_step_speedup`` (the same for the compute per control
+    step), where both sides are known: like with like, never a chunk against a step."""
     ref = table[reference]
-    ref_ms = (ref.get("latency") or {}).get("median_ms")
     for row in table.values():
         for name, ratio in (("success_rate", "success_ratio"),
                             ("max_score_mean", "max_score_ratio")):  # fmt: skip
             v, v_ref = row.get(name), ref.get(name)
             row[ratio] = (v / v_ref) if (v is not None and v_ref) else None
-        ms = (row.get("latency") or {}).get("median_ms")
-        row["speedup"] = (ref_ms / ms) if (ref_ms and ms) else None
+        for measure in MEASURES:
+            ms, ms_ref = tick_ms(row, measure), tick_ms(ref, measure)
+            row[f"{measure}_speedup"] = (ms_ref / ms) if (ms_ref and ms) else None
 
 
-def plot_success_latency(table: dict[str, dict[str, Any]], path: Path) -> Path | None:
-    """Success rate (y) against median decision latency (x, log scale), one point each."""
-    points = {k: (r["latency"]["median_ms"], r["success_rate"]) for k, r in table.items()
-              if r.get("latency") and r.get("success_rate") is not None}  # fmt: skip
-    if not points:
+def plot_success_latency(
+    table: dict[str, dict[str, Any]], path: Path, measures: tuple[str, ...] = tuple(MEASURES)
+) -> Path | None:
+    """Success rate (y) against each of ``measures`` (``per_step``: compute per control
+    step; ``worst_tick``: worst control tick; median ms, log scale), one panel each, one
+    point per policy; panels without a point are left out."""
+    panels = {m: {k: (tick_ms(r, m), r["success_rate"]) for k, r in table.items()
+                  if tick_ms(r, m) and r.get("success_rate") is not None}
+              for m in measures}  # fmt: skip
+    panels = {m: points for m, points in panels.items() if points}
+    if not panels:
         return None
     import matplotlib
 
@@ -179,22 +240,25 @@ def plot_success_latency(table: dict[str, dict[str, Any]], path: Path) -> Path |
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    fig, ax = plt.subplots(figsize=(6.0, 3.6), dpi=100)
-    # A legend, not annotations: fast students sit close together and their labels collide.
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.6), dpi=100,
+                             sharey=True, squeeze=False)  # fmt: skip
     markers = "osD^vP*Xh<>"
-    for i, (label, (ms, success)) in enumerate(sorted(points.items(), key=lambda p: p[1][0])):
-        ax.scatter([ms], [100 * success], s=45, marker=markers[i % len(markers)],
-                   label=f"{label} ({ms:.3g} ms, {100 * success:.0f} %)")  # fmt: skip
-    ax.legend(fontsize=7, loc="lower right")
-    ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    lo, hi = min(p[0] for p in points.values()), max(p[0] for p in points.values())
-    ax.set_xlim(lo / 1.6, hi * 1.6)
-    ax.set_xlabel("decision latency, median ms (batch 1, 1 thread, log scale)")
-    ax.set_ylabel("success rate, %")
-    ax.set_ylim(-5, 105)
-    ax.grid(alpha=0.3)
+    style = {label: (markers[i % len(markers)], f"C{i % 10}") for i, label in enumerate(table)}
+    for ax, (measure, points) in zip(axes[0], panels.items(), strict=True):
+        # A legend, not annotations: fast students sit close together and their labels collide.
+        for label, (ms, success) in sorted(points.items(), key=lambda p: p[1][0]):
+            ax.scatter([ms], [100 * success], s=45, marker=style[label][0], color=style[label][1],
+                       label=f"{label} ({ms:.3g} ms, {100 * success:.0f} %)")  # fmt: skip
+        ax.legend(fontsize=7, loc="lower right")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        lo, hi = min(p[0] for p in points.values()), max(p[0] for p in points.values())
+        ax.set_xlim(lo / 1.6, hi * 1.6)
+        ax.set_xlabel(f"{MEASURES[measure]}, median ms\n(batch 1, 1 thread, log scale)")
+        ax.set_ylim(-5, 105)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("success rate, %")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -78,7 +78,11 @@ def write_report(cfg: RunConfig, results: dict[str, Any]) -> Path:
     if table:
         lines += ["", "## Teacher vs students", "", *policy_table(table)]
         if (run_dir / "eval" / "success_latency.png").is_file():
-            lines += ["", "![success rate against decision latency](eval/success_latency.png)"]
+            lines += [
+                "",
+                "![success rate against compute per control step and worst tick]"
+                "(eval/success_latency.png)",
+            ]
     plot = plot_returns(run_dir, [s for s, r in results.items() if r.get("metrics")])
     if plot is not None:
         lines += ["", f"![per-episode returns]({plot.name})"]
@@ -98,27 +102,60 @@ def write_report(cfg: RunConfig, results: dict[str, Any]) -> Path:
     return path
 
 
+def _ratio(value: float | None) -> str:
+    if not value:
+        return "—"
+    return f"{value:.1f}×" if value >= 0.95 else f"{value:.2g}×"
+
+
+def _calls(row: dict[str, Any]) -> str:
+    calls = row.get("network_calls") or {}
+    plan, step = calls.get("per_plan"), calls.get("per_step")
+    return "—" if plan is None or step is None else f"{plan:.3g} / {step:.3g}"
+
+
+def latency_legend(reference: str) -> str:
+    """The sentence under the policy table that says what its latency columns measure."""
+    return (
+        "Latency at batch 1 on one torch thread, per control tick. *Worst tick*: a control "
+        "step that plans (a chunked policy's whole chunk, the streaming student's every "
+        "step), what a controller waits for. *Per step*: a plan cycle's time over its "
+        "control steps, the compute per executed action. Network calls are measured "
+        "(denoiser forward calls per plan / per control step). Speed-ups are "
+        f"{reference}'s median over the policy's, worst tick with worst tick and per step "
+        "with per step."
+    )
+
+
 def policy_table(table: dict[str, dict[str, Any]]) -> list[str]:
     """Markdown rows of the eval stage's per-policy table (first row: the reference), then
-    the legend of its mean max score column."""
+    the legends of its latency and mean max score columns. Rows of an older table (one
+    timed decision in ``latency``) show it as their worst tick and no per-step compute."""
+    from robodistill.evaluate import tick_ms
+
+    ref = next(iter(table), "the first row")
     lines = [
         "| policy | episodes | success rate | mean max score | return (mean ± std) | length "
-        "| decision ms (median / p99) | speed-up | success vs teacher |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| worst tick ms (median / p99) | per step ms (median) | net calls (per plan / per "
+        f"step) | worst-tick speed-up vs {ref} | per-step speed-up vs {ref} "
+        f"| success vs {ref} |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for label, row in table.items():
-        lat = row.get("latency") or {}
-        ms = f"{lat['median_ms']:.3g} / {lat['p99_ms']:.3g}" if lat else "—"
+        worst, p99 = tick_ms(row, "worst_tick"), tick_ms(row, "worst_tick", "p99_ms")
+        ms = f"{worst:.3g} / {p99:.3g}" if worst and p99 else "—"
+        step = tick_ms(row, "per_step")
         ret = (f"{row['return_mean']:.3g} ± {row['return_std']:.3g}"
                if row.get("return_mean") is not None else "—")  # fmt: skip
-        speedup = f"{row['speedup']:.1f}×" if row.get("speedup") else "—"
         ratio = f"{row['success_ratio']:.2f}" if row.get("success_ratio") is not None else "—"
         lines.append(
             f"| {label} | {_fmt(row.get('episodes'))} | {_percent(row.get('success_rate'))} | "
             f"{_score(row.get('max_score_mean'))} | {ret} | {_fmt(row.get('length_mean'))} | "
-            f"{ms} | {speedup} | {ratio} |"
+            f"{ms} | {'—' if not step else f'{step:.3g}'} | {_calls(row)} | "
+            f"{_ratio(row.get('worst_tick_speedup'))} | {_ratio(row.get('per_step_speedup'))} "
+            f"| {ratio} |"
         )
-    return [*lines, "", score_legend(list(table.values()))]
+    return [*lines, "", latency_legend(ref), "", score_legend(list(table.values()))]
 
 
 def _save_plot(path: Path, draw: Callable[[Any], None]) -> Path:

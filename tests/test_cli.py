@@ -189,6 +189,14 @@ def test_default_pipeline_teacher_students_export_control(tmp_path, tiny_rl100, 
     table = json.loads((run / "eval/table.json").read_text())
     assert list(table) == ["teacher", "consistency", "streaming"]
     assert all(row["episodes"] == 1 and row["latency"]["median_ms"] > 0 for row in table.values())
+    # Like with like: the streaming student's every tick plans, its per-step cost is its
+    # tick, and it is compared per step with the teacher's chunk spread over its steps.
+    stream, teacher = table["streaming"], table["teacher"]
+    assert stream["steps_per_plan"] == 1 and stream["network_calls"]["per_step"] == 1
+    assert stream["per_step"]["median_ms"] == stream["worst_tick"]["median_ms"]
+    assert teacher["steps_per_plan"] > 1
+    assert stream["per_step_speedup"] == pytest.approx(
+        teacher["per_step"]["median_ms"] / stream["per_step"]["median_ms"])  # fmt: skip
     report = (run / "report.md").read_text()
     assert "## Teacher vs students" in report and "| consistency | 1 |" in report
     assert "[seed-900000](eval/teacher/videos/seed-900000.mp4)" in report

@@ -14,6 +14,7 @@ from torch import nn
 
 from robodistill.collect import run_collect
 from robodistill.config import ConfigError, load_config
+from robodistill.core.latency import count_network_calls
 from robodistill.core.rundir import StageRun
 from robodistill.data.demos import load_demos
 from robodistill.deploy.export import check_parity, export_policy
@@ -144,16 +145,17 @@ def test_loss_decreases_on_a_tiny_dataset():
     assert fixed_loss() < 0.6 * before
 
 
-def test_act_bounds_per_row_reset_and_calls_per_decision():
+def test_act_bounds_per_row_reset_and_measured_calls_per_step():
     policy = _student(calls_per_step=2)
     obs = np.random.default_rng(0).normal(size=(3, OBS)).astype(np.float32)
     policy.reset()
-    first = [policy.act(obs) for _ in range(5)]
+    with count_network_calls(policy) as calls:  # the denoiser's forward calls (a hook)
+        first = [policy.act(obs) for _ in range(5)]
     for a in first:
         assert a.shape == (3, ACT) and a.dtype == np.float32
         assert (a >= np.float32(LOW)).all() and (a <= np.float32(HIGH)).all()
-    assert policy.network_calls == 10 and policy.decisions == 5
-    assert policy.network_calls_per_decision == policy.measured_calls_per_decision == 2
+    assert calls.calls == 10 and calls.act_rows == 15 and calls.per_step == 2
+    assert policy.configured_calls_per_step == 2
 
     state = {k: v.clone() for k, v in policy._state.items()}
     policy.reset(env_ids=[1])
@@ -274,8 +276,10 @@ def test_distill_streaming_end_to_end_and_resume(tiny_overrides, tmp_path, monke
     metrics = _distill(cfg)
     out = tmp_path / "runs/straight/distill/streaming"
     assert metrics["steps"] == 6 and [e["step"] for e in metrics["evals"]] == [3, 6]
-    assert metrics["network_calls_per_decision"] == 1
-    assert metrics["network_calls_per_decision_measured"] == 1.0
+    assert metrics["calls_per_step"] == 1  # configured
+    assert metrics["network_calls_per_step_measured"] == 1.0  # measured by a forward hook
+    assert metrics["network_calls_per_step_measured_max"] == 1.0
+    assert all(e["network_calls_per_step"] == 1.0 for e in metrics["evals"])
     assert metrics["final_loss"] > 0 and metrics["best_step"] in (3, 6)
     # Teacher weights: all but the input convolutions' local_cond channels.
     assert metrics["init_from_teacher"] == {"copied": metrics["init_from_teacher"]["copied"],

@@ -23,5 +23,9 @@ class EvalConfig(Section):
     workers: int = Field(1, ge=1, le=1024)
     """Ray actors running evaluation episodes in parallel; 1 runs them in this process."""
     latency_decisions: int = Field(50, ge=0, le=1_000_000)
-    """Decisions timed per saved policy (batch 1, one torch thread; median and p99 in the
-    table); 0: no latency measurement."""
+    """Plan cycles timed per saved policy (batch 1, one torch thread): a cycle is the control
+    tick that plans and the ticks that follow it up to the next plan (a chunked policy: the
+    executed actions of one chunk; the streaming student: one tick). The table gets the worst
+    tick and the compute per control step (median and p99) and the measured network calls;
+    0: no latency measurement. The name is kept from when it counted one timed decision per
+    policy (then a chunk or a streaming step)."""

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -231,17 +231,29 @@ def control_tick_latency(
     }
 
 
+def has_denoiser(policy: Policy) -> bool:
+    """Whether :func:`count_network_calls` can count ``policy``'s network calls."""
+    return isinstance(getattr(policy, "ema_net", None), torch.nn.Module)
+
+
 def policy_tick_latency(
     policy: Policy, obs: np.ndarray, plans: int = 50, warmup: int = 2, threads: int = 1
 ) -> dict[str, Any]:
     """:func:`control_tick_latency` of a torch ``policy`` stepping ``act`` at batch 1 on the
     fixed observation ``obs`` (D,) with ``threads`` torch threads, its network calls counted
-    by :func:`count_network_calls`; the policy is reset before and after."""
+    by :func:`count_network_calls`; the policy is reset before and after.
+
+    A policy without a :func:`denoiser` (MLP and RL policies: one forward pass per ``act``)
+    is timed with every tick as a plan and no call count (``calls_*`` None); a
+    :class:`ChunkedPolicy` must have one (a ``TypeError`` otherwise)."""
     x = np.asarray(obs, dtype=np.float32).reshape(1, -1)
-    with torch_threads(threads), torch.no_grad(), count_network_calls(policy) as counts:
+    counted = has_denoiser(policy) or isinstance(policy, ChunkedPolicy)
+    counter = count_network_calls(policy) if counted else nullcontext(None)
+    with torch_threads(threads), torch.no_grad(), counter as counts:
         policy.reset()
         try:
-            result = control_tick_latency(lambda: policy.act(x), lambda: counts.calls,
+            result = control_tick_latency(lambda: policy.act(x),
+                                          (lambda: counts.calls) if counts is not None else None,
                                           plans=plans, warmup=warmup)  # fmt: skip
         finally:
             policy.reset()

@@ -18,7 +18,10 @@ so the student learns the same targets as its teacher; the observation history's
 and normalizer, and with ``init_from_teacher`` its weights (see :func:`init_from_teacher`).
 AdamW + warm-up/cosine learning rate, diffusers ``EMAModel``; the EMA student is rolled out
 on the validation seeds every ``eval_every`` steps and at the end, and the best (success
-rate, then return) is kept.
+rate, then return) is kept. Each validation measures ``network_calls_per_step``, the
+denoiser's forward calls per control step of one env row (a forward hook); the metrics give
+their mean and max (``network_calls_per_step_measured[_max]``) beside the configured
+``calls_per_step``.
 
 Artifacts in ``<run>/distill/streaming/``::
 
@@ -40,6 +43,7 @@ import numpy as np
 import torch
 
 from robodistill.config import ConfigError, RunConfig
+from robodistill.core.latency import count_network_calls
 from robodistill.core.rundir import StageRun, progress
 from robodistill.core.seeds import RNGStream, stream_rng
 from robodistill.data.demos import demos_path, load_demos
@@ -134,11 +138,12 @@ def teacher_targets(teacher: DiffusionPolicy, sampler: SequenceSampler, buffer_h
 def validate_counting_calls(
     cfg: RunConfig, policy: StreamingStudent, seeds: list[int]
 ) -> dict[str, Any]:
-    """Roll out on ``seeds``: return/length/success summary plus the measured network calls
-    per decision over these episodes."""
-    policy.network_calls = policy.decisions = 0
-    result, _ = rollout_summary(cfg, policy, seeds, "distill-streaming")
-    return result | {"network_calls_per_decision": policy.measured_calls_per_decision}
+    """Roll out on ``seeds``: return/length/success summary plus ``network_calls_per_step``,
+    the denoiser evaluations per control step of one env row over these episodes, measured
+    (:func:`robodistill.core.latency.count_network_calls`: a forward hook on the network)."""
+    with count_network_calls(policy) as calls:
+        result, _ = rollout_summary(cfg, policy, seeds, "distill-streaming")
+    return result | {"network_calls_per_step": calls.per_step}
 
 
 class StreamingTrainer(Trainer):
@@ -146,7 +151,7 @@ class StreamingTrainer(Trainer):
     docstring)."""
 
     name = "streaming"
-    eval_keys = ("network_calls_per_decision",)
+    eval_keys = ("network_calls_per_step",)
 
     def __init__(self, cfg: RunConfig, teacher_dir: Path):
         sc = self.sc = cfg.distill.streaming
@@ -195,11 +200,13 @@ class StreamingTrainer(Trainer):
 
     def finish(self, out: Path, keeper: Any, evals: list[dict[str, Any]]) -> dict[str, Any]:
         sc, student = self.sc, self.policy
-        calls = [e["network_calls_per_decision"] for e in evals]
+        calls = [e["network_calls_per_step"] for e in evals
+                 if e.get("network_calls_per_step") is not None]  # fmt: skip
         return {"student": "streaming", "teacher": str(self.teacher_dir), "targets": sc.targets,
-                "buffer_horizon": sc.buffer_horizon, "calls_per_step": sc.calls_per_step,
-                "network_calls_per_decision": student.network_calls_per_decision,
-                "network_calls_per_decision_measured": float(np.mean(calls)),
+                "buffer_horizon": sc.buffer_horizon,
+                "calls_per_step": student.configured_calls_per_step,  # configured
+                "network_calls_per_step_measured": float(np.mean(calls)) if calls else None,
+                "network_calls_per_step_measured_max": max(calls) if calls else None,
                 "init_from_teacher": self.init, "demos": self.demos,
                 "windows": len(self.sampler)}  # fmt: skip
 
