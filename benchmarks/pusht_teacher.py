@@ -35,12 +35,19 @@ from bench_common import evaluate, markdown, pct, score  # noqa: E402
 CONFIG = "configs/pipelines/pusht.yaml"
 
 POINTS: dict[str, list[str]] = {
-    # The default pipeline's teacher (1.1 M UNet, batch 64, lr 1e-3): the 'before'.
-    "unet-1M-b64": ["teach.diffusion.backbone=unet", "teach.rl100.batch_size=64",
-                    "teach.rl100.il_steps=6000", "teach.rl100.eval_every=2000"],
-    # DPPO's state-task denoiser, at diffusion policy's batch.
-    "mlp-512": ["teach.diffusion.mlp_width=512", "teach.diffusion.mlp_blocks=3"],
-    "mlp-1024": ["teach.diffusion.mlp_width=1024", "teach.diffusion.mlp_blocks=3"],
+    # DPPO's state-task denoiser (residual MLP 512 x 3, 1.7 M) at diffusion policy's batch.
+    "mlp512-d100": ["teach.diffusion.backbone=mlp", "teach.diffusion.mlp_width=512",
+                    "teach.rl100.batch_size=256", "teach.rl100.il_steps=15000",
+                    "teach.rl100.eval_every=2500", "collect.episodes=100"],
+    "mlp512-d500": ["teach.diffusion.backbone=mlp", "teach.diffusion.mlp_width=512",
+                    "teach.rl100.batch_size=256", "teach.rl100.il_steps=12000",
+                    "teach.rl100.eval_every=2000", "collect.episodes=500"],
+    # Chi et al.'s temporal UNet (1.1 M, the default pipeline's), batch 64.
+    "unet-d500": ["teach.diffusion.backbone=unet", "teach.rl100.batch_size=64",
+                  "teach.rl100.il_steps=8000", "teach.rl100.eval_every=2000",
+                  "collect.episodes=500"],
+    # The recipe itself (configs/pipelines/pusht.yaml as it is).
+    "recipe": [],
 }  # fmt: skip
 """Name -> overrides on top of ``--config`` (which holds the recipe's defaults)."""
 

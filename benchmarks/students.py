@@ -367,6 +367,10 @@ def main() -> None:
         default=50,
         help="timed plan cycles per policy and backend (streaming: ticks)",
     )
+    parser.add_argument("--reuse", action="store_true",
+                        help="a task whose run directory already holds students.json measured "
+                             "on as many episodes is read, not measured again (to combine "
+                             "tasks measured in separate calls)")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -382,6 +386,13 @@ def main() -> None:
         raise SystemExit(f"the configs share a run name ({names}); give each its own `name`")
     docs = []
     for cfg in cfgs:
+        done = Path(cfg.runs_dir) / cfg.name / "students.json"
+        if args.reuse and done.is_file():
+            doc = json.loads(done.read_text())
+            if doc.get("episodes") == args.episodes:
+                log.info("%s: reusing %s", cfg.name, done)
+                docs.append(doc)
+                continue
         doc = measure_task(cfg, args)
         docs.append(doc)
         write(Path(cfg.runs_dir) / cfg.name, [doc])

@@ -83,6 +83,9 @@ def main() -> None:
     variants = [  # (label, backbone, sizes, batch, threads, compile, ema foreach)
         ("UNet 1.1 M, batch 64 (before)", "unet", unet, 64, 1, False, False),
         ("UNet 1.1 M, batch 256", "unet", unet, 256, 1, False, False),
+        ("UNet 1.1 M, batch 64, 2 threads", "unet", unet, 64, 2, False, False),
+        ("UNet 1.1 M, batch 64, torch.compile", "unet", unet, 64, 1, True, False),
+        ("UNet 1.1 M, batch 64, EMA foreach", "unet", unet, 64, 1, False, True),
         ("UNet 1.1 M, batch 256, 2 threads", "unet", unet, 256, 2, False, False),
         ("MLP 512x3, batch 256", "mlp", {"mlp_width": 512, "mlp_blocks": 3}, 256, 1, False, False),
         ("MLP 1024x3, batch 256", "mlp", mlp, 256, 1, False, False),
