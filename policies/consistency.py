@@ -55,8 +55,8 @@ from robodistill.policies.checkpoint import (
 from robodistill.policies.chunking import Affine, ChunkedPolicy
 from robodistill.policies.diffusion_nets import (
     DenoisingSchedule,
-    build_denoiser,
     count_parameters,
+    denoiser_for,
 )
 from robodistill.policies.normalizer import Normalizer
 
@@ -140,13 +140,7 @@ class ConsistencyStudentConfig:
 
     def denoiser(self) -> nn.Module:
         """A fresh F network of the teacher's backbone and sizes."""
-        return build_denoiser(
-            self.backbone, action_dim=self.action_dim,
-            global_cond_dim=self.obs_dim * self.obs_horizon, horizon=self.pred_horizon,
-            down_dims=self.down_dims, kernel_size=self.kernel_size, n_groups=self.n_groups,
-            step_embed_dim=self.step_embed_dim, mlp_width=self.mlp_width,
-            mlp_blocks=self.mlp_blocks,
-        )  # fmt: skip
+        return denoiser_for(self, self.pred_horizon)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from robodistill.policies.diffusion_nets import BACKBONES, build_denoiser
+from robodistill.policies.diffusion_nets import BACKBONES, denoiser_for
 
 
 @dataclass
@@ -106,13 +106,7 @@ class DiffusionPolicyConfig:
 
     def denoiser(self) -> nn.Module:
         """A fresh noise predictor of this config's backbone and sizes."""
-        return build_denoiser(
-            self.backbone, action_dim=self.action_dim,
-            global_cond_dim=self.obs_dim * self.obs_horizon, horizon=self.pred_horizon,
-            down_dims=self.down_dims, kernel_size=self.kernel_size, n_groups=self.n_groups,
-            step_embed_dim=self.step_embed_dim, mlp_width=self.mlp_width,
-            mlp_blocks=self.mlp_blocks,
-        )  # fmt: skip
+        return denoiser_for(self, self.pred_horizon)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

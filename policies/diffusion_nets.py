@@ -152,6 +152,27 @@ class FiLMResidualBlock1D(nn.Module):
         return h + self.residual(x)
 
 
+def _check_conditions(net: str, c, sample: torch.Tensor, timestep, global_cond, local_cond
+                      ) -> torch.Tensor:  # fmt: skip
+    """Shape checks shared by the denoisers (``c``: their config, with ``global_cond_dim``
+    and ``local_cond_dim``); returns the timesteps as a (B,) tensor."""
+    batch, horizon = sample.shape[0], sample.shape[1]
+    timestep = torch.as_tensor(timestep, device=sample.device)
+    if timestep.ndim == 0:
+        timestep = timestep.expand(batch)
+    if c.global_cond_dim and (global_cond is None
+                              or tuple(global_cond.shape) != (batch, c.global_cond_dim)):  # fmt: skip
+        got = None if global_cond is None else tuple(global_cond.shape)
+        raise ValueError(f"{net}: global_cond must be ({batch}, {c.global_cond_dim}), got {got}")
+    if local_cond is not None and not c.local_cond_dim:
+        raise ValueError(f"{net}: local_cond given but local_cond_dim is 0")
+    want = (batch, horizon, c.local_cond_dim)
+    if c.local_cond_dim and (local_cond is None or tuple(local_cond.shape) != want):
+        got = None if local_cond is None else tuple(local_cond.shape)
+        raise ValueError(f"{net}: local_cond must be {want}, got {got}")
+    return timestep
+
+
 class ConditionalUnet1D(nn.Module):
     """Noise predictor ``eps_hat = net(sample, timestep, global_cond, local_cond)``.
 
@@ -212,31 +233,18 @@ class ConditionalUnet1D(nn.Module):
                 f"ConditionalUnet1D: sample must be (B, H, {c.action_dim}), got "
                 f"{tuple(sample.shape)}"
             )
-        batch, horizon = sample.shape[0], sample.shape[1]
+        horizon = sample.shape[1]
         if horizon % c.horizon_multiple:
             raise ValueError(
                 f"ConditionalUnet1D: horizon {horizon} must be a multiple of "
                 f"{c.horizon_multiple} for {len(c.down_dims)} UNet levels"
             )
-        timestep = torch.as_tensor(timestep, device=sample.device)
-        if timestep.ndim == 0:
-            timestep = timestep.expand(batch)
+        timestep = _check_conditions("ConditionalUnet1D", c, sample, timestep, global_cond,
+                                     local_cond)  # fmt: skip
         cond = self.step_encoder(timestep)
         if c.global_cond_dim:
-            if global_cond is None or tuple(global_cond.shape) != (batch, c.global_cond_dim):
-                got = None if global_cond is None else tuple(global_cond.shape)
-                raise ValueError(
-                    f"ConditionalUnet1D: global_cond must be ({batch}, {c.global_cond_dim}), "
-                    f"got {got}"
-                )
             cond = torch.cat([cond, global_cond], dim=-1)
-        if local_cond is not None and not c.local_cond_dim:
-            raise ValueError("ConditionalUnet1D: local_cond given but local_cond_dim is 0")
         if c.local_cond_dim:
-            want = (batch, horizon, c.local_cond_dim)
-            if local_cond is None or tuple(local_cond.shape) != want:
-                got = None if local_cond is None else tuple(local_cond.shape)
-                raise ValueError(f"ConditionalUnet1D: local_cond must be {want}, got {got}")
             sample = torch.cat([sample, local_cond.to(sample.dtype)], dim=-1)
 
         x = sample.transpose(1, 2)  # (B, A, H): actions are channels, time is the conv axis
@@ -324,24 +332,11 @@ class MlpDenoiser(nn.Module):
         if sample.ndim != 3 or tuple(sample.shape[1:]) != (c.horizon, c.action_dim):
             raise ValueError(f"MlpDenoiser: sample must be (B, {c.horizon}, {c.action_dim}), "
                              f"got {tuple(sample.shape)}")  # fmt: skip
-        batch = sample.shape[0]
-        timestep = torch.as_tensor(timestep, device=sample.device)
-        if timestep.ndim == 0:
-            timestep = timestep.expand(batch)
+        timestep = _check_conditions("MlpDenoiser", c, sample, timestep, global_cond, local_cond)
         parts = [sample.flatten(1), self.step_encoder(timestep)]
         if c.global_cond_dim:
-            if global_cond is None or tuple(global_cond.shape) != (batch, c.global_cond_dim):
-                got = None if global_cond is None else tuple(global_cond.shape)
-                raise ValueError(f"MlpDenoiser: global_cond must be ({batch}, "
-                                 f"{c.global_cond_dim}), got {got}")  # fmt: skip
             parts.append(global_cond)
-        if local_cond is not None and not c.local_cond_dim:
-            raise ValueError("MlpDenoiser: local_cond given but local_cond_dim is 0")
         if c.local_cond_dim:
-            want = (batch, c.horizon, c.local_cond_dim)
-            if local_cond is None or tuple(local_cond.shape) != want:
-                got = None if local_cond is None else tuple(local_cond.shape)
-                raise ValueError(f"MlpDenoiser: local_cond must be {want}, got {got}")
             parts.append(local_cond.to(sample.dtype).flatten(1))
         h = self.inp(torch.cat(parts, dim=-1))
         for block in self.blocks:
@@ -369,6 +364,18 @@ def build_denoiser(backbone: str, *, action_dim: int, global_cond_dim: int, hori
         return MlpDenoiser(MlpDenoiserConfig(action_dim, global_cond_dim, horizon, mlp_width,
                                              mlp_blocks, step_embed_dim, local_cond_dim))  # fmt: skip
     raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
+
+
+def denoiser_for(config, horizon: int, local_cond_dim: int = 0) -> nn.Module:
+    """:func:`build_denoiser` from a policy config (the teacher's or a student's): its
+    ``backbone``, sizes and ``obs_dim * obs_horizon`` conditioning, over ``horizon``."""
+    c = config
+    return build_denoiser(
+        c.backbone, action_dim=c.action_dim, global_cond_dim=c.obs_dim * c.obs_horizon,
+        horizon=horizon, down_dims=c.down_dims, kernel_size=c.kernel_size, n_groups=c.n_groups,
+        step_embed_dim=c.step_embed_dim, mlp_width=c.mlp_width, mlp_blocks=c.mlp_blocks,
+        local_cond_dim=local_cond_dim,
+    )  # fmt: skip
 
 
 class DenoisingSchedule:
@@ -476,6 +483,7 @@ __all__ = [
     "UnetConfig",
     "build_denoiser",
     "build_unet",
+    "denoiser_for",
     "count_parameters",
     "gaussian_log_prob",
 ]

@@ -62,8 +62,8 @@ from robodistill.policies.checkpoint import (
 from robodistill.policies.diffusion_nets import (
     BACKBONES,
     DenoisingSchedule,
-    build_denoiser,
     count_parameters,
+    denoiser_for,
 )
 from robodistill.policies.normalizer import Normalizer
 
@@ -117,13 +117,7 @@ class StreamingStudentConfig:
     def denoiser(self) -> nn.Module:
         """A fresh noise predictor of this config's backbone; each buffer slot's noise level
         enters as ``local_cond``."""
-        return build_denoiser(
-            self.backbone, action_dim=self.action_dim,
-            global_cond_dim=self.obs_dim * self.obs_horizon, horizon=self.buffer_horizon,
-            down_dims=self.down_dims, kernel_size=self.kernel_size, n_groups=self.n_groups,
-            step_embed_dim=self.step_embed_dim, mlp_width=self.mlp_width,
-            mlp_blocks=self.mlp_blocks, local_cond_dim=LOCAL_COND_DIM,
-        )  # fmt: skip
+        return denoiser_for(self, self.buffer_horizon, local_cond_dim=LOCAL_COND_DIM)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"down_dims": list(self.down_dims)}
