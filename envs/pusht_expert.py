@@ -18,15 +18,19 @@ goes round the block by different sides across episodes.
 No longer the registered expert of ``robodistill/PushT-v0``: its hidden phases, random
 push lengths and 45-unit look-ahead are hard to imitate from two observation frames, so
 :mod:`robodistill.envs.pusht_smooth_expert` replaced it. It stays as the baseline of
-``benchmarks/pusht_expert.py`` and the planner of ``benchmarks/ope_ranking.py``, and its
-contact candidates and hull routing geometry are shared with the smooth expert.
+``benchmarks/pusht_expert.py`` and the planner of ``benchmarks/ope_ranking.py``. Its
+contact candidates and hull routing geometry are shared with the smooth expert, and so is
+:class:`PrivilegedPushTExpert`, the base class of both (per-row episode state, ``act``,
+keypoint error, route graph round the T).
 
 Only numpy and mujoco: the module never imports torch.
 """
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import mujoco
 import numpy as np
@@ -87,64 +91,27 @@ def _offset_polygon(poly: np.ndarray, d: float) -> np.ndarray:
     return np.array(out)
 
 
-@dataclass
-class _Row:
-    """Per-batch-row episode state."""
+class PrivilegedPushTExpert(Policy):
+    """What the privileged Push-T experts share (not registered: a base class).
 
-    rng: np.random.Generator
-    marker: int = -1  # env.num_resets when this row's state was made
-    phase: str = "plan"  # plan | travel | push | retreat
-    path: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
-    prepush: np.ndarray = field(default_factory=lambda: np.zeros(2))
-    direction: np.ndarray = field(default_factory=lambda: np.zeros(2))
-    speed: float = 0.0
-    push_steps: int = 0
-    push_done: int = 0
-    planned_pose: np.ndarray = field(default_factory=lambda: np.zeros(3))
-    travel_steps: int = 0
-    first_side: str | None = None  # "ccw" | "cw" | "direct": first route round the T
-    first_face: int | None = None
-    pushes: int = 0
+    Per-batch-row episode state, renewed by ``reset`` or when the row's env was reset
+    behind the expert's back, a MuJoCo ``MjData`` per row to simulate pushes on, the
+    keypoint error to the goal and the route graph round the T's inflated convex hull.
 
-
-@register_policy
-class PushTExpert(Policy):
-    """Privileged push planner for ``robodistill/PushT-v0`` (reads the MuJoCo state).
-
-    Args:
-        seed: mixed with each episode's ``env.episode_seed`` for tie-breaking.
-        push_speed: pusher travel per control step while pushing, units (far from goal).
-        travel_speed: look-ahead along the route per control step while travelling, units.
-        standoff: gap between the pusher's surface and the face at the pre-push point, units.
-        clearance: extra clearance kept from the T while travelling, units.
-        max_push_steps: longest push simulated per candidate, control steps.
-        tie_tolerance: candidates scoring within this fraction of the best are equivalent.
-
-    ``act(obs)`` ignores ``obs`` beyond its batch size and returns (B, 2) float32 actions in
-    [-1, 1] (the env's absolute pusher target).
+    Subclasses implement ``_new_row(i)`` (fresh episode state for row ``i``, from
+    :meth:`_episode_rng` and :meth:`_episode_marker`) and ``_act_row(i)`` (row ``i``'s next
+    pusher target, units), and list in ``info_fields`` the row fields that
+    :meth:`episode_info` reports.
     """
 
-    kind = "expert/pusht"
+    info_fields: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(
-        self,
-        seed: int = 0,
-        push_speed: float = 12.0,
-        travel_speed: float = 45.0,
-        standoff: float = 6.0,
-        clearance: float = 5.0,
-        max_push_steps: int = 8,
-        tie_tolerance: float = 0.15,
-    ):
+    def __init__(self, seed: int, clearance: float, tie_tolerance: float):
         self.seed = int(seed)
-        self.push_speed = float(push_speed)
-        self.travel_speed = float(travel_speed)
-        self.standoff = float(standoff)
         self.clearance = float(clearance)
-        self.max_push_steps = int(max_push_steps)
         self.tie_tolerance = float(tie_tolerance)
         self.envs: list = []
-        self._rows: list[_Row] = []
+        self._rows: list = []
         self._sims: list[mujoco.MjData] = []
         self._goal_kp = tee_to_world(GOAL_POSE, TEE_KEYPOINTS)
         # Waypoints far enough out that cutting a corner at look-ahead speed stays clear.
@@ -175,14 +142,35 @@ class PushTExpert(Policy):
     def episode_info(self, row: int) -> dict:
         """What the expert did in ``row``'s episode so far (for multimodality statistics)."""
         r = self._rows[row]
-        return {"first_side": r.first_side, "first_face": r.first_face, "pushes": r.pushes}
+        return {name: getattr(r, name) for name in self.info_fields}
 
-    # ------------------------------------------------------------------------ internals
-    def _new_row(self, i: int) -> _Row:
+    # ------------------------------------------------------------------------ per row
+    @abc.abstractmethod
+    def _new_row(self, i: int):
+        """Fresh episode state for row ``i`` (its ``marker`` from :meth:`_episode_marker`)."""
+
+    @abc.abstractmethod
+    def _act_row(self, i: int) -> np.ndarray:
+        """Row ``i``'s next pusher target (2,), units (clipped to the workspace by ``act``)."""
+
+    def _episode_rng(self, i: int) -> np.random.Generator:
+        """Row ``i``'s episode generator, seeded from ``(seed, env.episode_seed)``."""
         env = self.envs[i]
-        rng = np.random.default_rng([self.seed, int(getattr(env, "episode_seed", 0))])
-        return _Row(rng=rng, marker=int(getattr(env, "num_resets", 0)))
+        return np.random.default_rng([self.seed, int(getattr(env, "episode_seed", 0))])
 
+    def _episode_marker(self, i: int) -> int:
+        """Row ``i``'s env reset count: the episode a row's state belongs to."""
+        return int(getattr(self.envs[i], "num_resets", 0))
+
+    def _row(self, i: int):
+        """Row ``i``'s state, made afresh if its env was reset without our ``reset()``."""
+        row = self._rows[i]
+        if row.marker != self._episode_marker(i):
+            # The env was reset without our reset(): start the new episode anyway.
+            row = self._rows[i] = self._new_row(i)
+        return row
+
+    # ------------------------------------------------------------------------ planning
     def _error(self, poses: np.ndarray) -> np.ndarray:
         """Mean keypoint distance to the goal for poses (..., 3) -> (...), units."""
         c, s = np.cos(poses[..., 2]), np.sin(poses[..., 2])
@@ -191,11 +179,116 @@ class PushTExpert(Policy):
         y = poses[..., 1, None] + s[..., None] * kx + c[..., None] * ky
         return np.mean(np.hypot(x - self._goal_kp[:, 0], y - self._goal_kp[:, 1]), axis=-1)
 
+    def _route_graph(self, pose: np.ndarray, start: np.ndarray, nodes: np.ndarray, goals):
+        """Shortest collision-free routes ``start`` -> hull ``nodes`` (world frame, units)
+        round the T at ``pose``, and on to each of ``goals`` (G, 2).
+
+        Returns ``via`` (n, G) route lengths to each goal through each last node (inf where
+        blocked), the points (n, 2; 0 = start, then ``nodes``), and the shortest distances
+        and next-hop table (n, n) between them (see :meth:`_node_path`).
+        """
+        pts = np.concatenate([start[None], nodes])  # 0 = start
+        n = len(pts)
+        need = PUSHER_RADIUS + self.clearance * 0.6
+        need_start = min(need, float(tee_distance(pose, start)) - 0.5)
+
+        def clear(a: np.ndarray, b: np.ndarray, thr: np.ndarray) -> np.ndarray:
+            # a, b (M, 2): is the segment at least thr (M,) from the T everywhere?
+            t = np.linspace(0.0, 1.0, 24)
+            samples = a[:, None] + (b - a)[:, None] * t[None, :, None]
+            return tee_distance(pose, samples).min(axis=1) >= thr
+
+        ii, jj = np.triu_indices(n, 1)
+        ok = clear(pts[ii], pts[jj], np.where(ii == 0, need_start, need))
+        dist = np.full((n, n), np.inf)
+        np.fill_diagonal(dist, 0.0)
+        lens = np.linalg.norm(pts[ii] - pts[jj], axis=1)
+        dist[ii[ok], jj[ok]] = dist[jj[ok], ii[ok]] = lens[ok]
+        nxt = np.tile(np.arange(n), (n, 1))
+        for k in range(n):  # Floyd-Warshall on <= 7 nodes
+            through = dist[:, k, None] + dist[None, k, :]
+            better = through < dist
+            dist = np.where(better, through, dist)
+            nxt = np.where(better, nxt[:, k, None], nxt)
+        g = len(goals)
+        gi, gg = np.repeat(np.arange(n), g), np.tile(np.arange(g), n)
+        ok = clear(pts[gi], goals[gg], np.where(gi == 0, need_start, need)).reshape(n, g)
+        last = np.linalg.norm(pts[:, None] - goals[None], axis=2)
+        via = np.where(ok, dist[0][:, None] + last, np.inf)  # (n, G): route via last node j
+        return via, pts, dist, nxt
+
+    @staticmethod
+    def _node_path(pts: np.ndarray, nxt: np.ndarray, j: int) -> np.ndarray:
+        """The shortest route's points (m, 2) from ``pts[0]`` to ``pts[j]`` (reachable)."""
+        path, cur = [pts[0]], 0
+        while cur != j:
+            cur = int(nxt[cur, j])
+            path.append(pts[cur])
+        return np.array(path)
+
+
+@dataclass
+class _Row:
+    """Per-batch-row episode state."""
+
+    rng: np.random.Generator
+    marker: int = -1  # env.num_resets when this row's state was made
+    phase: str = "plan"  # plan | travel | push | retreat
+    path: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    prepush: np.ndarray = field(default_factory=lambda: np.zeros(2))
+    direction: np.ndarray = field(default_factory=lambda: np.zeros(2))
+    speed: float = 0.0
+    push_steps: int = 0
+    push_done: int = 0
+    planned_pose: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    travel_steps: int = 0
+    first_side: str | None = None  # "ccw" | "cw" | "direct": first route round the T
+    first_face: int | None = None
+    pushes: int = 0
+
+
+@register_policy
+class PushTExpert(PrivilegedPushTExpert):
+    """Privileged push planner for ``robodistill/PushT-v0`` (reads the MuJoCo state).
+
+    Args:
+        seed: mixed with each episode's ``env.episode_seed`` for tie-breaking.
+        push_speed: pusher travel per control step while pushing, units (far from goal).
+        travel_speed: look-ahead along the route per control step while travelling, units.
+        standoff: gap between the pusher's surface and the face at the pre-push point, units.
+        clearance: extra clearance kept from the T while travelling, units.
+        max_push_steps: longest push simulated per candidate, control steps.
+        tie_tolerance: candidates scoring within this fraction of the best are equivalent.
+
+    ``act(obs)`` ignores ``obs`` beyond its batch size and returns (B, 2) float32 actions in
+    [-1, 1] (the env's absolute pusher target).
+    """
+
+    kind = "expert/pusht"
+    info_fields = ("first_side", "first_face", "pushes")
+
+    def __init__(
+        self,
+        seed: int = 0,
+        push_speed: float = 12.0,
+        travel_speed: float = 45.0,
+        standoff: float = 6.0,
+        clearance: float = 5.0,
+        max_push_steps: int = 8,
+        tie_tolerance: float = 0.15,
+    ):
+        super().__init__(seed, clearance, tie_tolerance)
+        self.push_speed = float(push_speed)
+        self.travel_speed = float(travel_speed)
+        self.standoff = float(standoff)
+        self.max_push_steps = int(max_push_steps)
+
+    # ------------------------------------------------------------------------ internals
+    def _new_row(self, i: int) -> _Row:
+        return _Row(rng=self._episode_rng(i), marker=self._episode_marker(i))
+
     def _act_row(self, i: int) -> np.ndarray:
-        env, row = self.envs[i], self._rows[i]
-        if row.marker != int(getattr(env, "num_resets", 0)):
-            # The env was reset without our reset(): start the new episode anyway.
-            row = self._rows[i] = self._new_row(i)
+        env, row = self.envs[i], self._row(i)
         pusher = env.pusher_position()
         pose = env.block_pose()
 
@@ -253,53 +346,13 @@ class PushTExpert(Policy):
     def _route_lengths(self, start: np.ndarray, goals: np.ndarray, pose: np.ndarray):
         """Shortest collision-free route lengths start -> each goal round the T.
 
-        Returns (lengths (G,), routes: list of (n, 2) waypoint arrays incl. start and goal,
-        alternatives: list of lists of (length, route) via each feasible last waypoint).
+        Returns ``via`` (n, G) route lengths through each last waypoint (inf where
+        blocked), the waypoints (n, 2; 0 = start) and their next-hop table (n, n).
         """
         nodes = tee_to_world(pose, self._hull_nodes)
         inside = np.all((nodes >= 0.0) & (nodes <= WORKSPACE), axis=1)
-        nodes = nodes[inside]
-        pts = np.concatenate([start[None], nodes])  # 0 = start
-        n = len(pts)
-        need = PUSHER_RADIUS + self.clearance * 0.6
-        start_clear = float(tee_distance(pose, start))
-        need_start = min(need, start_clear - 0.5)
-
-        def clear(a: np.ndarray, b: np.ndarray, thr: np.ndarray) -> np.ndarray:
-            # a, b (M, 2): is the segment at least thr (M,) from the T everywhere?
-            t = np.linspace(0.0, 1.0, 24)
-            samples = a[:, None] + (b - a)[:, None] * t[None, :, None]
-            return tee_distance(pose, samples).min(axis=1) >= thr
-
-        ii, jj = np.triu_indices(n, 1)
-        thr = np.where(ii == 0, need_start, need)
-        ok = clear(pts[ii], pts[jj], thr)
-        dist = np.full((n, n), np.inf)
-        np.fill_diagonal(dist, 0.0)
-        lens = np.linalg.norm(pts[ii] - pts[jj], axis=1)
-        dist[ii[ok], jj[ok]] = lens[ok]
-        dist[jj[ok], ii[ok]] = lens[ok]
-        nxt = np.tile(np.arange(n), (n, 1))
-        for k in range(n):  # Floyd-Warshall on <= 7 nodes
-            better = dist[:, k, None] + dist[None, k, :] < dist
-            dist = np.where(better, dist[:, k, None] + dist[None, k, :], dist)
-            nxt = np.where(better, nxt[:, k, None], nxt)
-
-        g = len(goals)
-        gi = np.repeat(np.arange(n), g)
-        gg = np.tile(np.arange(g), n)
-        thr = np.where(gi == 0, need_start, need)
-        ok = clear(pts[gi], goals[gg], thr).reshape(n, g)
-        last = np.linalg.norm(pts[:, None] - goals[None], axis=2)
-        via = np.where(ok, dist[0][:, None] + last, np.inf)  # (n, G): route via last node j
+        via, pts, _, nxt = self._route_graph(pose, start, nodes[inside], goals)
         return via, pts, nxt
-
-    def _route(self, pts, nxt, j: int, goal: np.ndarray) -> np.ndarray:
-        path, cur = [pts[0]], 0
-        while cur != j:
-            cur = int(nxt[cur, j])
-            path.append(pts[cur])
-        return np.array([*path, goal])
 
     def _plan(self, i: int, row: _Row, pusher: np.ndarray, pose: np.ndarray) -> np.ndarray:
         e0 = float(self._error(pose))
@@ -339,7 +392,7 @@ class PushTExpert(Policy):
         lengths = via[:, cand]
         options = np.flatnonzero(lengths <= lengths.min() * (1.0 + self.tie_tolerance) + 1.0)
         j = int(options[row.rng.integers(len(options))])
-        row.path = self._route(pts, nxt, j, prepush[cand])
+        row.path = np.array([*self._node_path(pts, nxt, j), prepush[cand]])
         row.prepush = prepush[cand]
         row.direction = -normals[cand]
         row.speed = speed

@@ -50,10 +50,8 @@ import mujoco
 import numpy as np
 
 from robodistill.envs.pusht import (
-    GOAL_POSE,
     PUSHER_RADIUS,
     TEE_COM,
-    TEE_KEYPOINTS,
     UNIT,
     WORKSPACE,
     block_pose_from_qpos,
@@ -62,8 +60,8 @@ from robodistill.envs.pusht import (
     tee_distance,
     tee_to_world,
 )
-from robodistill.envs.pusht_expert import _HULL, CONTACTS, FACE_OF, NORMALS, _offset_polygon
-from robodistill.policies.base import Policy, register_policy
+from robodistill.envs.pusht_expert import CONTACTS, FACE_OF, NORMALS, PrivilegedPushTExpert
+from robodistill.policies.base import register_policy
 
 _SIDES = ("ccw", "cw")
 _JAM = 10.0
@@ -159,7 +157,7 @@ class _Row:
 
 
 @register_policy
-class PushTSmoothExpert(Policy):
+class PushTSmoothExpert(PrivilegedPushTExpert):
     """Smooth privileged push planner for ``robodistill/PushT-v0`` (reads the MuJoCo state).
 
     Args:
@@ -177,6 +175,7 @@ class PushTSmoothExpert(Policy):
     """
 
     kind = "expert/pusht-smooth"
+    info_fields = ("handedness", "first_side", "first_face", "pushes", "replans", "stuck", "jams")
 
     def __init__(
         self,
@@ -188,72 +187,19 @@ class PushTSmoothExpert(Policy):
         tie_tolerance: float = 0.15,
         push_speeds: tuple[float, float, float] = (12.0, 8.0, 4.0),
     ):
-        self.seed = int(seed)
+        super().__init__(seed, clearance, tie_tolerance)
         self.travel_speed = float(travel_speed)
         self.accel = float(accel)
-        self.clearance = float(clearance)
         self.horizon = int(horizon)
-        self.tie_tolerance = float(tie_tolerance)
         self.push_speeds = tuple(float(v) for v in push_speeds)
-        self.envs: list = []
-        self._rows: list[_Row] = []
-        self._sims: list[mujoco.MjData] = []
-        self._goal_kp = tee_to_world(GOAL_POSE, TEE_KEYPOINTS)
-        self._hull_nodes = _offset_polygon(_HULL, PUSHER_RADIUS + self.clearance + 12.0)
-
-    # --------------------------------------------------------------------- Policy API
-    def attach(self, envs: list) -> None:
-        self.envs = [e.unwrapped for e in envs]
-        self._sims = [mujoco.MjData(e.model) for e in self.envs]
-        self._rows = [self._new_row(i) for i in range(len(self.envs))]
-
-    def reset(self, env_ids=None) -> None:
-        ids = range(len(self.envs)) if env_ids is None else [int(i) for i in env_ids]
-        for i in ids:
-            self._rows[i] = self._new_row(i)
-
-    def act(self, obs) -> np.ndarray:
-        """``obs`` (B, ...) -> (B, 2) float32 pusher targets in [-1, 1]."""
-        batch = len(obs["agent_pos"]) if isinstance(obs, dict) else np.asarray(obs).shape[0]
-        if batch != len(self.envs):
-            raise ValueError(f"got {batch} observations for {len(self.envs)} attached envs")
-        out = np.empty((batch, 2), np.float32)
-        for i in range(batch):
-            target = self._act_row(i)
-            out[i] = np.clip(target / WORKSPACE * 2.0 - 1.0, -1.0, 1.0)
-        return out
-
-    def episode_info(self, row: int) -> dict:
-        """What the expert did in ``row``'s episode so far (for multimodality statistics)."""
-        r = self._rows[row]
-        return {
-            "handedness": r.handedness,
-            "first_side": r.first_side,
-            "first_face": r.first_face,
-            "pushes": r.pushes,
-            "replans": r.replans,
-            "stuck": r.stuck,
-            "jams": r.jams,
-        }
 
     # ------------------------------------------------------------------------ internals
     def _new_row(self, i: int) -> _Row:
-        env = self.envs[i]
-        rng = np.random.default_rng([self.seed, int(getattr(env, "episode_seed", 0))])
-        return _Row(handedness=_SIDES[int(rng.integers(2))], marker=int(env.num_resets))
-
-    def _error(self, poses: np.ndarray) -> np.ndarray:
-        """Mean keypoint distance to the goal for poses (..., 3) -> (...), units."""
-        c, s = np.cos(poses[..., 2]), np.sin(poses[..., 2])
-        kx, ky = TEE_KEYPOINTS[:, 0], TEE_KEYPOINTS[:, 1]
-        x = poses[..., 0, None] + c[..., None] * kx - s[..., None] * ky
-        y = poses[..., 1, None] + s[..., None] * kx + c[..., None] * ky
-        return np.mean(np.hypot(x - self._goal_kp[:, 0], y - self._goal_kp[:, 1]), axis=-1)
+        handedness = _SIDES[int(self._episode_rng(i).integers(2))]
+        return _Row(handedness=handedness, marker=self._episode_marker(i))
 
     def _act_row(self, i: int) -> np.ndarray:
-        env, row = self.envs[i], self._rows[i]
-        if row.marker != int(env.num_resets):
-            row = self._rows[i] = self._new_row(i)  # reset without our reset(): new episode
+        env, row = self.envs[i], self._row(i)  # a reset without our reset(): new episode
         pusher = env.pusher_position()
         if row.target is None:
             row.target = pusher.copy()
@@ -311,43 +257,12 @@ class PushTSmoothExpert(Policy):
         nodes = tee_to_world(pose, self._hull_nodes)
         margin = PUSHER_RADIUS + 2.0
         nodes = nodes[np.all((nodes >= margin) & (nodes <= WORKSPACE - margin), axis=1)]
-        pts = np.concatenate([start[None], nodes])
-        n = len(pts)
-        need = PUSHER_RADIUS + self.clearance * 0.6
-        need_start = min(need, float(tee_distance(pose, start)) - 0.5)
-
-        def clear(a: np.ndarray, b: np.ndarray, thr: np.ndarray) -> np.ndarray:
-            t = np.linspace(0.0, 1.0, 24)
-            samples = a[:, None] + (b - a)[:, None] * t[None, :, None]
-            return tee_distance(pose, samples).min(axis=1) >= thr
-
-        ii, jj = np.triu_indices(n, 1)
-        ok = clear(pts[ii], pts[jj], np.where(ii == 0, need_start, need))
-        dist = np.full((n, n), np.inf)
-        np.fill_diagonal(dist, 0.0)
-        lens = np.linalg.norm(pts[ii] - pts[jj], axis=1)
-        dist[ii[ok], jj[ok]] = dist[jj[ok], ii[ok]] = lens[ok]
-        nxt = np.tile(np.arange(n), (n, 1))
-        for k in range(n):  # Floyd-Warshall on <= 7 nodes
-            through = dist[:, k, None] + dist[None, k, :]
-            better = through < dist
-            dist = np.where(better, through, dist)
-            nxt = np.where(better, nxt[:, k, None], nxt)
-        paths = []
-        for j in range(n):
-            if not np.isfinite(dist[0, j]):
-                paths.append(None)
-                continue
-            path, cur = [pts[0]], 0
-            while cur != j:
-                cur = int(nxt[cur, j])
-                path.append(pts[cur])
-            paths.append(np.array(path))
-        g = len(goals)
-        gi, gg = np.repeat(np.arange(n), g), np.tile(np.arange(g), n)
-        ok = clear(pts[gi], goals[gg], np.where(gi == 0, need_start, need)).reshape(n, g)
-        last = np.linalg.norm(pts[:, None] - goals[None], axis=2)
-        return np.where(ok, dist[0][:, None] + last, np.inf), pts, paths
+        via, pts, dist, nxt = self._route_graph(pose, start, nodes, goals)
+        paths = [
+            self._node_path(pts, nxt, j) if np.isfinite(dist[0, j]) else None
+            for j in range(len(pts))
+        ]
+        return via, pts, paths
 
     def _back_off(self, pose: np.ndarray, start: np.ndarray) -> np.ndarray:
         """Where to step to first so the route starts clear of the T (``start`` if it is)."""
