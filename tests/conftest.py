@@ -7,6 +7,19 @@ import pytest
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test (modules opt in with ``pytestmark``): tiny networks gain
+    nothing from a second thread, and on a shared 2-core machine two contending OpenMP
+    threads were measured 10-40x slower than one."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 TINY_RL100 = [
     "teach.diffusion.down_dims=[16, 32]",
     "teach.diffusion.n_groups=4",

@@ -28,14 +28,7 @@ OBS, ACT, TO, H, TA = 3, 2, 2, 8, 4
 LOW, HIGH = [-2.0, -1.5], [2.0, 1.5]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # Tiny networks gain nothing from a second thread; on a shared 2-core machine two
-    # contending OpenMP threads are many times slower than one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _windows(n: int, seed: int) -> dict[str, np.ndarray]:

@@ -15,13 +15,7 @@ from robodistill.core.latency import (
 )
 from robodistill.core.rollout import rollout
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _diffusion(**changes):

@@ -26,13 +26,7 @@ from robodistill.policies import load_policy
 from robodistill.report import policy_table
 from robodistill.teach.stage import run_teach
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cfg(overrides, *extra):

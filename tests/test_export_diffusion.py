@@ -17,12 +17,7 @@ OBS, ACT, TO, H, TA = 5, 2, 2, 8, 4
 LOW, HIGH = [-2.0, -1.5], [2.0, 1.5]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _policy() -> DiffusionPolicy:

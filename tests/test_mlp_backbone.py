@@ -23,12 +23,7 @@ STATS = {"obs": {"min": [-1.0, 0.0, 2.0], "max": [1.0, 4.0, 3.0]},
          "action": {"min": [-1.8, -1.2], "max": [1.8, 1.2]}}  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _policy(**kw) -> DiffusionPolicy:

@@ -32,12 +32,7 @@ OBS, ACT, TO, HB, T = 3, 2, 2, 8, 100
 LOW, HIGH = [-2.0, -1.5], [2.0, 1.5]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _student(**kw) -> StreamingStudent:

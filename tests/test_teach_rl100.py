@@ -18,15 +18,7 @@ from robodistill.policies.diffusion import DiffusionPolicy
 from robodistill.teach.stage import run_teach
 from robodistill.training import loop as training_loop
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # Tiny networks gain nothing from a second thread, and on a shared 2-core machine two
-    # contending OpenMP threads were measured 10-40x slower than one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cfg(overrides, *extra):
