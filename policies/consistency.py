@@ -57,6 +57,7 @@ from robodistill.policies.diffusion_nets import (
     DenoisingSchedule,
     count_parameters,
     denoiser_for,
+    network_fields,
 )
 from robodistill.policies.normalizer import Normalizer
 
@@ -255,9 +256,7 @@ class ConsistencyStudent(ChunkedPolicy):
         config = ConsistencyStudentConfig(
             obs_dim=t.obs_dim, action_dim=t.action_dim, obs_horizon=t.obs_horizon,
             pred_horizon=t.pred_horizon, action_horizon=t.action_horizon,
-            backbone=t.backbone, down_dims=t.down_dims, kernel_size=t.kernel_size,
-            n_groups=t.n_groups, step_embed_dim=t.step_embed_dim, mlp_width=t.mlp_width,
-            mlp_blocks=t.mlp_blocks, num_train_timesteps=t.num_train_timesteps,
+            **network_fields(t), num_train_timesteps=t.num_train_timesteps,
             beta_schedule=t.beta_schedule, clip_sample=t.clip_sample, sigma_data=sigma_data,
             ode_steps=ode_steps,
             inference_timesteps=inference_timesteps(t.num_train_timesteps, ode_steps,

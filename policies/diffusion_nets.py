@@ -366,6 +366,24 @@ def build_denoiser(backbone: str, *, action_dim: int, global_cond_dim: int, hori
     raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
 
 
+NETWORK_FIELDS = (
+    "backbone",
+    "down_dims",
+    "kernel_size",
+    "n_groups",
+    "step_embed_dim",
+    "mlp_width",
+    "mlp_blocks",
+)
+"""The policy-config fields that shape the denoiser: a student copies them from its teacher."""
+
+
+def network_fields(config) -> dict:
+    """``config``'s :data:`NETWORK_FIELDS` (a student's config takes them from its teacher's,
+    so that the two build the same network)."""
+    return {name: getattr(config, name) for name in NETWORK_FIELDS}
+
+
 def denoiser_for(config, horizon: int, local_cond_dim: int = 0) -> nn.Module:
     """:func:`build_denoiser` from a policy config (the teacher's or a student's): its
     ``backbone``, sizes and ``obs_dim * obs_horizon`` conditioning, over ``horizon``."""
@@ -484,6 +502,7 @@ __all__ = [
     "build_denoiser",
     "build_unet",
     "denoiser_for",
+    "network_fields",
     "count_parameters",
     "gaussian_log_prob",
 ]

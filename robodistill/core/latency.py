@@ -81,10 +81,9 @@ def decision_latency(
 def denoiser(policy: Policy) -> torch.nn.Module:
     """The network ``policy`` evaluates when it acts: the EMA network of the diffusion teacher
     (RTI included), the consistency student and the streaming student."""
-    net = getattr(policy, "ema_net", None)
-    if not isinstance(net, torch.nn.Module):
+    if not has_denoiser(policy):
         raise TypeError(f"{type(policy).__name__} has no denoiser network (ema_net) to count")
-    return net
+    return policy.ema_net
 
 
 @dataclass
@@ -190,7 +189,7 @@ def control_tick_latency(
     if plans < 1 or warmup < 0:
         raise ValueError(f"plans must be >= 1 and warmup >= 0, got {plans} and {warmup}")
     count = calls if calls is not None else (lambda: 0)
-    seen, ticks = 0, []  # ticks: (seconds, calls, planned) from the first timed plan on
+    seen, timed, ticks = 0, 0, []  # ticks: (seconds, calls, planned) from the first timed plan
     for _ in range(max_steps):
         before = count()
         t0 = clock()
@@ -201,8 +200,9 @@ def control_tick_latency(
         seen += planned
         if seen <= warmup:
             continue
-        if planned and sum(p for *_, p in ticks) == plans:
+        if planned and timed == plans:
             break  # this plan closes the last timed cycle (it is not timed itself)
+        timed += planned
         ticks.append((dt, n, planned))
     else:
         raise RuntimeError(f"{max_steps} control steps made fewer than {warmup + plans + 1} "

@@ -50,6 +50,7 @@ from robodistill.data.demos import demos_path, load_demos
 from robodistill.data.sampler import SequenceSampler
 from robodistill.distill.teachers import load_diffusion_teacher
 from robodistill.policies.diffusion import DiffusionPolicy
+from robodistill.policies.diffusion_nets import network_fields
 from robodistill.policies.streaming import StreamingStudent, StreamingStudentConfig
 from robodistill.training.loop import Trainer, train_student
 from robodistill.training.optim import adamw_with_schedule
@@ -68,9 +69,7 @@ def build_student(teacher: DiffusionPolicy, cfg: RunConfig) -> StreamingStudent:
         config = StreamingStudentConfig(
             obs_dim=t.obs_dim, action_dim=t.action_dim, obs_horizon=t.obs_horizon,
             buffer_horizon=sc.buffer_horizon, calls_per_step=sc.calls_per_step,
-            backbone=t.backbone, down_dims=t.down_dims, kernel_size=t.kernel_size,
-            n_groups=t.n_groups, step_embed_dim=t.step_embed_dim, mlp_width=t.mlp_width,
-            mlp_blocks=t.mlp_blocks, num_train_timesteps=t.num_train_timesteps,
+            **network_fields(t), num_train_timesteps=t.num_train_timesteps,
             beta_schedule=t.beta_schedule, clip_sample=t.clip_sample,
             mask_padded_actions=t.mask_padded_actions, action_low=t.action_low,
             action_high=t.action_high, seed=cfg.seed,
