@@ -21,7 +21,9 @@ Distillation (:meth:`ConsistencyStudent.compute_loss`), on a grid 0 = t_0 < ... 
 ``n ~ U{0..N-1}``, ``x_{t_{n+1}}`` = a noised demo chunk, ``x^_{t_n}`` = one deterministic DDIM
 step of the teacher's EMA net, loss ``d(f_theta(x_{t_{n+1}}), f_theta-(x^_{t_n}))`` with
 ``theta-`` an EMA target (:func:`update_target`, no gradient) and ``d`` the MSE or the
-pseudo-Huber distance; optionally plus ``w |f_theta(x_{t_{n+1}}) - x0|^2``.
+pseudo-Huber distance; optionally plus ``w |f_theta(x_{t_{n+1}}) - x0|^2``; optionally
+plus the trajectory term (:meth:`ConsistencyStudent.trajectory_loss`): the student's one jump
+``f(z, T-1)`` against the teacher's whole DDIM sampler from the same noise ``z``.
 
 Sampling (:meth:`ConsistencyStudent.predict_action_chunk`, and the exported graph): noise
 ``z`` (B, S, H, A); ``x0 = clip(f(z_0, T-1), -1, 1)`` (``a_{T-1}`` ~ 2e-7, so ``x_{T-1}`` is
@@ -184,6 +186,16 @@ def consistency_sample(net: nn.Module, cond: torch.Tensor, noise: torch.Tensor,
                                         + table["sqrt_one_minus_alpha"][t] * noise[:, s])  # fmt: skip
         x0 = consistency_output(net, x, int(t), cond, table).clamp(-1.0, 1.0)
     return x0
+
+
+def chunk_distance(pred: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
+    """Mean distance between chunks (B, H, A): ``mse``, or iCT's pseudo-Huber per sample
+    over the whole chunk, with c = 0.00054 sqrt(H A)."""
+    sq = (pred - target).pow(2).flatten(1)
+    if loss == "mse":
+        return sq.mean()
+    k = 0.00054 * math.sqrt(sq.shape[1])
+    return ((sq.sum(1) + k * k).sqrt() - k).mean()
 
 
 @torch.no_grad()
@@ -352,12 +364,7 @@ class ConsistencyStudent(ChunkedPolicy):
             )  # fmt: skip
             target = self.consistency_fn(x_cur, t_cur, cond, net=target_net)
         pred = self.consistency_fn(x_next, t_next, cond)
-        sq = (pred - target).pow(2).flatten(1)
-        if loss == "mse":
-            consistency = sq.mean()
-        else:  # iCT's pseudo-Huber with c = 0.00054 sqrt(dim): per sample, over the chunk
-            k = 0.00054 * math.sqrt(sq.shape[1])
-            consistency = ((sq.sum(1) + k * k).sqrt() - k).mean()
+        consistency = chunk_distance(pred, target, loss)
         logs = {"consistency": float(consistency.detach())}
         total = consistency
         if dsm_weight > 0:
@@ -366,6 +373,25 @@ class ConsistencyStudent(ChunkedPolicy):
             logs["dsm"] = float(dsm.detach())
         logs["loss"] = float(total.detach())
         return total, logs
+
+    def trajectory_loss(self, obs: Any, teacher: Any, generator: torch.Generator | None = None,
+                        loss: str = "pseudo_huber") -> torch.Tensor:  # fmt: skip
+        """The whole chain in one jump: ``obs`` (B, To, D) in env units, fresh noise ``z``
+        (B, H, A); the target is the teacher's own deterministic sampler from ``z``
+        (``teacher.ddim_from``, its configured steps, clipped to [-1, 1]); the prediction is
+        ``f(z, T - 1)``, the student's 1-step sample from the same noise. This is CTM's
+        long-jump anchor with the teacher's solver run to t = 0 (Luhman & Luhman's direct
+        distillation): it pins the 1-step map where the per-interval consistency loss only
+        reaches it through ``ode_steps`` bootstrapped links."""
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        c = self.config
+        cond = self.condition(obs)
+        z = torch.randn((cond.shape[0], c.pred_horizon, c.action_dim), generator=generator)
+        z = z.to(self.device)
+        target = teacher.ddim_from(cond, z).clamp(-1.0, 1.0)
+        pred = self.consistency_fn(z, c.num_train_timesteps - 1, cond)
+        return chunk_distance(pred, target, loss)
 
     # -- sampling ------------------------------------------------------------------------------
     def _noise(self, batch: int, noise: Any, generator: torch.Generator | None) -> torch.Tensor:

@@ -63,7 +63,8 @@ class DiffusionChain:
     """One stochastic denoising chain per batch row (see :meth:`DiffusionPolicy.sample_chain`).
 
     ``latents`` (B, K+1, H, A): ``x_K`` (pure noise) ... ``x_0``, normalized action space.
-    ``log_probs`` (B, K): ``log N(x_{k-1}; mean_k(x_k), std_k^2)`` summed over (H, A).
+    ``log_probs`` (B, K): ``log N(x_{k-1}; mean_k(x_k), std_k^2)`` summed over (H, A)
+    (each element's, (B, K, H, A), when sampled with ``per_element``).
     ``actions`` (B, H, A): ``x_0`` clipped to [-1, 1] and unnormalized (env units).
     ``timesteps`` (K,): the DDIM training timesteps of the K steps, noisiest first.
     """
@@ -238,14 +239,23 @@ class DiffusionPolicy(ChunkedPolicy):
         the policy's own generator, when ``None``); with the same noise the output is a
         pure function of the observations, which is what export and parity checks need.
         """
-        net = self._network(use_ema)
         cond = self.condition(obs_hist)
         x = self._initial_noise(cond.shape[0], noise, generator)
+        return self._unnormalize_actions(self.ddim_from(cond, x, num_inference_steps, use_ema))
+
+    @torch.no_grad()
+    def ddim_from(self, cond: torch.Tensor, noise: torch.Tensor,
+                  num_inference_steps: int | None = None, use_ema: bool = True) -> torch.Tensor:  # fmt: skip
+        """Deterministic DDIM in normalized space: ``cond`` (B, G) from :meth:`condition`,
+        ``noise`` (B, H, A) = ``x_K`` -> (B, H, A) ``x_0``, not clipped (what the students
+        distill: the teacher's own sampler as a map from noise to chunks)."""
+        net = self._network(use_ema)
+        x = noise
         sched = self.schedule(num_inference_steps)
         for k, t in enumerate(sched["timesteps"].tolist()):
             x = self._step_mean(net, x, t, cond, sched["alpha"][k], sched["alpha_prev"][k],
                                 sched["sigma"][k])  # fmt: skip
-        return self._unnormalize_actions(x)
+        return x
 
     @torch.no_grad()
     def sample_chain(
@@ -257,12 +267,15 @@ class DiffusionPolicy(ChunkedPolicy):
         min_std: float | None = None,
         generator: torch.Generator | None = None,
         use_ema: bool = False,
+        per_element: bool = False,
     ) -> DiffusionChain:
         """Stochastic DDIM chain with Gaussian steps; see :class:`DiffusionChain` for shapes.
 
         ``eta`` (default ``config.chain_eta``) scales DDIM's posterior std; the std used is
         ``max(sigma, min_std)`` (default ``config.min_std``), so every step, including the
-        last (where DDIM's sigma is 0), has a proper density.
+        last (where DDIM's sigma is 0), has a proper density. With ``per_element`` the
+        ``log_probs`` are each element's (B, K, H, A), as :meth:`chain_log_prob` gives them:
+        a rollout needs no second pass through the network for its old log-probabilities.
         """
         c = self.config
         eta = c.chain_eta if eta is None else eta
@@ -280,7 +293,7 @@ class DiffusionPolicy(ChunkedPolicy):
             std = sched["std"][k]
             z = torch.randn(mean.shape, generator=self._gen(generator)).to(self.device)
             x = mean + std * z
-            log_probs.append(gaussian_log_prob(x, mean, std))
+            log_probs.append(gaussian_log_prob(x, mean, std, reduce=not per_element))
             latents.append(x)
         return DiffusionChain(
             latents=torch.stack(latents, dim=1),

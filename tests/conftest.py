@@ -34,6 +34,7 @@ TINY_RL100 = [
     "teach.rl100.checkpoint_every=2",
     "teach.rl100.log_every=2",
     "teach.eval_episodes=2",
+    "teach.rl100.rl_eval_episodes=3",
     # The default students of that teacher, a few steps each.
     "distill.consistency.steps=2",
     "distill.consistency.batch_size=8",

@@ -159,7 +159,7 @@ def test_first_update_has_unit_ratio_and_a_harmful_update_is_rejected(point_setu
 def online_cfg(tmp_path, *extra):
     return load_config(None, [
         f"runs_dir={tmp_path / 'runs'}", "env.id=robodistill/PushT-v0", "env.num_envs=2",
-        "env.max_episode_steps=8", "teach.eval_episodes=2",
+        "env.max_episode_steps=8", "teach.eval_episodes=2", "teach.rl100.rl_eval_episodes=2",
         "teach.diffusion.num_inference_steps=3", "teach.online.num_envs=2",
         "teach.online.decisions_per_env=3", "teach.online.epochs=2",
         "teach.online.minibatch_size=4", "teach.online.value_hidden=[16]",
@@ -251,7 +251,15 @@ def test_online_stops_on_collapse_and_keeps_the_best_checkpoint(pusht_policy, tm
     stage = Recorder(tmp_path / "teach")
     result = run_online_rl(cfg, stage, pusht_policy, tmp_path / "teach/online")
     assert result["collapsed"] and result["iterations"] == 2  # evals at 0 (best), 1, 2
-    kept = DiffusionPolicy.load(tmp_path / "teach/online/policy")
-    best = DiffusionPolicy.load(stage.dir / "policy")
-    for a, b in zip(kept.net.parameters(), best.net.parameters(), strict=True):
-        assert torch.equal(a, b)
+    assert not result["stopped_by_budget"]
+    # The kept policy (over all sub-stages) stays in teach/policy; the online stage's own
+    # best iterate (iteration >= 1) and its last are reported apart from it.
+    assert result["kept_policy"] == str(stage.dir / "policy")
+    assert (stage.dir / "policy" / "config.json").is_file()
+    assert result["best_iterate"]["iteration"] in (1, 2)
+    assert result["last_iterate"]["iteration"] == 2
+    best_iterate = DiffusionPolicy.load(tmp_path / "teach/online/policy")
+    last = DiffusionPolicy.load(tmp_path / "teach/online/policy_last")
+    if result["best_iterate"]["iteration"] == 2:
+        for a, b in zip(best_iterate.net.parameters(), last.net.parameters(), strict=True):
+            assert torch.equal(a, b)

@@ -58,7 +58,15 @@ def test_il_offline_online_run_in_order_and_hand_off(tiny_overrides, tmp_path):
         if "gate_accepted" in line
     ]
     assert len(gate_rows) == 2  # the imitation policy's estimate, then one round's verdict
+    # Online RL starts from the offline stage's policy when offline RL accepted an update
+    # (it writes offline/policy only then), else from the imitation policy.
+    offline_policy = teach / "offline" / "policy"
+    expected = offline_policy if offline_policy.is_dir() else teach / "il" / "policy"
+    assert metrics["online"]["started_from"] == str(expected)
+    # RL checkpoints are chosen on teach.rl100.rl_eval_episodes seeds (3 here, imitation's 2):
+    # the kept policy was re-validated on them before the RL stages compared against it.
     best = json.loads((teach / "best.json").read_text())
+    assert best["episodes"] == 3
     assert best["stage"] in ("il", "offline", "online")
     # A second call finds every sub-stage done and trains nothing.
     again = run_teach(cfg)

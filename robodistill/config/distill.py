@@ -77,6 +77,12 @@ class ConsistencyConfig(base.Section):
     """Distance between student and target outputs (pseudo-Huber: iCT's choice)."""
     dsm_weight: float = Field(0.0, ge=0.0, le=100.0)
     """Weight of the auxiliary denoising loss ``|f(x_t, t) - x_0|^2`` (0: off)."""
+    trajectory_weight: float = Field(0.0, ge=0.0, le=100.0)
+    """Weight of the trajectory term (0: off): the student's one jump from noise ``z`` at
+    T - 1 against the teacher's own deterministic sampler (its ``num_inference_steps`` DDIM
+    steps) from the same ``z`` (CTM's long-jump anchor run to t = 0). Costs that many
+    teacher calls per step; it pins the 1-step map where the per-interval links only
+    bootstrap towards it."""
     sigma_data: float = Field(0.5, gt=0.0, le=100.0)
     """sigma_data of the c_skip / c_out boundary parametrization (normalized action units)."""
     inference_steps: int = Field(1, ge=1, le=8)

@@ -78,7 +78,7 @@ class ConsistencyTrainer(Trainer):
     """Consistency distillation of the teacher's denoising chain (module docstring)."""
 
     name = "consistency"
-    loss_parts = ("consistency", "dsm")
+    loss_parts = ("consistency", "dsm", "trajectory")
 
     def __init__(self, cfg: RunConfig, teacher_path: Path):
         cc = self.cc = cfg.distill.consistency
@@ -99,6 +99,7 @@ class ConsistencyTrainer(Trainer):
         self.device = resolve_device(cfg.teach.rl100.device, "teach.rl100.device")
         teacher.to(self.device)
         student.to(self.device)
+        self.teacher = teacher
         self.teacher_net = teacher.ema_net.eval().requires_grad_(False)
         self.policy = student
         student.net.train()
@@ -111,9 +112,16 @@ class ConsistencyTrainer(Trainer):
         self.gen = torch.Generator().manual_seed(cfg.seed)  # grid indices and noise
 
     def loss(self) -> tuple[torch.Tensor, dict[str, float]]:
-        batch = self.sampler.sample(self.cc.batch_size, self.rng)
-        return self.policy.compute_loss(batch, self.teacher_net, self.target, self.gen,
-                                        loss=self.cc.loss, dsm_weight=self.cc.dsm_weight)  # fmt: skip
+        cc = self.cc
+        batch = self.sampler.sample(cc.batch_size, self.rng)
+        total, logs = self.policy.compute_loss(batch, self.teacher_net, self.target, self.gen,
+                                               loss=cc.loss, dsm_weight=cc.dsm_weight)  # fmt: skip
+        if cc.trajectory_weight > 0:
+            trajectory = self.policy.trajectory_loss(batch["obs"], self.teacher, self.gen, cc.loss)
+            total = total + cc.trajectory_weight * trajectory
+            logs["trajectory"] = float(trajectory.detach())
+            logs["loss"] = float(total.detach())
+        return total, logs
 
     def after_step(self) -> None:
         update_target(self.target, self.policy.net, self.cc.target_ema)
@@ -128,6 +136,7 @@ class ConsistencyTrainer(Trainer):
     def finish(self, out: Path, keeper: Any, evals: list[dict[str, Any]]) -> dict[str, Any]:
         c = self.policy.config
         return {"student": "consistency", "teacher": str(self.teacher_path), "loss": self.cc.loss,
+                "trajectory_weight": self.cc.trajectory_weight,
                 "inference_steps": self.policy.inference_steps,
                 "inference_timesteps": list(c.inference_timesteps), "ode_steps": c.ode_steps,
                 "demo_episodes": self.episodes, "windows": len(self.sampler)}  # fmt: skip

@@ -27,7 +27,7 @@ from robodistill.core.rollout import rollout
 from robodistill.core.rundir import write_json_atomic
 from robodistill.core.seeds import VALIDATION_SEED_OFFSET, episode_seeds
 from robodistill.core.summaries import summarize_episode_list
-from robodistill.policies import Policy
+from robodistill.policies import Policy, load_policy
 
 
 def rollout_summary(cfg: RunConfig, policy: Policy, seeds: list[int], source_policy: str,
@@ -116,6 +116,18 @@ class BestPolicyKeeper:
 
     def _rollout(self, policy: Policy, seeds: list[int]) -> dict[str, Any]:
         return rollout_summary(self.cfg, policy, seeds, self.source)[0]
+
+    def revalidate(self) -> dict[str, Any] | None:
+        """Re-validate the kept policy (``directory/policy``) on this keeper's seeds when its
+        record was measured on a different number of them, and make that its record (its
+        step and tag stay): later candidates then compete with it on the same seeds. Returns
+        the new record, or ``None`` when there was nothing to do."""
+        if self.best is None or self.best.get("episodes") == len(self.seeds):
+            return None
+        summary = self.validate(load_policy(self.directory / "policy"), self.seeds)
+        self.best = self.best | summary | {"revalidated_from_episodes": self.best.get("episodes")}
+        write_json_atomic(self.best_path, self.best)
+        return self.best
 
     def evaluate(self, policy: Policy, step: int, tag: dict[str, Any] | None = None
                  ) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip

@@ -3,11 +3,13 @@
 Starts from the offline stage's policy, with the same chain (DDIM, K steps, eta) that
 imitation and offline RL used. Each iteration::
 
-    collect: N envs x T decisions; per decision
+    collect: N envs x T decisions; per decision one batched chain for all N envs
         chain  ~ policy.sample_chain(hist, K, eta, min_std)   latents (N, K+1, H, A)
+        logp   = its last k' steps' log-probs, from the same pass  (N, k')
         chunk  = chain.actions[:, To-1 : To-1+Ta]             Ta actions executed per env
         r      = sum_j gamma^j r_j  (j < n, n = steps run; an episode end stops the chunk)
         disc   = gamma^n;  a time-limit cut adds disc * V(final history) to r
+    r     /= running std of the discounted return  (reward_scaling, DPPO's)
     GAE over decisions: delta_t = r_t + disc_t (1 - end_t) V(s_{t+1}) - V(s_t)
                         A_t     = delta_t + disc_t lambda (1 - end_t) A_{t+1}
     update: epochs x minibatches of
@@ -21,8 +23,15 @@ with the current weights but are not optimized. As in DPPO, a step's log-probabi
 default the mean per-element log-density over the executed actions (``log_prob``), and the
 first ``critic_warmup_iterations`` iterations fit only the value network. Every
 ``eval_every`` iterations (and before the first, and after the last) the policy runs on the
-validation seeds; :class:`robodistill.training.selection.BestPolicyKeeper` keeps the best in
-``<stage>/policy``.
+``teach.rl100.rl_eval_episodes`` validation seeds;
+:class:`robodistill.training.selection.BestPolicyKeeper` keeps the best over all sub-stages
+in ``<stage>/policy`` (after re-validating the policy kept so far on the same seeds).
+``max_minutes`` bounds the stage's wall time.
+
+The stage's own result, apart from the kept policy (which can be an earlier stage's):
+``out_dir/policy`` is the best online iterate (iteration >= 1), ``out_dir/policy_last`` the
+last one; ``result.json`` has both (``best_iterate``, ``last_iterate``), the kept policy
+(``kept``), the policy it started from (``started_from``) and the env steps taken.
 
 Hand-off guards: the policy's chain (scheduler, K, eta, spacing, schedule) must be the one
 ``teach.diffusion`` describes, i.e. what the earlier stages trained and sampled, and a
@@ -38,7 +47,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,8 +59,8 @@ from safetensors.torch import load_file, save_file
 from robodistill.config import ConfigError
 from robodistill.core.rundir import write_json_atomic
 from robodistill.core.seeds import ONLINE_RL_SEED_OFFSET, episode_seeds
-from robodistill.envs import make_env
 from robodistill.policies.diffusion import DiffusionPolicy
+from robodistill.teach.rl100.chunk_envs import ChunkEnvs
 from robodistill.teach.rl100.critics import mlp
 from robodistill.teach.rl100.offline import (
     clipped_surrogate,
@@ -60,7 +68,7 @@ from robodistill.teach.rl100.offline import (
     sync_ema,
 )
 from robodistill.training.checkpoint import result_or_workdir
-from robodistill.training.selection import BestPolicyKeeper
+from robodistill.training.selection import BestPolicyKeeper, is_better
 
 log = logging.getLogger(__name__)
 
@@ -117,14 +125,21 @@ def check_chain(cfg, policy: DiffusionPolicy) -> None:
         )
 
 
+def reduce_log_probs(policy, lp: torch.Tensor, o) -> torch.Tensor:
+    """Per-element log-probabilities (B, k', H, A) of k' denoising steps -> (B, k') in the
+    form ``o.log_prob`` names (config): the mean over the executed actions, or the chunk's sum."""
+    if o.log_prob == "executed_mean":
+        return executed_chunk(policy, lp).mean(dim=(-2, -1))
+    return lp.sum(dim=(-2, -1))
+
+
 def step_log_probs(policy, obs, latents, o, k_total: int, min_std: float) -> torch.Tensor:
     """(B, k') log-probabilities of the last k' = ``o.ft_denoising_steps`` denoising steps
-    of chains ``latents`` (B, K+1, H, A), in the form ``o.log_prob`` names (config)."""
-    per_element = o.log_prob == "executed_mean"
+    of chains ``latents`` (B, K+1, H, A) under the current weights (:func:`reduce_log_probs`)."""
     lp = policy.chain_log_prob(obs, latents, num_inference_steps=k_total, min_std=min_std,
                                steps=range(k_total - o.ft_denoising_steps, k_total),
-                               per_element=per_element)  # fmt: skip
-    return executed_chunk(policy, lp).mean(dim=(-2, -1)) if per_element else lp
+                               per_element=True)  # fmt: skip
+    return reduce_log_probs(policy, lp, o)
 
 
 def dppo_loss(policy, value, batch: dict[str, torch.Tensor], o, k_total: int, min_std: float):
@@ -155,55 +170,45 @@ def gae(reward, disc, end, values, last_value, lam: float):
     return adv
 
 
-class ChunkEnvs:
-    """N envs stepped in turn, one chunk at a time, with per-env observation histories."""
+@dataclass
+class ReturnScaler:
+    """DPPO's running reward scaling: rewards are divided by the running std of each env's
+    discounted return, so that the value net's targets stay O(1) whatever the reward's scale
+    (Nav's dense returns reach +-25). Per decision: ``ret = ret * disc + r`` (reset at an
+    episode end); the std is over every ``ret`` seen (Welford / Chan's parallel update)."""
 
-    def __init__(self, cfg, n: int, obs_horizon: int, max_steps: int | None, seed: int):
-        self.envs = [make_env(cfg.env.id, max_episode_steps=max_steps, **cfg.env.kwargs)
-                     for _ in range(n)]  # fmt: skip
-        self.to, self.next_seed = obs_horizon, seed
-        space = self.envs[0].action_space
-        self.low, self.high = np.asarray(space.low), np.asarray(space.high)
-        self.hist = np.stack([self._reset(i) for i in range(n)])  # (N, To, O)
-        self.returns, self.finished = np.zeros(n), []  # finished: (return, success) per episode
+    count: float = 0.0
+    mean: float = 0.0
+    var: float = 1.0
+    ret: list[float] | None = None
 
-    def _reset(self, i: int) -> np.ndarray:
-        obs, _ = self.envs[i].reset(seed=self.next_seed)
-        self.next_seed += 1
-        return np.repeat(np.asarray(obs, np.float32).reshape(1, -1), self.to, axis=0)
+    def scale(self, reward: np.ndarray, disc: np.ndarray, end: np.ndarray) -> np.ndarray:
+        """``reward``, ``disc``, ``end`` (T, N) of one iteration -> scaled rewards (T, N)."""
+        ret = np.zeros(reward.shape[1]) if self.ret is None else np.asarray(self.ret)
+        seen = np.empty_like(reward)
+        for t in range(len(reward)):
+            ret = ret * disc[t] + reward[t]
+            seen[t] = ret
+            ret = np.where(end[t], 0.0, ret)
+        self.ret = ret.tolist()
+        n, mean, var = seen.size, float(seen.mean()), float(seen.var())
+        total = self.count + n
+        delta = mean - self.mean
+        self.var = (self.var * self.count + var * n + delta**2 * self.count * n / total) / total
+        self.mean, self.count = self.mean + delta * n / total, total
+        return reward / np.sqrt(self.var + 1e-8)
 
-    def step(self, chunks: np.ndarray, gamma: float):
-        """``chunks`` (N, Ta, A) -> reward, disc, end, terminated, cut (N,), cut_hist (N, To, O)."""
-        n = len(self.envs)
-        reward, disc = np.zeros(n), np.ones(n)
-        end, term, cut = np.zeros(n, bool), np.zeros(n, bool), np.zeros(n, bool)
-        cut_hist = self.hist.copy()
-        for i, env in enumerate(self.envs):
-            for j, a in enumerate(np.clip(chunks[i], self.low, self.high)):
-                obs, r, terminated, truncated, info = env.step(a)
-                reward[i] += gamma**j * float(r)
-                disc[i] = gamma ** (j + 1)
-                self.returns[i] += float(r)
-                self.hist[i] = np.roll(self.hist[i], -1, axis=0)
-                self.hist[i, -1] = obs
-                if terminated or truncated:
-                    end[i], term[i], cut[i] = True, terminated, truncated and not terminated
-                    cut_hist[i] = self.hist[i]
-                    self.finished.append((self.returns[i], info.get("is_success")))
-                    self.returns[i] = 0.0
-                    self.hist[i] = self._reset(i)
-                    break
-        return reward, disc, end, term, cut, cut_hist
 
-    def close(self) -> None:
-        for env in self.envs:
-            env.close()
+def online_record(result: dict[str, Any], iteration: int, env_steps: int) -> dict[str, Any]:
+    """The fields of a validation result an online evaluation keeps."""
+    keep = ("success_rate", "return_mean", "max_score_mean", "length_mean", "episodes")
+    return {"iteration": iteration, "env_steps": env_steps, **{k: result.get(k) for k in keep}}
 
 
 def run_online_rl(cfg, stage, policy_dir, out_dir) -> dict[str, Any]:
     """Stage 3 of RL-100 (module docstring). ``cfg``: RunConfig (``teach.online``);
     ``stage``: the teach :class:`StageRun` (``dir``, ``log_metrics``); ``policy_dir``: the
-    offline stage's policy; ``out_dir``: this sub-stage's folder. Returns the metrics also
+    policy it starts from; ``out_dir``: this sub-stage's folder. Returns the metrics also
     written to ``out_dir/result.json`` (present = done; a second call returns it)."""
 
     out_dir = Path(out_dir)
@@ -216,6 +221,7 @@ def run_online_rl(cfg, stage, policy_dir, out_dir) -> dict[str, Any]:
     policy = DiffusionPolicy.load(ckpt / "policy" if resumed else policy_dir)
     check_chain(cfg, policy)
     c, k_total = policy.config, policy.config.num_inference_steps
+    first_ft = k_total - o.ft_denoising_steps
     min_std = c.min_std if o.min_std is None else o.min_std
     if not resumed:
         policy.net.load_state_dict(policy.ema_net.state_dict())  # the evaluated weights
@@ -223,33 +229,50 @@ def run_online_rl(cfg, stage, policy_dir, out_dir) -> dict[str, Any]:
     torch.manual_seed(o.seed)
     value = mlp(c.obs_dim * c.obs_horizon, o.value_hidden, 1)
     state = {"iteration": 0, "evals": [], "detector": asdict(CollapseDetector(
-        o.collapse_fraction, o.collapse_patience)), "next_seed": None}  # fmt: skip
+        o.collapse_fraction, o.collapse_patience)), "next_seed": None, "env_steps": 0,
+        "train_s": 0.0, "scaler": asdict(ReturnScaler()), "best_iterate": None}  # fmt: skip
     if resumed:
-        state = json.loads((ckpt / "state.json").read_text())
+        state |= json.loads((ckpt / "state.json").read_text())
         value.load_state_dict(load_file(str(ckpt / "value.safetensors")))
         log.info("teach: rl100 online resumed at iteration %d", state["iteration"])
-    detector = CollapseDetector(**state["detector"])
+    detector, scaler = CollapseDetector(**state["detector"]), ReturnScaler(**state["scaler"])
     actor_opt = torch.optim.Adam(policy.net.parameters(), lr=o.actor_lr)
     critic_opt = torch.optim.Adam(value.parameters(), lr=o.critic_lr)
     gen = torch.Generator().manual_seed(o.seed * 1_000_003 + state["iteration"])
     seed0 = state["next_seed"] or episode_seeds(cfg, 1, ONLINE_RL_SEED_OFFSET)[0]
     envs = ChunkEnvs(cfg, o.num_envs, c.obs_horizon,
                      o.max_episode_steps or cfg.env.max_episode_steps, seed0)  # fmt: skip
-    keeper = BestPolicyKeeper(cfg, stage.dir)
+    keeper = BestPolicyKeeper(cfg, stage.dir, episodes=cfg.teach.rl100.rl_eval_episodes)
+    keeper.revalidate()  # the kept policy, on the seeds the online iterates are judged on
     it, evals, collapsed = state["iteration"], state["evals"], False
+    best_iterate, env_steps0 = state["best_iterate"], state["env_steps"]
+    train_s0, t_run = state["train_s"], time.monotonic()
 
     def evaluate() -> bool:
+        nonlocal best_iterate
         sync_ema(policy)
         result, row = keeper.evaluate(policy, it, tag={"stage": "online"})
-        stage.log_metrics(it, {"stage": "online", **row})
-        evals.append({k: result[k] for k in ("step", "success_rate", "return_mean")})
+        steps = env_steps0 + envs.env_steps
+        stage.log_metrics(it, {"stage": "online", "online_env_steps": steps, **row})
+        evals.append({"step": it, "env_steps": steps,
+                      **{k: result[k] for k in ("success_rate", "return_mean")}})  # fmt: skip
+        # The online stage's own best: its iterates only (the starting policy is iteration 0).
+        if it > 0 and is_better(result, best_iterate, keeper.selection):
+            policy.save(out_dir / "policy")
+            best_iterate = online_record(result, it, steps)
         return detector.update(collapse_score(result))
+
+    def over_budget() -> bool:
+        spent = train_s0 + time.monotonic() - t_run
+        return o.max_minutes is not None and spent >= 60.0 * o.max_minutes
 
     try:
         if it == 0:
             evaluate()  # the starting policy: the first bar for the collapse detector
-        while it < o.iterations and not collapsed:
-            # -- collect -----------------------------------------------------------------
+        # At least one iteration: a budget spent before it would report nothing of online RL.
+        while it < o.iterations and not collapsed and not (it > 0 and over_budget()):
+            t_iter, steps_before = time.monotonic(), envs.env_steps
+            # -- collect: one batched chain per decision for all envs ---------------------
             policy.net.eval()
             buf: dict[str, list] = {k: [] for k in ("obs", "latents", "logp", "reward", "disc",
                                                     "end", "cut", "cut_hist")}  # fmt: skip
@@ -257,15 +280,22 @@ def run_online_rl(cfg, stage, policy_dir, out_dir) -> dict[str, Any]:
                 obs = torch.as_tensor(envs.hist.copy())
                 with torch.no_grad():
                     chain = policy.sample_chain(obs, num_inference_steps=k_total,
-                                                min_std=min_std, generator=gen)  # fmt: skip
-                    logp = step_log_probs(policy, obs, chain.latents, o, k_total, min_std)
+                                                min_std=min_std, generator=gen,
+                                                per_element=True)  # fmt: skip
+                    logp = reduce_log_probs(policy, chain.log_probs[:, first_ft:], o)
                 chunk = executed_chunk(policy, chain.actions).cpu().numpy()
                 reward, disc, end, _, cut, cut_hist = envs.step(chunk, o.gamma)
                 for key, v in (("obs", obs), ("latents", chain.latents), ("logp", logp),
                                ("reward", reward), ("disc", disc), ("end", end), ("cut", cut),
                                ("cut_hist", cut_hist)):  # fmt: skip
                     buf[key].append(torch.as_tensor(np.asarray(v)))
+            collect_s = time.monotonic() - t_iter
             b = {k: torch.stack(v).float() for k, v in buf.items()}  # (T, N, ...)
+            raw_reward = b["reward"]
+            if o.reward_scaling:
+                b["reward"] = torch.as_tensor(scaler.scale(raw_reward.numpy().astype(np.float64),
+                                                           b["disc"].numpy(), b["end"].numpy()),
+                                              dtype=torch.float32)  # fmt: skip
             with torch.no_grad():
                 flat = b["obs"].flatten(0, 1)
                 values = value(policy.condition(flat)).reshape(b["reward"].shape)
@@ -302,24 +332,33 @@ def run_online_rl(cfg, stage, policy_dir, out_dir) -> dict[str, Any]:
                 if stop:
                     break
             it += 1
-            done_eps = envs.finished
+            done_eps, iter_s = envs.finished, time.monotonic() - t_iter
+            steps = envs.env_steps - steps_before
             row = {f"online_{k}": float(np.mean([s[k] for s in stats_all])) for k in stats_all[0]}
-            row |= {"online_decision_reward": float(b["reward"].mean()),
+            row |= {"online_decision_reward": float(raw_reward.mean()),
+                    "online_reward_std": float(np.sqrt(scaler.var)) if o.reward_scaling else None,
                     "online_episodes": len(done_eps), "online_kl_stop": stop,
                     "online_critic_warmup": warmup,
-                    "online_return_mean": float(np.mean([r for r, _ in done_eps]))
-                    if done_eps else None}  # fmt: skip
+                    "online_env_steps": env_steps0 + envs.env_steps,
+                    "online_env_steps_per_s": steps / iter_s,
+                    "online_collect_steps_per_s": steps / collect_s,
+                    "online_return_mean": float(np.mean([r for r, _, _ in done_eps]))
+                    if done_eps else None,
+                    "online_success_rate": float(np.mean([bool(s) for _, s, _ in done_eps]))
+                    if done_eps and done_eps[0][1] is not None else None}  # fmt: skip
             envs.finished = []
             stage.log_metrics(it, {"stage": "online", **row})
-            if it % o.eval_every == 0 or it == o.iterations:
+            if it % o.eval_every == 0 or it == o.iterations or over_budget():
                 collapsed = evaluate()
             sync_ema(policy)
             policy.save(ckpt / "policy")
             save_file({k: v.contiguous() for k, v in value.state_dict().items()},
                       str(ckpt / "value.safetensors"))  # fmt: skip
-            write_json_atomic(ckpt / "state.json", {"iteration": it, "evals": evals,
-                                                    "detector": asdict(detector),
-                                                    "next_seed": envs.next_seed})  # fmt: skip
+            write_json_atomic(ckpt / "state.json", {
+                "iteration": it, "evals": evals, "detector": asdict(detector),
+                "next_seed": envs.next_seed, "env_steps": env_steps0 + envs.env_steps,
+                "train_s": train_s0 + time.monotonic() - t_run, "scaler": asdict(scaler),
+                "best_iterate": best_iterate})  # fmt: skip
     finally:
         envs.close()
     if collapsed:
@@ -327,17 +366,37 @@ def run_online_rl(cfg, stage, policy_dir, out_dir) -> dict[str, Any]:
                     "checkpoint %s", it, evals[-o.collapse_patience :], stage.dir / "policy")  # fmt: skip
     sync_ema(policy)
     policy.save(out_dir / "policy_last")
-    if (stage.dir / "policy").is_dir():
-        shutil.copytree(stage.dir / "policy", out_dir / "policy", dirs_exist_ok=True)
+    train_s = train_s0 + time.monotonic() - t_run
+    env_steps = env_steps0 + envs.env_steps
+    last = evals[-1]
     result = {
         "iterations": it,
         "collapsed": collapsed,
+        "stopped_by_budget": it < o.iterations and not collapsed,
         "evals": evals,
         "best_score": detector.best,
+        "started_from": str(policy_dir),
+        # The online stage's own result, apart from the policy kept over all sub-stages:
+        "best_iterate": best_iterate,
+        "last_iterate": {
+            "iteration": last["step"],
+            "env_steps": last["env_steps"],
+            "success_rate": last["success_rate"],
+            "return_mean": last["return_mean"],
+        },  # fmt: skip
+        "kept": {
+            k: keeper.best.get(k)
+            for k in ("stage", "step", "success_rate", "return_mean", "episodes")
+        },  # fmt: skip
+        "validation_episodes": len(keeper.seeds),
         "chain": chain_spec(policy, min_std),
         "ft_denoising_steps": o.ft_denoising_steps,
-        "policy": str(stage.dir / "policy"),
+        "env_steps": env_steps,
+        "env_steps_per_s": round(env_steps / train_s, 1) if train_s > 0 else None,
+        "policy": str(out_dir / "policy") if best_iterate else None,
         "policy_last": str(out_dir / "policy_last"),
+        "kept_policy": str(stage.dir / "policy"),
+        "train_s": round(train_s, 1),
         "wall_s": round(time.monotonic() - t0, 1),
     }
     write_json_atomic(out_dir / "result.json", result)

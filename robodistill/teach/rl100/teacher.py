@@ -30,6 +30,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from robodistill.config import RunConfig
@@ -88,7 +89,8 @@ def run_offline(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
     with torch_threads(cfg.teach.rl100.torch_threads):
         result = run_offline_rl(cfg, stage, stage.dir / "il" / "policy", demos_path(cfg), sub)
     if not done and (sub / "policy").is_dir():
-        keeper = BestPolicyKeeper(cfg, stage.dir)
+        keeper = BestPolicyKeeper(cfg, stage.dir, episodes=cfg.teach.rl100.rl_eval_episodes)
+        keeper.revalidate()
         tag = {"stage": "offline"}
         evaluated, row = keeper.evaluate(DiffusionPolicy.load(sub / "policy"), 0, tag=tag)
         stage.log_metrics(int(result.get("updates", 0) or 0), tag | row)
@@ -97,15 +99,19 @@ def run_offline(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
     return result
 
 
+def online_start(cfg: RunConfig, teach_dir: Path) -> Path:
+    """The policy online RL starts from: the offline sub-stage's when it ran and accepted an
+    update (it writes ``offline/policy`` only then), else the imitation policy."""
+    if "offline" in cfg.teach.rl100.stages and (teach_dir / "offline" / "policy").is_dir():
+        return teach_dir / "offline" / "policy"
+    return teach_dir / "il" / "policy"
+
+
 def run_online(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
-    """Online DPPO on the denoising chain (:mod:`robodistill.teach.rl100.online`), from the offline
-    policy when that sub-stage ran, else from the imitation policy."""
-    prior = "offline" if "offline" in cfg.teach.rl100.stages else "il"
-    start = stage.dir / prior / "policy"
-    if not start.is_dir():  # offline RL accepted no update: it wrote no policy of its own
-        start = stage.dir / "il" / "policy"
+    """Online DPPO on the denoising chain (:mod:`robodistill.teach.rl100.online`) from
+    :func:`online_start`; its result names the policy it started from (``started_from``)."""
     with torch_threads(cfg.teach.rl100.torch_threads):
-        return run_online_rl(cfg, stage, start, stage.dir / "online")
+        return run_online_rl(cfg, stage, online_start(cfg, stage.dir), stage.dir / "online")
 
 
 SUBSTAGES: dict[str, Callable[[RunConfig, StageRun], dict[str, Any]]] = {
