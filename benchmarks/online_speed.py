@@ -9,7 +9,14 @@ Variants:
 * ``unet, 8 envs x 32 decisions``: the settings the online stage had before issue 21
   (``configs/pipelines/rl100_nav_diffdrive.yaml`` of 2026-12-06, measured then at about
   30 env steps/s over a whole run with validations);
-* the UNet and the residual MLP at the config's ``teach.online`` settings.
+* the UNet and the residual MLP at the config's ``teach.online`` settings;
+* with ``--before-rev REV``, first the online stage's code as it was at git revision REV
+  (``robodistill/teach/rl100/online.py`` loaded from ``git show``) at the "before" settings:
+  the same settings, the old loop (a second pass through the network for the old
+  log-probabilities).
+
+Rates: env steps over a whole ``run_online_rl`` call (two 1-episode validations included;
+the only rate the old code allows measuring), and the per-iteration medians the new code logs.
 
     python benchmarks/online_speed.py --config configs/pipelines/rl100_nav_diffdrive.yaml
 
@@ -21,9 +28,11 @@ iteration of each variant is a warm-up and is left out of the median.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -44,10 +53,22 @@ class Rows:
         self.rows.append({"step": int(step), **metrics})
 
 
-def run_variant(cfg, backbone: str, overrides: dict, iterations: int, work: Path) -> dict:
+def online_at(rev: str):
+    """``run_online_rl`` of ``robodistill/teach/rl100/online.py`` at git revision ``rev``."""
+    source = subprocess.run(["git", "show", f"{rev}:robodistill/teach/rl100/online.py"],
+                            capture_output=True, text=True, check=True).stdout  # fmt: skip
+    module = types.ModuleType(f"online_at_{rev}")
+    exec(compile(source, f"online.py@{rev}", "exec"), module.__dict__)  # noqa: S102
+    return module.run_online_rl
+
+
+def run_variant(cfg, backbone: str, overrides: dict, iterations: int, work: Path,
+                run_online_rl=None) -> dict:  # fmt: skip
     from robodistill.data.demos import load_demos
     from robodistill.teach.rl100.imitation import build_policy
-    from robodistill.teach.rl100.online import run_online_rl
+    from robodistill.teach.rl100.online import run_online_rl as current
+
+    run_online_rl = run_online_rl or current
 
     data, stats, _ = load_demos(cfg)
     torch.manual_seed(0)
@@ -59,17 +80,21 @@ def run_variant(cfg, backbone: str, overrides: dict, iterations: int, work: Path
     vcfg.teach.online.eval_every = 10**6  # validate only before the first and after the last
     vcfg.teach.online.max_minutes = None
     vcfg.teach.rl100.rl_eval_episodes = 1
+    vcfg.teach.eval_episodes = 1  # what the code before issue 21 validated on
     vcfg.teach.online.critic_warmup_iterations = 0
     policy = build_policy(vcfg, data["obs"].shape[1], data["action"].shape[1], stats)
     start = policy.save(work / f"{backbone}-start")
-    stage = Rows(work / f"{backbone}-{overrides.get('num_envs')}-teach")
+    stage = Rows(Path(tempfile.mkdtemp(dir=work)))
     t = time.perf_counter()
-    result = run_online_rl(vcfg, stage, start, stage.dir / "online")
+    run_online_rl(vcfg, stage, start, stage.dir / "online")
+    wall = time.perf_counter() - t
+    o = vcfg.teach.online
+    env_steps = iterations * o.num_envs * o.decisions_per_env * vcfg.teach.diffusion.action_horizon
     rows = [r for r in stage.rows if "online_env_steps_per_s" in r][1:]  # warm-up left out
-    return {"iteration": float(np.median([r["online_env_steps_per_s"] for r in rows])),
-            "collect": float(np.median([r["online_collect_steps_per_s"] for r in rows])),
-            "env_steps": result["env_steps"], "wall_s": time.perf_counter() - t,
-            "parameters": sum(p.numel() for p in policy.net.parameters())}  # fmt: skip
+    median = lambda k: float(np.median([r[k] for r in rows])) if rows else None  # noqa: E731
+    return {"whole": env_steps / wall, "iteration": median("online_env_steps_per_s"),
+            "collect": median("online_collect_steps_per_s"), "env_steps": env_steps,
+            "wall_s": wall, "parameters": sum(p.numel() for p in policy.net.parameters())}  # fmt: skip
 
 
 def main() -> None:
@@ -78,6 +103,7 @@ def main() -> None:
     parser.add_argument("--runs-dir", default="runs/benchmarks")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--iterations", type=int, default=4)
+    parser.add_argument("--before-rev", help="also time the online loop of this git revision")
     args = parser.parse_args()
     torch.set_num_threads(1)  # the project's thread rule (teach.rl100.torch_threads)
 
@@ -88,21 +114,30 @@ def main() -> None:
     new = {"num_envs": o.num_envs, "decisions_per_env": o.decisions_per_env}
     old = {"num_envs": 8, "decisions_per_env": 32, "ft_denoising_steps": 3, "epochs": 10,
            "minibatch_size": 64}  # fmt: skip
-    variants = [("unet", old, "unet, 8 envs x 32 decisions (before)"),
-                ("unet", new, f"unet, {o.num_envs} envs x {o.decisions_per_env} decisions"),
-                ("mlp", new, f"mlp, {o.num_envs} envs x {o.decisions_per_env} decisions")]  # fmt: skip
+    variants = [
+        ("unet", old, "unet, 8 envs x 32 decisions (before)", None),
+        ("unet", new, f"unet, {o.num_envs} envs x {o.decisions_per_env} decisions", None),
+        ("mlp", new, f"mlp, {o.num_envs} envs x {o.decisions_per_env} decisions", None),
+    ]
+    if args.before_rev:
+        variants.insert(0, ("unet", old, f"unet, 8 envs x 32 decisions, code of {args.before_rev}",
+                            online_at(args.before_rev)))  # fmt: skip
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for backbone, overrides, label in variants:
-            r = run_variant(cfg, backbone, overrides, args.iterations, Path(tmp))
+        for backbone, overrides, label, loop in variants:
+            r = run_variant(cfg, backbone, overrides, args.iterations, Path(tmp), loop)
             print(f"{label}: {r}", flush=True)
             results.append((label, r))
-    base = results[0][1]["iteration"]
+    base = results[0][1]["whole"]
+
+    def rate(x: float | None) -> str:
+        return "—" if x is None else f"{x:.0f}"
+
     table = markdown(
-        ["variant", "denoiser parameters", "env steps/s (iteration, median)",
-         "env steps/s (collection alone)", "vs before"],
-        [[label, f"{r['parameters'] / 1e6:.2f} M", f"{r['iteration']:.0f}", f"{r['collect']:.0f}",
-          f"{r['iteration'] / base:.1f}x"] for label, r in results],
+        ["variant", "denoiser parameters", "env steps/s (whole call)", "vs first row",
+         "env steps/s (iteration, median)", "env steps/s (collection alone, median)"],
+        [[label, f"{r['parameters'] / 1e6:.2f} M", rate(r["whole"]), f"{r['whole'] / base:.1f}x",
+          rate(r["iteration"]), rate(r["collect"])] for label, r in results],
     )  # fmt: skip
     print(f"\n{cfg.env.id} {cfg.env.kwargs}, {args.iterations} iterations per variant "
           f"(first left out), one torch thread\n\n{table}")  # fmt: skip
