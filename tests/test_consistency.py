@@ -131,6 +131,39 @@ def test_distillation_reduces_the_consistency_loss(teacher):
         student.compute_loss(batch, teacher.ema_net, target, gen, loss="l1")
 
 
+def test_the_trajectory_term_pulls_the_one_step_sample_onto_the_teachers_sampler(teacher):
+    """The student's 1-step chunk from noise z approaches the teacher's DDIM chunk from the
+    same z; the teacher's sampler is the target (its own map from noise to chunks)."""
+    student = _student(teacher)
+    obs = _obs_hist(16, 3)
+    z = torch.randn(16, H, ACT, generator=torch.Generator().manual_seed(5))
+
+    def gap() -> float:
+        with torch.no_grad():
+            mine = student.predict_action_chunk(obs, noise=z, use_ema=False)
+            theirs = teacher.predict_action_chunk(obs, noise=z)
+        return float((mine - theirs).pow(2).mean())
+
+    # ddim_from is predict_action_chunk's chain in normalized units, not clipped.
+    cond = teacher.condition(obs)
+    torch.testing.assert_close(
+        teacher.normalizer.unnormalize("action", teacher.ddim_from(cond, z).clamp(-1, 1)),
+        teacher.predict_action_chunk(obs, noise=z))  # fmt: skip
+    before = gap()
+    frozen = copy.deepcopy(teacher.ema_net.state_dict())
+    optimizer = torch.optim.AdamW(student.net.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    for step in range(200):
+        loss = student.trajectory_loss(_windows(32, step)["obs"], teacher, gen, loss="mse")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert gap() < 0.4 * before, (before, gap())
+    assert all(torch.equal(v, frozen[k]) for k, v in teacher.ema_net.state_dict().items())
+    with pytest.raises(ValueError, match="loss must be one of"):
+        student.trajectory_loss(obs, teacher, gen, loss="l1")
+
+
 # -- sampling and acting -------------------------------------------------------------------------
 
 
