@@ -58,6 +58,7 @@ def online_at(rev: str):
     source = subprocess.run(["git", "show", f"{rev}:robodistill/teach/rl100/online.py"],
                             capture_output=True, text=True, check=True).stdout  # fmt: skip
     module = types.ModuleType(f"online_at_{rev}")
+    sys.modules[module.__name__] = module  # its dataclasses look their module up there
     exec(compile(source, f"online.py@{rev}", "exec"), module.__dict__)  # noqa: S102
     return module.run_online_rl
 
