@@ -174,3 +174,25 @@ def test_online_starts_from_the_offline_policy_when_there_is_one(tmp_path):
     assert online_start(cfg, tmp_path) == tmp_path / "offline" / "policy"
     without = load_config(None, ["teach.rl100.stages=[il, online]"])
     assert online_start(without, tmp_path) == tmp_path / "il" / "policy"
+
+
+def test_dppo_step_schedule_and_per_step_clips(tmp_path):
+    o = _cfg(tmp_path, "teach.online.ft_denoising_steps=3", "teach.online.clip=0.01",
+             "teach.online.clip_base=0.001", "teach.online.gamma_denoising=0.9").teach.online  # fmt: skip
+    clips, discounts = rl100_online.step_schedule(o)
+    torch.testing.assert_close(clips[[0, -1]], torch.tensor([0.001, 0.01]))
+    mid = 0.001 + 0.009 * (np.exp(1.5) - 1) / np.expm1(3.0)  # s = 1/2, rate 3
+    assert float(clips[1]) == pytest.approx(mid, rel=1e-5)
+    torch.testing.assert_close(discounts, torch.tensor([0.81, 0.9, 1.0]))
+    plain = _cfg(tmp_path, "teach.online.ft_denoising_steps=3").teach.online
+    clips, discounts = rl100_online.step_schedule(plain)
+    assert torch.equal(clips, torch.full((3,), plain.clip)) and torch.equal(discounts,
+                                                                            torch.ones(3))  # fmt: skip
+    # Each step is clipped at its own bound: a ratio of 1.005 is clipped at step 0 only.
+    from robodistill.teach.rl100.offline import clipped_surrogate
+
+    new_lp = torch.log(torch.full((2, 2), 1.005))
+    loss, stats = clipped_surrogate(new_lp, torch.zeros(2, 2), torch.ones(2, 2),
+                                    torch.tensor([0.001, 0.01]))  # fmt: skip
+    assert stats["clip_frac"] == 0.5
+    assert float(loss) == pytest.approx(-(1.001 + 1.005), rel=1e-6)

@@ -217,6 +217,15 @@ class OnlineRLConfig(base.Section):
     the same floor, so the ratios are exact."""
     clip: float = Field(0.01, gt=0.0, le=10.0)
     """PPO clip of each denoising step's ratio (DPPO ~0.01; RL-100 0.2)."""
+    clip_base: float | None = Field(None, gt=0.0, le=10.0)
+    """DPPO's per-step clip: the noisiest fine-tuned step gets ``clip_base``, rising
+    exponentially (``clip_rate``) to ``clip`` at the last step (DPPO: 0.001 -> 0.01).
+    ``null``: ``clip`` for every step."""
+    clip_rate: float = Field(3.0, gt=0.0, le=100.0)
+    """Rate of that exponential rise."""
+    gamma_denoising: float = Field(1.0, gt=0.0, le=1.0)
+    """Denoising discount: fine-tuned step i (0 = noisiest) weighs its advantage by
+    ``gamma_denoising ** (k' - 1 - i)`` (DPPO: 0.99); 1 gives every step the same credit."""
     log_prob: Literal["executed_mean", "chunk_sum"] = "executed_mean"
     """A denoising step's log-probability in the ratio: ``executed_mean`` averages the
     per-element log-density over the executed actions (DPPO), so ``clip`` bounds a

@@ -82,18 +82,21 @@ def executed_chunk(policy: DiffusionPolicy, actions: torch.Tensor) -> torch.Tens
     return actions[..., c.obs_horizon - 1 : c.obs_horizon - 1 + c.action_horizon, :]
 
 
-def clipped_surrogate(new_lp, old_lp, adv, clip: float) -> tuple[torch.Tensor, dict]:
+def clipped_surrogate(new_lp, old_lp, adv, clip) -> tuple[torch.Tensor, dict]:
     """PPO loss over denoising steps.
 
-    ``new_lp`` / ``old_lp`` (B, k) per-step log-probabilities, ``adv`` (B,) one advantage
-    per chain shared by its steps. Each step's clipped objective is averaged over the batch
+    ``new_lp`` / ``old_lp`` (B, k) per-step log-probabilities; ``adv`` (B,) one advantage
+    per chain shared by its steps, or (B, k) one per step; ``clip`` a float or (k,) one
+    per step (DPPO's schedule). Each step's clipped objective is averaged over the batch
     and summed over steps (RL-100). Returns the loss and stats (ratio mean, clip fraction,
     approximate KL per step).
     """
     log_ratio = new_lp - old_lp
     ratio = log_ratio.exp()
-    a = adv[:, None]
-    surrogate = torch.minimum(ratio * a, ratio.clamp(1.0 - clip, 1.0 + clip) * a)
+    a = adv[:, None] if adv.ndim == 1 else adv
+    clip = torch.as_tensor(clip, dtype=ratio.dtype, device=ratio.device)
+    clipped = torch.minimum(torch.maximum(ratio, 1.0 - clip), 1.0 + clip)
+    surrogate = torch.minimum(ratio * a, clipped * a)
     loss = -surrogate.mean(0).sum()
     with torch.no_grad():
         stats = {

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -142,6 +143,23 @@ def step_log_probs(policy, obs, latents, o, k_total: int, min_std: float) -> tor
     return reduce_log_probs(policy, lp, o)
 
 
+def step_schedule(o) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per fine-tuned denoising step i = 0 (noisiest) .. k'-1 (last), both (k',): DPPO's clip
+    ``clip_base + (clip - clip_base) (e^(rate s) - 1) / (e^rate - 1)``, s = i / (k' - 1)
+    (``clip`` for every step when ``clip_base`` is null), and the advantage's denoising
+    discount ``gamma_denoising ** (k' - 1 - i)``: the steps nearest the action get the full
+    clip and advantage, the noisier ones a tighter clip and less credit."""
+    k = o.ft_denoising_steps
+    i = torch.arange(k, dtype=torch.float32)
+    if o.clip_base is None:
+        clips = torch.full((k,), float(o.clip))
+    else:
+        s = i / max(k - 1, 1)
+        rise = (torch.exp(o.clip_rate * s) - 1) / math.expm1(o.clip_rate)
+        clips = o.clip_base + (o.clip - o.clip_base) * rise
+    return clips, o.gamma_denoising ** (k - 1 - i)
+
+
 def dppo_loss(policy, value, batch: dict[str, torch.Tensor], o, k_total: int, min_std: float):
     """Actor and critic losses on a minibatch (module docstring).
 
@@ -151,7 +169,8 @@ def dppo_loss(policy, value, batch: dict[str, torch.Tensor], o, k_total: int, mi
     new_lp = step_log_probs(policy, batch["obs"], batch["latents"], o, k_total, min_std)
     adv = batch["adv"]
     adv = (adv - adv.mean()) / (adv.std() + 1e-8) if len(adv) > 1 else adv
-    actor_loss, stats = clipped_surrogate(new_lp, batch["logp"], adv, o.clip)
+    clips, discounts = step_schedule(o)
+    actor_loss, stats = clipped_surrogate(new_lp, batch["logp"], adv[:, None] * discounts, clips)
     v = value(policy.condition(batch["obs"]).detach()).squeeze(-1)
     critic_loss = (v - batch["ret"]).pow(2).mean()
     return actor_loss, critic_loss, stats
