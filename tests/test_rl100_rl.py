@@ -68,7 +68,17 @@ def point_episode(seed: int) -> Episode:
 @pytest.fixture(scope="module")
 def point_setup(tmp_path_factory):
     """(store path, imitation policy dir) on the point mass."""
-    root = tmp_path_factory.mktemp("rl100_offline")
+    return imitate_point_mass(tmp_path_factory.mktemp("rl100_offline"), TINY_NET)
+
+
+@pytest.fixture(scope="module")
+def point_setup_mlp(tmp_path_factory):
+    """The same with DPPO's residual-MLP denoiser."""
+    net = {"backbone": "mlp", "mlp_width": 32, "mlp_blocks": 2, "step_embed_dim": 16}
+    return imitate_point_mass(tmp_path_factory.mktemp("rl100_offline_mlp"), net)
+
+
+def imitate_point_mass(root, net: dict):
     path = root / "point.zarr"
     with TrajectoryStore.create(path, flush_every=20) as store:
         store.add_episodes([point_episode(s) for s in range(40)])
@@ -76,7 +86,7 @@ def point_setup(tmp_path_factory):
     torch.manual_seed(0)
     config = DiffusionPolicyConfig(obs_dim=2, action_dim=2, obs_horizon=TO, pred_horizon=H,
                                    action_horizon=TA, num_inference_steps=K,
-                                   action_low=[-1.0] * 2, action_high=[1.0] * 2, **TINY_NET)  # fmt: skip
+                                   action_low=[-1.0] * 2, action_high=[1.0] * 2, **net)  # fmt: skip
     policy = DiffusionPolicy(config, Normalizer.from_stats(stats, mode="minmax"))
     sampler = SequenceSampler(data, data["episode_ends"], obs_horizon=TO, pred_horizon=H)
     opt = torch.optim.Adam(policy.net.parameters(), lr=3e-3)
@@ -119,6 +129,26 @@ def test_offline_loop_logs_every_gate_verdict_and_finishes(point_setup, tmp_path
     for a, b in zip(loaded.net.parameters(), loaded.ema_net.parameters(), strict=True):
         assert torch.equal(a, b)  # RL stages evaluate and save the trained weights
     assert run_offline_rl(cfg, stage, il, store, tmp_path / "teach/offline") == result
+
+
+def test_offline_rl_and_its_ope_gate_take_an_mlp_denoiser(point_setup_mlp, tmp_path):
+    store, il = point_setup_mlp
+    cfg = offline_cfg(tmp_path, "teach.offline.learning_rate=3e-4", "teach.offline.batch_size=64")
+    o, policy = cfg.teach.offline, DiffusionPolicy.load(il)
+    assert policy.config.backbone == "mlp"
+    decisions = decisions_from_store(store, DecisionConfig(TO, TA, o.gamma))
+    rl = OfflineRL(cfg, Recorder(tmp_path / "teach"), policy, decisions, tmp_path / "offline")
+    assert rl.gate_round()  # the bar: a finite OPE estimate of the MLP policy
+    assert np.isfinite(rl.gate.history[-1].estimate)
+    first = rl.update()
+    assert first["ratio_mean"] == pytest.approx(1.0, abs=1e-4) and first["clip_frac"] == 0.0
+    reference = {k: v.clone() for k, v in rl.reference.net.state_dict().items()}
+    rl.advantage_sign = -1.0  # a deliberately harmful update is rejected, weights restored
+    for _ in range(40):
+        rl.update()
+    assert not rl.gate_round()
+    for k, v in rl.policy.net.state_dict().items():
+        assert torch.equal(v, reference[k]), k
 
 
 def test_first_update_has_unit_ratio_and_a_harmful_update_is_rejected(point_setup, tmp_path):
