@@ -7,6 +7,17 @@ import pytest
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 
+class Recorder:
+    """The part of StageRun the sub-stages use: ``dir`` and ``log_metrics``."""
+
+    def __init__(self, directory):
+        self.dir, self.rows = directory, []
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def log_metrics(self, step, metrics):
+        self.rows.append({"step": int(step), **metrics})
+
+
 @pytest.fixture
 def one_torch_thread():
     """One torch thread for the test (modules opt in with ``pytestmark``): tiny networks gain

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import Recorder
 
 from robodistill.config import load_config
 from robodistill.policies.diffusion import DiffusionPolicy, DiffusionPolicyConfig
@@ -127,7 +128,7 @@ def test_a_dppo_update_moves_the_mean_chunk_toward_the_rewarded_one(tmp_path):
 def test_online_reports_its_own_iterates_and_stops_on_its_time_budget(tmp_path):
     start = _policy("mlp").save(tmp_path / "start")
     cfg = _cfg(tmp_path, "teach.online.iterations=50", "teach.online.max_minutes=0.0001")
-    stage = rl100_online_recorder(tmp_path / "teach")
+    stage = Recorder(tmp_path / "teach")
     result = run_online_rl(cfg, stage, start, tmp_path / "teach/online")
     assert result["iterations"] == 1 and result["stopped_by_budget"]
     assert [e["step"] for e in result["evals"]] == [0, 1]  # the start, then the last iterate
@@ -137,18 +138,6 @@ def test_online_reports_its_own_iterates_and_stops_on_its_time_budget(tmp_path):
     assert result["validation_episodes"] == 2
     rows = [r for r in stage.rows if "online_env_steps_per_s" in r]
     assert rows and rows[0]["online_reward_std"] > 0
-
-
-def rl100_online_recorder(directory):
-    class Recorder:
-        def __init__(self):
-            self.dir, self.rows = directory, []
-            directory.mkdir(parents=True, exist_ok=True)
-
-        def log_metrics(self, step, metrics):
-            self.rows.append({"step": int(step), **metrics})
-
-    return Recorder()
 
 
 def test_the_kept_policy_is_revalidated_on_the_rl_seeds(tmp_path):

@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import Recorder
 
 from robodistill.config import load_config
 from robodistill.data.sampler import SequenceSampler
@@ -32,17 +33,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-class Recorder:
-    """The part of StageRun the sub-stages use: ``dir`` and ``log_metrics``."""
-
-    def __init__(self, directory):
-        self.dir, self.rows = directory, []
-        directory.mkdir(parents=True, exist_ok=True)
-
-    def log_metrics(self, step, metrics):
-        self.rows.append({"step": int(step), **metrics})
 
 
 def point_episode(seed: int) -> Episode:

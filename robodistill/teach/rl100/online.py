@@ -361,9 +361,9 @@ def run_online_rl(cfg, stage, policy_dir, out_dir) -> dict[str, Any]:
                     "online_env_steps": env_steps0 + envs.env_steps,
                     "online_env_steps_per_s": steps / iter_s,
                     "online_collect_steps_per_s": steps / collect_s,
-                    "online_return_mean": float(np.mean([r for r, _, _ in done_eps]))
+                    "online_return_mean": float(np.mean([r for r, _ in done_eps]))
                     if done_eps else None,
-                    "online_success_rate": float(np.mean([bool(s) for _, s, _ in done_eps]))
+                    "online_success_rate": float(np.mean([bool(s) for _, s in done_eps]))
                     if done_eps and done_eps[0][1] is not None else None}  # fmt: skip
             envs.finished = []
             stage.log_metrics(it, {"stage": "online", **row})
