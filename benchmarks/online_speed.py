@@ -63,15 +63,15 @@ def online_at(rev: str):
     return module.run_online_rl
 
 
-def run_variant(cfg, backbone: str, overrides: dict, iterations: int, work: Path,
+def run_variant(cfg, demos: tuple, backbone: str, overrides: dict, iterations: int, work: Path,
                 run_online_rl=None) -> dict:  # fmt: skip
-    from robodistill.data.demos import load_demos
+    """``demos``: ``load_demos(cfg)`` (its normalizer and sizes build the policy)."""
     from robodistill.teach.rl100.imitation import build_policy
     from robodistill.teach.rl100.online import run_online_rl as current
 
     run_online_rl = run_online_rl or current
 
-    data, stats, _ = load_demos(cfg)
+    data, stats, _ = demos
     torch.manual_seed(0)
     vcfg = cfg.model_copy(deep=True)
     vcfg.teach.diffusion.backbone = backbone
@@ -109,8 +109,10 @@ def main() -> None:
     torch.set_num_threads(1)  # the project's thread rule (teach.rl100.torch_threads)
 
     from robodistill.config import load_config
+    from robodistill.data.demos import load_demos
 
     cfg = load_config(args.config, [f"runs_dir={args.runs_dir}", *args.set])
+    demos = load_demos(cfg)  # once: every variant builds its policy from the same store
     o = cfg.teach.online
     new = {"num_envs": o.num_envs, "decisions_per_env": o.decisions_per_env}
     old = {"num_envs": 8, "decisions_per_env": 32, "ft_denoising_steps": 3, "epochs": 10,
@@ -126,7 +128,7 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for backbone, overrides, label, loop in variants:
-            r = run_variant(cfg, backbone, overrides, args.iterations, Path(tmp), loop)
+            r = run_variant(cfg, demos, backbone, overrides, args.iterations, Path(tmp), loop)
             print(f"{label}: {r}", flush=True)
             results.append((label, r))
     base = results[0][1]["whole"]
