@@ -55,8 +55,12 @@ class Rows:
 
 def online_at(rev: str):
     """``run_online_rl`` of ``robodistill/teach/rl100/online.py`` at git revision ``rev``."""
-    source = subprocess.run(["git", "show", f"{rev}:robodistill/teach/rl100/online.py"],
-                            capture_output=True, text=True, check=True).stdout  # fmt: skip
+    shown = subprocess.run(["git", "show", f"{rev}:robodistill/teach/rl100/online.py"],
+                           capture_output=True, text=True)  # fmt: skip
+    if shown.returncode != 0:
+        raise SystemExit(f"--before-rev {rev}: git has no robodistill/teach/rl100/online.py "
+                         f"there ({shown.stderr.strip()}); give a revision of this repository")  # fmt: skip
+    source = shown.stdout
     module = types.ModuleType(f"online_at_{rev}")
     sys.modules[module.__name__] = module  # its dataclasses look their module up there
     exec(compile(source, f"online.py@{rev}", "exec"), module.__dict__)  # noqa: S102
