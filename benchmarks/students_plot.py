@@ -32,7 +32,8 @@ def plot_front(tasks: dict[str, dict[str, dict[str, Any]]], path: Path) -> Path 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    from robodistill.evaluate import latency_axes
 
     fig, axes = plt.subplots(len(tasks), 2, figsize=(11.0, 3.9 * len(tasks)), dpi=100,
                              squeeze=False)  # fmt: skip
@@ -59,16 +60,10 @@ def plot_front(tasks: dict[str, dict[str, dict[str, Any]]], path: Path) -> Path 
                     ms, s = pts[label]
                     ax.scatter([ms], [s], s=50, marker=markers[i % len(markers)], zorder=2,
                                color=f"C{i % 10}", label=f"{label} ({ms:.3g} ms, {s:.0f} %)")  # fmt: skip
-            ax.set_xscale("log")
-            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-            ax.xaxis.set_minor_formatter(NullFormatter())
-            lo, hi = min(p[0] for p in pts.values()), max(p[0] for p in pts.values())
-            ax.set_xlim(lo / 1.6, hi * 1.6)
-            ax.set_ylim(-5, 105)
+            latency_axes(ax, [p[0] for p in pts.values()])
             ax.set_xlabel(f"{xlabel} (torch, batch 1, 1 thread, log)", fontsize=8)
             ax.set_ylabel("success rate, %")
             ax.set_title(title, fontsize=9)
-            ax.grid(alpha=0.3)
             ax.legend(fontsize=6.5, loc="best")
     fig.tight_layout()
     fig.savefig(path)

@@ -222,6 +222,19 @@ def add_ratios(table: dict[str, dict[str, Any]], reference: str) -> None:
             row[f"{measure}_speedup"] = (ms_ref / ms) if (ms_ref and ms) else None
 
 
+def latency_axes(ax, ms: list[float]) -> None:
+    """A success-vs-latency panel's axes: latency ``ms`` on a log x axis with plain tick
+    labels and a margin around the points, success in % on y, a light grid."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlim(min(ms) / 1.6, max(ms) * 1.6)
+    ax.set_ylim(-5, 105)
+    ax.grid(alpha=0.3)
+
+
 def plot_success_latency(
     table: dict[str, dict[str, Any]], path: Path, measures: tuple[str, ...] = tuple(MEASURES)
 ) -> Path | None:
@@ -238,7 +251,6 @@ def plot_success_latency(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.6), dpi=100,
                              sharey=True, squeeze=False)  # fmt: skip
@@ -250,14 +262,8 @@ def plot_success_latency(
             ax.scatter([ms], [100 * success], s=45, marker=style[label][0], color=style[label][1],
                        label=f"{label} ({ms:.3g} ms, {100 * success:.0f} %)")  # fmt: skip
         ax.legend(fontsize=7, loc="lower right")
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        lo, hi = min(p[0] for p in points.values()), max(p[0] for p in points.values())
-        ax.set_xlim(lo / 1.6, hi * 1.6)
+        latency_axes(ax, [p[0] for p in points.values()])
         ax.set_xlabel(f"{MEASURES[measure]}, median ms\n(batch 1, 1 thread, log scale)")
-        ax.set_ylim(-5, 105)
-        ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("success rate, %")
     fig.tight_layout()
     fig.savefig(path)
