@@ -22,11 +22,16 @@ def evaluate(cfg, policy, seeds: list[int], num_envs: int | None = None) -> dict
 
 def diffusion_variant(path: str | Path, **changes):
     """The diffusion policy saved at ``path`` with its config changed (e.g.
-    ``num_inference_steps=100, inference_eta=1.0`` for DDPM-100, ``rti_steps=3``)."""
+    ``num_inference_steps=100, inference_eta=1.0`` for DDPM-100, ``rti_steps=3``); for a
+    residual policy on a diffusion base, the base's sampler changes."""
+    from robodistill.policies import load_policy
     from robodistill.policies.diffusion import DiffusionPolicy
 
-    policy = DiffusionPolicy.load(path)
-    policy.config = dataclasses.replace(policy.config, **changes)
+    policy = load_policy(path)
+    diffusion = getattr(policy, "base", policy)
+    if not isinstance(diffusion, DiffusionPolicy):
+        raise TypeError(f"{path} holds a {policy.kind!r} policy, not a diffusion policy")
+    diffusion.config = dataclasses.replace(diffusion.config, **changes)
     return policy
 
 

@@ -89,7 +89,8 @@ def sampler_rows(cfg, kept: Path, rows: dict, seeds, num_envs, obs, args) -> dic
     samplers = {"DDIM-10": {"num_inference_steps": 10, "inference_eta": 0.0}}
     if not args.skip_ddpm:
         samplers["DDPM-100"] = {"num_inference_steps": 100, "inference_eta": 1.0}
-    own = diffusion_variant(kept).config
+    kept_policy = diffusion_variant(kept)
+    own = getattr(kept_policy, "base", kept_policy).config  # a residual's sampler: its base's
     out = {}
     for name, changes in samplers.items():
         policy = diffusion_variant(kept, **changes)
@@ -109,9 +110,9 @@ def plot_curves(curves: dict[str, list[dict]], expert: float, path: Path) -> Non
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for backbone, evals in curves.items():
+    for name, evals in curves.items():
         ax.plot([e["env_steps"] for e in evals], [100 * (e["success_rate"] or 0) for e in evals],
-                marker="o", ms=3, label=f"online DPPO, {backbone} (validation)")  # fmt: skip
+                marker="o", ms=3, label=f"online {name} (validation)")  # fmt: skip
     ax.axhline(100 * expert, color="k", ls="--", lw=1, label="demonstrator (test seeds)")
     ax.axhline(130 * expert, color="g", ls=":", lw=1, label="goal: 1.3x demonstrator")
     ax.set_xlabel("online env steps")
@@ -166,7 +167,8 @@ def main() -> None:
                                                                 args.num_envs)  # fmt: skip
         sampling = sampler_rows(cfg, run / "teach/policy", rows, seeds, args.num_envs, obs, args)
         online = teach.get("online") or {}
-        curves[backbone] = online.get("evals") or []
+        method = "residual PPO" if online.get("method") == "residual" else "DPPO"
+        curves[f"{method}, {backbone}"] = online.get("evals") or []
         table1 = markdown(
             ["policy", "test success (episodes)", "validation success", "mean max score",
              "mean length", "mean return", "env steps", "wall s"],

@@ -30,6 +30,7 @@ LAZY_KINDS: dict[str, str] = {
     "compass_base": "robodistill.policies.compass",
     "compass_specialist": "robodistill.policies.compass",
     "generalist": "robodistill.policies.generalist",
+    "residual": "robodistill.policies.residual",
 }
 """Kinds whose module is imported only when a checkpoint of that kind is loaded (diffusers
 alone takes seconds to import, which every ``robodistill`` command would otherwise pay)."""

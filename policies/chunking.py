@@ -25,6 +25,7 @@ from __future__ import annotations
 import abc
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 
@@ -59,6 +60,19 @@ class ChunkedPolicy(Policy):
     config: Any
     _generator: torch.Generator
     _state: dict[str, torch.Tensor] | None
+
+    @property
+    def observation_space(self) -> gym.spaces.Box:
+        """One observation (D,) (unbounded: the config records no observation bounds)."""
+        return gym.spaces.Box(-np.inf, np.inf, (self.config.obs_dim,), np.float32)
+
+    @property
+    def action_space(self) -> gym.spaces.Box:
+        """One action (A,) within ``action_low`` / ``action_high`` (unbounded without them)."""
+        c = self.config
+        low = -np.inf if c.action_low is None else np.asarray(c.action_low, np.float32)
+        high = np.inf if c.action_high is None else np.asarray(c.action_high, np.float32)
+        return gym.spaces.Box(low, high, (c.action_dim,), np.float32)
 
     @abc.abstractmethod
     def plan(self, obs_hist: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from robodistill.envs.spaces import space_from_json, space_to_json
-from robodistill.policies.base import Policy, load_policy, register_policy
+from robodistill.policies.base import Policy, register_policy
 from robodistill.policies.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -44,6 +44,7 @@ from robodistill.policies.checkpoint import (
     save_checkpoint,
 )
 from robodistill.policies.normalizer import Normalizer
+from robodistill.policies.residual import ResidualPolicy
 from robodistill.policies.sb3_policy import ACTIVATIONS, SB3Policy
 
 
@@ -263,86 +264,35 @@ class CompassBase(Policy):
 # -- stage 2: the residual specialist --------------------------------------------------------
 
 
-def base_features(base: Policy, obs: np.ndarray, include_obs: bool = False
-                  ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """What the residual policy sees: ``(features (B, L + A [+ D]), base_action (B, A))``.
-
-    Features are the base's latent z, its action, and with ``include_obs`` the raw
-    observation. ``base`` is a :class:`CompassBase` or a generalist set to an embodiment
-    (anything with ``act_and_latent``).
-    """
-    action, z = base.act_and_latent(obs)
-    parts = [z, action] + (
-        [np.asarray(obs, np.float32).reshape(len(obs), -1)] if include_obs else []
-    )
-    return np.concatenate(parts, axis=1).astype(np.float32), action
-
-
 @register_policy
-class CompassSpecialist(Policy):
-    """Stage 2 result: frozen base + PPO residual, ``clip(base(o) + r(features(o)))``.
+class CompassSpecialist(ResidualPolicy):
+    """Stage 2 result: frozen base + PPO residual, ``clip(base(o) + r(features(o)))``
+    (:class:`robodistill.policies.residual.ResidualPolicy`), for one embodiment.
 
     Args:
         base: the frozen base (:class:`CompassBase`, or a generalist when a new embodiment
             is fine-tuned).
-        residual: the PPO actor over :func:`base_features` (an :class:`SB3Policy` whose action
-            Box is ``[-residual_limit, residual_limit]``).
+        residual: the PPO actor over :func:`~robodistill.policies.residual.base_features`.
         embodiment: the embodiment it was trained on.
         include_obs: whether the features include the raw observation.
 
-    Its Gaussian (what the generalist is distilled to) is ``N(base(o) + μ_r, σ_r)``: PPO's
-    Gaussian shifted by the base action, before the final clip to the action Box.
+    Its Gaussian (what the generalist is distilled to) is ``N(base(o) + μ_r, σ_r)``.
     """
 
     kind = "compass_specialist"
 
     def __init__(self, base: Policy, residual: SB3Policy, embodiment: str,
                  include_obs: bool = False):  # fmt: skip
-        self.base, self.residual = base, residual
-        self.embodiment, self.include_obs = embodiment, bool(include_obs)
-        self.observation_space, self.action_space = base.observation_space, base.action_space
-        self.low = np.asarray(self.action_space.low, np.float32).reshape(-1)
-        self.high = np.asarray(self.action_space.high, np.float32).reshape(-1)
-
-    def attach(self, envs: list) -> None:
-        self.base.attach(envs)
-
-    @torch.no_grad()
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        """(B, D) -> (B, A): base action + deterministic residual, clipped to the Box."""
-        features, action = base_features(self.base, obs, self.include_obs)
-        return np.clip(action + self.residual.act(features), self.low, self.high).astype(np.float32)
-
-    @torch.no_grad()
-    def distribution(self, obs: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, D) -> (mean (B, A), log_std (B, A)) of the specialist's Gaussian (env units)."""
-        obs = obs.numpy() if isinstance(obs, torch.Tensor) else np.asarray(obs, np.float32)
-        features, action = base_features(self.base, obs, self.include_obs)
-        mean, log_std = self.residual.distribution(features)
-        return mean + torch.from_numpy(action), log_std
+        super().__init__(base, residual, include_obs)
+        self.embodiment = embodiment
 
     def config(self) -> dict[str, Any]:
-        return {"kind": self.kind, "embodiment": self.embodiment, "include_obs": self.include_obs,
-                "base": "base", "residual": "residual"}  # fmt: skip
-
-    def save(self, directory: str | os.PathLike) -> Path:
-        """``config.json`` + ``model.safetensors`` (empty) + ``base/`` + ``residual/``."""
-        directory = Path(directory)
-        self.base.save(directory / "base")
-        self.residual.save(directory / "residual")
-        return save_checkpoint(directory, self.config(), {"format_marker": torch.zeros(1)})
+        return super().config() | {"embodiment": self.embodiment}
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> CompassSpecialist:
-        config, _ = load_checkpoint(directory, kind=cls.kind)
-        directory = Path(directory)
-        residual = load_policy(directory / config.get("residual", "residual"))
-        if not isinstance(residual, SB3Policy):
-            raise CheckpointError(
-                f"{directory}/residual holds a {residual.kind!r}, not an sb3 policy"
-            )
-        return cls(load_policy(directory / config.get("base", "base")), residual,
-                   config["embodiment"], config.get("include_obs", False))  # fmt: skip
+        config, base, residual = cls.load_parts(directory)
+        return cls(base, residual, config["embodiment"], config.get("include_obs", False))
 
 
-__all__ = ["CompassBase", "CompassBaseNet", "CompassSpecialist", "base_features", "mlp"]
+__all__ = ["CompassBase", "CompassBaseNet", "CompassSpecialist", "mlp"]

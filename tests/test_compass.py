@@ -17,9 +17,10 @@ from robodistill.distill.generalist import generalist_loss, label, selection_key
 from robodistill.envs import make_env
 from robodistill.envs.embodiments import EMBODIMENTS
 from robodistill.policies import load_policy
-from robodistill.policies.compass import CompassBase, base_features
+from robodistill.policies.compass import CompassBase
 from robodistill.policies.generalist import EmbodimentTable, Generalist, action_mask, pad
 from robodistill.policies.mlp_student import array_stats
+from robodistill.policies.residual import base_features
 from robodistill.teach.compass.wrappers import make_residual_env
 
 NAV = "robodistill/Nav-v0"

@@ -200,8 +200,27 @@ class OfflineRLConfig(base.Section):
 
 
 class OnlineRLConfig(base.Section):
-    """RL-100 stage 3: DPPO (PPO on the denoising chain) in simulation, starting from the
-    offline stage's policy; only the last denoising steps are fine-tuned."""
+    """RL-100 stage 3: online RL in simulation, starting from the offline stage's policy:
+    DPPO (PPO on the denoising chain; only the last denoising steps are fine-tuned) or a
+    PPO residual on the frozen diffusion policy (``method: residual``)."""
+
+    method: Literal["dppo", "residual"] = "dppo"
+    """``dppo``: PPO on the denoising chain (:mod:`robodistill.teach.rl100.online`; the
+    settings below). ``residual``: the diffusion policy is frozen and stable-baselines3's
+    PPO learns a Gaussian residual on each executed action from the observation and the
+    base action (:mod:`robodistill.teach.rl100.residual_online`; ResiP / COMPASS's
+    specialists). It uses ``num_envs``, ``gamma``, ``gae_lambda``, ``reward_scaling``,
+    ``max_minutes``, the collapse settings, ``seed`` and the ``residual_*`` fields here, and
+    ``teach``'s PPO settings (``n_steps``, ``batch_size``, ``n_epochs``, ``learning_rate``,
+    ``net_arch``, ``normalize_obs``, ``eval_every`` in env steps, ``checkpoint_every``)."""
+    residual_timesteps: int = Field(1_000_000, ge=1, le=10**10)
+    """``method: residual``: env steps of PPO at most (``max_minutes`` may stop it first)."""
+    residual_limit: float = Field(0.5, gt=0.0, le=100.0)
+    """``method: residual``: the residual's Box is ±residual_limit per action dim (env
+    units); ``action = clip(base + residual, low, high)``. Small keeps the policy near the
+    imitation prior, as ResiP's residual scale does."""
+    residual_log_std_init: float = Field(-1.0, ge=-20.0, le=2.0)
+    """``method: residual``: initial log std of PPO's Gaussian (COMPASS: -1)."""
 
     iterations: int = Field(50, ge=1, le=10**7)
     """PPO iterations (collect, then update)."""

@@ -41,6 +41,7 @@ from robodistill.policies.diffusion import DiffusionPolicy
 from robodistill.teach.rl100.imitation import run_il
 from robodistill.teach.rl100.offline import run_offline_rl
 from robodistill.teach.rl100.online import run_online_rl
+from robodistill.teach.rl100.residual_online import run_residual_online
 from robodistill.training.checkpoint import finished_result
 from robodistill.training.selection import BestPolicyKeeper
 
@@ -108,10 +109,13 @@ def online_start(cfg: RunConfig, teach_dir: Path) -> Path:
 
 
 def run_online(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
-    """Online DPPO on the denoising chain (:mod:`robodistill.teach.rl100.online`) from
-    :func:`online_start`; its result names the policy it started from (``started_from``)."""
+    """Online RL from :func:`online_start`: DPPO on the denoising chain
+    (:mod:`robodistill.teach.rl100.online`) or a PPO residual on the frozen policy
+    (:mod:`robodistill.teach.rl100.residual_online`), as ``teach.online.method`` says; its
+    result names the policy it started from (``started_from``)."""
+    run = run_residual_online if cfg.teach.online.method == "residual" else run_online_rl
     with torch_threads(cfg.teach.rl100.torch_threads):
-        return run_online_rl(cfg, stage, online_start(cfg, stage.dir), stage.dir / "online")
+        return run(cfg, stage, online_start(cfg, stage.dir), stage.dir / "online")
 
 
 SUBSTAGES: dict[str, Callable[[RunConfig, StageRun], dict[str, Any]]] = {
