@@ -68,7 +68,14 @@ def make_env(
     if module:
         import importlib
 
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise EnvIdError(
+                f"env id {env_id!r}: cannot import {module!r}, the package that should register "
+                f"{bare_id!r} ({e}); install it in this environment, or fix the part before "
+                "':' in env.id"
+            ) from e
         env_id = bare_id
     check_env_id(env_id)
     if render_mode is not None:

@@ -250,6 +250,12 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
                   if m.get("return_mean") is not None else result.get("note", ""))  # fmt: skip
         print(f"{stage:<{width}}  {result['status']:<9}  {detail}")
     print(f"report: {cfg.runs_dir}/{cfg.name}/report.md")
+    missed = [s for s, r in results.items() if r["status"] != "done"]
+    if missed:
+        # As `robodistill <stage>` does: a script must not read a partial run as a success.
+        print(f"robodistill pipeline: stages that did not run: {', '.join(missed)}",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_NOT_BUILT
     return EXIT_OK
 
 

@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from robodistill.cli import EXIT_USAGE, main
+from robodistill.cli import EXIT_NOT_BUILT, EXIT_USAGE, main
 from robodistill.data.store import TrajectoryStore
 
 
@@ -238,3 +238,12 @@ def test_rl100_teacher_needs_demos_then_trains_and_is_evaluated(tiny_overrides, 
 def test_teach_shortcuts_map_to_config_keys(tmp_path, capsys):
     assert main(["teach", "--algo", "sac", "--backend", "rlib", "--runs-dir", str(tmp_path)]) == 2
     assert "teach.backend: Input should be 'sb3' or 'rllib'" in capsys.readouterr().err
+
+
+def test_pipeline_exits_non_zero_when_a_stage_did_not_run(tmp_path, capsys):
+    # Nothing upstream: export is skipped, and the exit code says so (as `robodistill export`'s).
+    code = main(["pipeline", "--runs-dir", str(tmp_path), "--set", "pipeline.stages=[export]"])
+    assert code == EXIT_NOT_BUILT
+    captured = capsys.readouterr()
+    assert re.search(r"^export\s+skipped", captured.out, re.M)
+    assert "stages that did not run: export" in captured.err

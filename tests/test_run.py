@@ -28,7 +28,8 @@ def test_manifest_records_what_reproduces_the_stage(tmp_path):
 
 def test_done_stage_is_skipped_and_failed_stage_resumed(tmp_path):
     cfg = _cfg(tmp_path)
-    with pytest.raises(RuntimeError), StageRun(cfg, "eval"):
+    with pytest.raises(RuntimeError), StageRun(cfg, "eval") as stage:
+        (stage.dir / "episodes.json").write_text("[]")  # some work to resume from
         raise RuntimeError("boom")
     manifest = json.loads((tmp_path / "default/eval/manifest.json").read_text())
     assert manifest["status"] == "failed" and "boom" in manifest["error"]
@@ -140,3 +141,41 @@ def test_the_bonus_settings_of_a_run_without_a_bonus_are_not_part_of_its_fingerp
         StageRun(
             _cfg(tmp_path, "teach.algo=ppo", "teach.exploration.method=rnd"), "teach"
         ).__enter__()
+
+
+def test_a_stage_that_fails_before_any_work_leaves_nothing_that_refuses_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError), StageRun(_cfg(tmp_path), "eval"):
+        raise FileNotFoundError("no policy at runs/x/teach/policy")
+    assert not (tmp_path / "default/eval").exists()
+    with StageRun(_cfg(tmp_path, "eval.episodes=3"), "eval") as stage:  # the corrected command
+        assert not stage.resumed
+        stage.finish({})
+
+
+def test_sigterm_ends_a_stage_like_ctrl_c(tmp_path):
+    import os
+    import signal
+
+    with pytest.raises(KeyboardInterrupt), StageRun(_cfg(tmp_path), "collect") as stage:
+        stage.log_metrics(1, {"r": 1.0})
+        os.kill(os.getpid(), signal.SIGTERM)
+    manifest = json.loads((tmp_path / "default/collect/manifest.json").read_text())
+    assert manifest["status"] == "interrupted"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored after the stage
+
+
+def test_a_resume_drops_the_rows_the_interrupted_attempt_logged_past_its_checkpoint(tmp_path):
+    cfg = _cfg(tmp_path)
+    with pytest.raises(KeyboardInterrupt), StageRun(cfg, "teach") as stage:
+        for step in (1, 2, 3, 4):  # checkpoint at 2; rows 3 and 4 are logged again below
+            stage.log_metrics(step, {"stage": "il", "loss": float(step)})
+        stage.log_metrics(9, {"stage": "other", "x": 0.0})
+        raise KeyboardInterrupt
+    with StageRun(cfg, "teach") as stage:
+        for step in (3, 4, 5):
+            stage.log_metrics(step, {"stage": "il", "loss": 10.0 + step})
+        stage.finish({})
+    rows = [json.loads(line) for line in (tmp_path / "default/teach/metrics.jsonl").open()]
+    il = [(r["step"], r["loss"]) for r in rows if r.get("stage") == "il"]
+    assert il == [(1, 1.0), (2, 2.0), (3, 13.0), (4, 14.0), (5, 15.0)]
+    assert [r["step"] for r in rows if r.get("stage") == "other"] == [9]  # another series

@@ -13,7 +13,14 @@
 A stage whose manifest says ``done`` for the same configuration is skipped; one that was
 interrupted or failed is resumed (the stage's own code picks up from its checkpoint).
 Re-running a stage with a *different* configuration is refused, because mixing the two
-would silently corrupt the artifact; ``overwrite=True`` moves the old directory aside.
+would silently corrupt the artifact; ``overwrite=True`` moves the old directory aside. A
+fresh attempt that fails before doing any work (a missing policy path, a wrong env id)
+leaves no directory behind, so the corrected command is not refused.
+
+SIGTERM ends a stage as Ctrl-C does (manifest ``interrupted``). After a resume, the rows an
+interrupted attempt logged past the checkpoint it resumes from are dropped from
+``metrics.jsonl`` when the new attempt logs the same series again (a series: rows with the
+same ``stage`` tag), so no step appears twice.
 """
 
 from __future__ import annotations
@@ -22,8 +29,10 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from importlib import metadata
@@ -229,6 +238,8 @@ class StageRun:
         self._tb = None
         self._log_handler: logging.Handler | None = None
         self._t0 = 0.0
+        self._series_seen: set[Any] = set()
+        self._previous_sigterm: Any = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> StageRun:
@@ -299,12 +310,17 @@ class StageRun:
         logging.getLogger().addHandler(self._log_handler)
         self._metrics_file = open(self.dir / "metrics.jsonl", "a")  # noqa: SIM115
         self._t0 = time.monotonic()
+        if threading.current_thread() is threading.main_thread():
+            self._previous_sigterm = signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
         if self.resumed:
             log.info("resuming stage %s in %s (attempt %d)", self.stage, self.dir,
                      self.manifest["attempts"])  # fmt: skip
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
         if not self.skipped and self.manifest.get("status") == "running":
             self.manifest["status"] = (
                 "interrupted" if exc_type is KeyboardInterrupt else "failed" if exc_type else "done"
@@ -320,6 +336,18 @@ class StageRun:
         if self._log_handler is not None:
             logging.getLogger().removeHandler(self._log_handler)
             self._log_handler.close()
+        if exc_type is not None and exc_type is not KeyboardInterrupt and self._did_nothing():
+            # Nothing to resume: a kept directory would only refuse the corrected command.
+            shutil.rmtree(self.dir, ignore_errors=True)
+            log.info("stage %s failed before doing any work; removed %s", self.stage, self.dir)
+
+    def _did_nothing(self) -> bool:
+        """A fresh attempt whose directory holds only the bookkeeping files, no metrics."""
+        if self.skipped or self.resumed or not self.dir.is_dir():
+            return False
+        names = {p.name for p in self.dir.iterdir()}
+        metrics = self.dir / "metrics.jsonl"
+        return names <= BOOKKEEPING and (not metrics.exists() or metrics.stat().st_size == 0)
 
     # -- during the stage -----------------------------------------------------------------
     @property
@@ -337,12 +365,39 @@ class StageRun:
         return self._t0
 
     def log_metrics(self, step: int, metrics: dict[str, float | int | None]) -> None:
-        """Append to ``metrics.jsonl`` and TensorBoard (numeric values only go to TB)."""
+        """Append to ``metrics.jsonl`` and TensorBoard (numeric values only go to TB). The
+        first row of each series in a resumed attempt first drops the rows of that series
+        an earlier attempt logged at ``step`` or later (module docstring)."""
+        series = metrics.get("stage")
+        if self.resumed and series not in self._series_seen:
+            self._series_seen.add(series)
+            self._drop_rows_from(series, int(step))
         self._metrics_file.write(metrics_line(step, self._t0, metrics))
         self._metrics_file.flush()
         for key, value in metrics.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.tensorboard.add_scalar(f"{self.stage}/{key}", value, step)
+
+    def _drop_rows_from(self, series: Any, step: int) -> None:
+        path = self.dir / "metrics.jsonl"
+        self._metrics_file.flush()
+        lines = path.read_text().splitlines(keepends=True)
+        kept = []
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill -9: nothing to keep
+            if not (row.get("stage") == series and int(row.get("step", -1)) >= step):
+                kept.append(line if line.endswith("\n") else line + "\n")
+        if len(kept) != len(lines):
+            self._metrics_file.close()
+            tmp = path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(kept))
+            os.replace(tmp, path)
+            self._metrics_file = open(path, "a")  # noqa: SIM115
+            log.info("metrics: dropped %d rows of series %r an interrupted attempt logged from "
+                     "step %d on", len(lines) - len(kept), series, step)  # fmt: skip
 
     def checkpoint(self, metrics: dict[str, Any]) -> None:
         """Record progress in the manifest without finishing (visible to a resume)."""
@@ -353,6 +408,15 @@ class StageRun:
         self.manifest.update(status="done", ended=_now(), metrics=metrics)
         self.manifest["seconds"] = round(time.monotonic() - self._t0, 3)
         write_json_atomic(self.dir / "manifest.json", self.manifest)
+
+
+BOOKKEEPING = frozenset({"manifest.json", "stage.log", "metrics.jsonl"})
+"""What every stage directory holds before the stage's own work writes anything."""
+
+
+def _interrupt_on_sigterm(signum, frame) -> None:
+    # A scheduler's or `kill`'s SIGTERM: end like Ctrl-C, so the manifest says interrupted.
+    raise KeyboardInterrupt(f"signal {signum} (SIGTERM)")
 
 
 def progress(total: int, desc: str, initial: int = 0, unit: str = "ep"):
