@@ -129,3 +129,18 @@ def test_the_residual_stage_stops_on_its_time_budget_and_refuses_another_chain(t
     other = _cfg(tmp_path, "teach.diffusion.num_inference_steps=5")
     with pytest.raises(Exception, match="denoising chain differs"):
         run_residual_online(other, Recorder(tmp_path / "t2"), tmp_path / "base", tmp_path / "o2")
+
+
+def test_a_diffusion_student_asked_to_distill_a_residual_teacher_names_its_base(tmp_path):
+    from robodistill.config import ConfigError
+    from robodistill.distill.teachers import load_diffusion_teacher
+
+    base = _base(tmp_path)
+    venv = ResidualVecEnv(_venv(1, 0), base, residual_limit=1.0, include_obs=True)
+    model = PPO("MlpPolicy", venv, n_steps=8, batch_size=8, policy_kwargs={"net_arch": [8]},
+                device="cpu")  # fmt: skip
+    path = ResidualPolicy(base, SB3Policy.from_model(model), True).save(tmp_path / "teacher")
+    with pytest.raises(ConfigError, match="residual") as e:
+        load_diffusion_teacher(path, "consistency")
+    assert str(path / "base") in str(e.value)
+    assert isinstance(load_diffusion_teacher(path / "base", "consistency"), DiffusionPolicy)

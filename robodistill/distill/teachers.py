@@ -17,6 +17,14 @@ def load_diffusion_teacher(path: str | Path, student: str) -> DiffusionPolicy:
     """The :class:`DiffusionPolicy` at ``path`` for the ``student`` (consistency, streaming,
     rti), which distills its denoising chain; a :class:`ConfigError` for any other kind."""
     teacher = load_policy(path)
+    if isinstance(getattr(teacher, "base", None), DiffusionPolicy):
+        raise ConfigError(
+            f"distill.teacher: {path} holds a {teacher.kind!r} policy (a PPO residual on a "
+            f"diffusion policy: RL-100's teach.online.method residual); the {student} student "
+            "distills a denoising chain, which the residual's corrections are not part of. "
+            f"Point distill.teacher at {Path(path) / 'base'} to distill the diffusion policy "
+            "alone, or drop the student"
+        )
     if not isinstance(teacher, DiffusionPolicy):
         raise ConfigError(
             f"distill.teacher: {path} holds a {teacher.kind!r} policy, but the {student} "
