@@ -1,8 +1,10 @@
 """Deploy: ONNX export and the torch-free runtime.
 
 Imported as ``robodistill.deploy``. The runtime — :class:`OnnxPolicy` (``runtime``),
-:class:`Controller` (``controller``), :class:`Robot` / :class:`SimRobot` (``robot``) and the
-metadata document (``metadata``) — imports numpy and onnxruntime only, so
+:class:`Controller` (``controller``, its checks in ``guards``, its result in
+``control_result``), :class:`Robot` / :class:`SimRobot` (``robot``), the metadata document
+(``metadata``) and the file's digest check (``integrity``) — imports numpy and onnxruntime
+only, so
 ``pip install robodistill[deploy]`` runs an exported policy on a robot without torch.
 ``robodistill.deploy.export`` (torch, onnx) writes the files; it is never imported here.
 
@@ -22,6 +24,7 @@ _EXPORTS = {
     "Robot": "robodistill.deploy.robot",
     "SimRobot": "robodistill.deploy.robot",
     "MetadataError": "robodistill.deploy.metadata",
+    "ModelFileError": "robodistill.deploy.metadata",
     "read_metadata": "robodistill.deploy.metadata",
 }
 

@@ -11,14 +11,23 @@ command applied) by the next slot: sleeping until an absolute time, rather than 
 period, keeps the loop from drifting however long each tick takes. A tick that overruns
 makes the loop skip the slots whose deadline has already passed (counted), never burst.
 
-Each tick: ``robot.observe()`` -> input validation (shape, dtype, finite) ->
-``policy.act(obs[None])[0]`` -> output validation (finite; clamped to the action limits;
-optional slew-rate limit) -> ``robot.apply(action)``. On a fault — an invalid observation,
-an exception in the robot or the policy, inference that ends after the tick's late-time, a
-non-finite action — the robot's ``safe_action()`` is sent instead, the fault is counted by
-kind, and the loop goes on (``on_fault="continue"``) or stops (``"stop"``). However the loop
-ends (ticks done, ``robot.done``, :meth:`Controller.stop`, SIGINT, too many faults, an
+Each tick: ``robot.observe()`` -> input validation (:mod:`robodistill.deploy.guards`: a
+real-number dtype converted to float32, exactly the expected shape — never reshaped —,
+finite, and within the declared observation bounds) -> ``policy.act(obs[None])[0]`` ->
+output validation (shape, finite; clamped to the action limits; optional slew-rate limit)
+-> ``robot.apply(action)``. On a fault — an invalid or out-of-bounds observation, an
+exception in the robot or the policy, inference that ends after the tick's late-time, a
+non-finite or wrong-shaped action — the robot's ``safe_action()`` is sent instead, the fault
+is counted by kind (:data:`~robodistill.deploy.guards.FAULT_KINDS`, in the result and in the
+tick log), and the loop goes on (``on_fault="continue"``) or stops (``"stop"``). However the
+loop ends (ticks done, ``robot.done``, :meth:`Controller.stop`, SIGINT, too many faults, an
 unexpected exception), the safe action is the last command sent.
+
+``safe_action()`` itself is checked before the first tick and every time it is asked for
+(the action shape, finite, within the action limits). One that raises or is invalid is
+never sent: it is a ``safe_action`` fault, the loop stops (the reason says why, and it is
+logged) and the last valid safe action is sent instead; when there is none — the check
+before the first tick failed — the loop does not start and nothing is sent.
 """
 
 from __future__ import annotations
@@ -32,54 +41,17 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-FAULT_KINDS = ("observation", "robot", "policy", "late", "action")
+# ControlResult and summarize_ms are imported from here too (robodistill.deploy, benchmarks).
+from robodistill.deploy.control_result import ControlResult, RunStats, summarize_ms
+from robodistill.deploy.guards import FAULT_KINDS, ObservationGuard, action_problem
+
+__all__ = ["FAULT_KINDS", "ControlResult", "Controller", "summarize_ms"]
 log = logging.getLogger(__name__)
-
-
-def summarize_ms(seconds: list[float] | np.ndarray) -> dict[str, float | None]:
-    """Median, p99 and max of durations in seconds, reported in milliseconds."""
-    x = np.asarray(seconds, dtype=np.float64)
-    if x.size == 0:
-        return {"median": None, "p99": None, "max": None}
-    return {
-        "median": round(float(np.median(x)) * 1e3, 4),
-        "p99": round(float(np.percentile(x, 99)) * 1e3, 4),
-        "max": round(float(x.max()) * 1e3, 4),
-    }
-
-
-@dataclass
-class ControlResult:
-    """What one :meth:`Controller.run` did. Times are in milliseconds."""
-
-    ticks: int
-    reason: str
-    rate_hz: float
-    duration_s: float
-    deadline_misses: int
-    miss_rate: float
-    skipped_slots: int
-    safe_actions: int
-    faults: dict[str, int]
-    latency_ms: dict[str, float | None]
-    """Tick latency: from the tick's start (before observe) to the command applied."""
-    inference_ms: dict[str, float | None]
-    jitter_ms: dict[str, float | None]
-    """How late each tick started after its scheduled slot."""
-    slew_limited: int
-    clamped: int
-    realtime: bool
-    """Whether the loop ran under SCHED_FIFO (``realtime_priority``)."""
-    episodes: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class Controller:
@@ -93,7 +65,15 @@ class Controller:
         on_fault: ``"continue"`` (send the safe action, go on) or ``"stop"``.
         max_faults: stop once more faults than this have happened (``None``: no limit).
         action_low, action_high: limits the action is clamped to; default the policy's
-            ``action_low``/``action_high`` (an OnnxPolicy has them), else the robot's.
+            ``action_low``/``action_high`` (an OnnxPolicy has them), else the robot's. The
+            safe action must lie within them.
+        observation_shape: the exact shape of one observation; default the policy's
+            ``observation_shape``, else the robot's, else the first valid observation's.
+        observation_low, observation_high: declared observation bounds; default the
+            policy's ``observation_low``/``observation_high`` (an OnnxPolicy has them from
+            the file's metadata), else the robot's (SimRobot: the env's observation space).
+        check_bounds: an observation outside those bounds is a ``bounds`` fault (``False``:
+            no bounds check, for bounds that are nominal rather than physical).
         slew_rate: largest change of each action component per second (``None``: off);
             each tick's change is limited to ``slew_rate / rate_hz``. Safe actions bypass it.
         late_after: inference ending later than ``late_after`` periods after the tick's
@@ -127,6 +107,10 @@ class Controller:
         spin_s: float = 0.0,
         handle_sigint: bool = True,
         realtime_priority: int | None = None,
+        observation_shape: tuple[int, ...] | None = None,
+        observation_low: np.ndarray | None = None,
+        observation_high: np.ndarray | None = None,
+        check_bounds: bool = True,
     ):
         if not (isinstance(rate_hz, (int, float)) and math.isfinite(rate_hz) and rate_hz > 0):
             raise ValueError(f"rate_hz must be a positive number, got {rate_hz!r}")
@@ -154,7 +138,23 @@ class Controller:
             raise ValueError(f"slew_rate must be > 0 (units per second), got {slew_rate}")
         self.max_step = None if slew_rate is None else np.asarray(slew_rate, np.float32) / rate_hz
         self.late_after = float(late_after)
-        self.obs_shape = getattr(policy, "observation_shape", None)
+        shape = observation_shape
+        shape = _attr(policy, robot, "observation_shape") if shape is None else shape
+        self.obs_shape = None if shape is None else tuple(shape)
+        obs_low, obs_high = observation_low, observation_high
+        if check_bounds and obs_low is None and obs_high is None:
+            # The policy's declared bounds, else (none declared, or all infinite) the robot's.
+            source = policy if _bounded(policy) else robot
+            obs_low = getattr(source, "observation_low", None)
+            obs_high = getattr(source, "observation_high", None)
+        self._guard_args = (
+            (self.obs_shape, obs_low, obs_high) if check_bounds else (self.obs_shape,)
+        )
+        self.observation_guard = ObservationGuard(*self._guard_args)
+        act_shape = _attr(policy, robot, "action_shape")
+        if act_shape is None and self.action_low is not None:
+            act_shape = self.action_low.shape
+        self.action_shape = None if act_shape is None else tuple(act_shape)
         self.log_path = None if log_path is None else Path(log_path)
         self.clock, self.sleep, self.spin_s = clock, sleep, float(spin_s)
         self.handle_sigint = handle_sigint
@@ -163,6 +163,8 @@ class Controller:
         self.realtime_priority = realtime_priority
         self._stop_reason: str | None = None
         self._finishing = False
+        self._last_safe: np.ndarray | None = None
+        self._safe_failed = False
 
     def stop(self, reason: str = "stopped") -> None:
         """Ask the loop to end after the current tick (thread- and signal-safe)."""
@@ -177,14 +179,20 @@ class Controller:
         tick_log = open(self.log_path, "w") if self.log_path else None  # noqa: SIM115
         # Nothing below raises before the try: the handler is always restored.
         previous_handler = self._install_sigint()
-        stats = _Stats()
+        stats = RunStats()
         reason = "ticks"
         previous_sched = self._enter_realtime()
         stats.realtime = previous_sched is not None
         # Objects alive now (torch, gymnasium, ...) leave the collector's view: a full
         # collection during the loop then walks only what the loop itself allocated.
         gc.freeze()
+        self._last_safe, self._safe_failed = None, False
+        # A fresh guard per run: a shape learnt from the first observation is this run's.
+        self.observation_guard = ObservationGuard(*self._guard_args)
         try:
+            # The safe action is checked before anything moves: an invalid one stops the
+            # run here (a safe_action fault), and nothing is ever sent.
+            self._safe_action(stats, [], when="at start")
             self.policy.reset()
             t0 = stats.t0 = self.clock()
             # Slots that start within duration_s (counted in slots: no float cancellation).
@@ -210,7 +218,7 @@ class Controller:
                 end = stats.t_end = self.clock()
                 if tick["new_episode"]:
                     episode += 1
-                if tick["fault"] is None:
+                if not tick["faults"]:
                     prev_action = tick["action"]
                 missed = end > slot + self.period
                 stats.record(start - slot, end - start, tick["infer"], missed)
@@ -225,12 +233,13 @@ class Controller:
                         "jitter_ms": round((start - slot) * 1e3, 4),
                         "latency_ms": round((end - start) * 1e3, 4),
                         "infer_ms": None if tick["infer"] is None else round(tick["infer"] * 1e3, 4),
-                        "missed": missed, "fault": tick["fault"], "error": tick["error"],
-                        "safe": tick["safe"], "episode": episode,
-                        "action": [round(float(a), 6) for a in np.ravel(tick["action"])],
+                        "missed": missed, "fault": tick["fault"], "faults": tick["faults"],
+                        "error": tick["error"], "safe": tick["safe"], "episode": episode,
+                        "action": None if tick["action"] is None
+                        else [round(float(a), 6) for a in np.ravel(tick["action"])],
                     }) + "\n")  # fmt: skip
                 slot_index = next_index
-                if tick["fault"] is not None:
+                if tick["faults"]:
                     if self.on_fault == "stop":
                         self.stop(f"fault: {tick['fault']}")
                     elif self.max_faults is not None and stats.total_faults > self.max_faults:
@@ -241,83 +250,77 @@ class Controller:
             raise
         finally:
             self._finishing = True  # a Ctrl-C now must not cut off the final safe action
-            final = self._send_safe_final()
+            final = self._send_safe_final(stats)
             gc.unfreeze()
             self._leave_realtime(previous_sched)
             self._restore_sigint(previous_handler)
             if tick_log:
                 tick_log.write(json.dumps({"event": "stop", "reason": reason, "ticks": stats.ticks,
-                                      "safe_action": final}) + "\n")  # fmt: skip
+                                           "safe_action": final, "faults": dict(stats.faults)})
+                               + "\n")  # fmt: skip
                 tick_log.close()
         episodes = list(getattr(self.robot, "results", []) or [])
         return stats.result(reason, self.rate_hz, episodes)
 
-    def _tick(self, slot: float, start: float, prev_action, stats: _Stats) -> dict[str, Any]:
-        fault = error = infer = None
+    def _tick(self, slot: float, start: float, prev_action, stats: RunStats) -> dict[str, Any]:
+        faults: list[tuple[str, str]] = []  # (kind, message) in the order they happened
+
+        def fault(kind: str, message: str) -> None:
+            _add_fault(stats, faults, kind, message)
+
+        infer = None
         new_episode = False
         action = None
         try:
             obs = self.robot.observe()
             new_episode = bool(getattr(self.robot, "new_episode", False))
         except Exception as e:
-            fault, error = "robot", f"observe: {type(e).__name__}: {e}"
-        if fault is None:
+            fault("robot", f"observe: {type(e).__name__}: {e}")
+        if not faults:
             if new_episode:
                 # A new episode: fresh history/queues, and no slew limit against the last
                 # episode's final command (a simulator teleports between episodes).
                 self.policy.reset()
                 prev_action = None
-            obs, error = self._check_observation(obs)
-            fault = "observation" if error else None
-        if fault is None:
+            obs, kind, error = self.observation_guard(obs)
+            if kind is not None:
+                fault(kind, error)
+        if not faults:
             t_in = self.clock()
             try:
                 action = np.asarray(self.policy.act(obs[None]), dtype=np.float32)[0]
             except Exception as e:
-                fault, error = "policy", f"{type(e).__name__}: {e}"
+                fault("policy", f"{type(e).__name__}: {e}")
             done = self.clock()
             infer = done - t_in
-            if fault is None and done > slot + self.late_after * self.period:
-                fault, error = "late", f"inference ended {(done - slot) * 1e3:.3f} ms after slot"
-            elif fault is None and not np.all(np.isfinite(action)):
-                fault, error = "action", "policy returned NaN or inf"
-        if fault is None:
+            if not faults and done > slot + self.late_after * self.period:
+                fault("late", f"inference ended {(done - slot) * 1e3:.3f} ms after slot")
+            elif not faults:
+                # The limits are not checked here: beyond them, an action is clamped.
+                problem = action_problem(action, self.action_shape, None, None)
+                if problem:
+                    fault("action", f"policy action {problem}")
+        if not faults:
             action = self._limit(action, prev_action, stats)
         else:
-            stats.faults[fault] += 1
-            action = self._safe()
-            stats.safe_actions += 1
-        try:
-            self.robot.apply(action)
-        except Exception as e:
-            stats.faults["robot"] += 1
-            fault, error = "robot", f"apply: {type(e).__name__}: {e}"
-            action = self._safe()
-            stats.safe_actions += 1
+            action = self._safe_action(stats, faults)
+        if action is not None:  # None: there is no valid safe action; nothing is sent
             try:
                 self.robot.apply(action)
-            except Exception as e2:  # the robot cannot take commands at all: stop
-                self.stop(f"robot failed: {type(e2).__name__}: {e2}")
-        safe = fault is not None
-        return {"action": action, "fault": fault, "error": error, "infer": infer,
-                "new_episode": new_episode, "safe": safe}  # fmt: skip
+            except Exception as e:
+                fault("robot", f"apply: {type(e).__name__}: {e}")
+                action = self._safe_action(stats, faults)
+                try:
+                    if action is not None:
+                        self.robot.apply(action)
+                except Exception as e2:  # the robot cannot take commands at all: stop
+                    self.stop(f"robot failed: {type(e2).__name__}: {e2}")
+        return {"action": action, "fault": faults[0][0] if faults else None,
+                "faults": [k for k, _ in faults],
+                "error": "; ".join(m for _, m in faults) if faults else None,
+                "infer": infer, "new_episode": new_episode, "safe": bool(faults)}  # fmt: skip
 
-    # -- validation -----------------------------------------------------------------------------
-    def _check_observation(self, obs: Any) -> tuple[np.ndarray | None, str | None]:
-        try:
-            x = np.asarray(obs)
-        except Exception as e:
-            return None, f"observation is not an array: {e}"
-        if x.dtype.kind not in "fiu":
-            return None, f"observation dtype {x.dtype} is not a real number type"
-        if self.obs_shape is not None and x.size != int(np.prod(self.obs_shape)):
-            return None, f"observation shape {x.shape}, expected {tuple(self.obs_shape)}"
-        x = x.astype(np.float32, copy=False)
-        if not np.all(np.isfinite(x)):
-            return None, "observation contains NaN or inf"
-        return (x if self.obs_shape is None else x.reshape(self.obs_shape)), None
-
-    def _limit(self, action: np.ndarray, prev: np.ndarray | None, stats: _Stats) -> np.ndarray:
+    def _limit(self, action: np.ndarray, prev: np.ndarray | None, stats: RunStats) -> np.ndarray:
         flat = action.reshape(-1)
         if self.action_low is not None:
             clipped = np.clip(flat, self.action_low, self.action_high)
@@ -330,12 +333,41 @@ class Controller:
             flat = limited
         return flat.reshape(action.shape)
 
-    def _safe(self) -> np.ndarray:
-        return np.asarray(self.robot.safe_action(), dtype=np.float32)
+    def _safe_action(
+        self, stats: RunStats, faults: list[tuple[str, str]], when: str = "while handling a fault"
+    ) -> np.ndarray | None:
+        """A checked ``robot.safe_action()`` (counted in ``safe_actions``), or — when it
+        raises or is invalid (a ``safe_action`` fault, which stops the loop) — the last
+        valid one; ``None`` when there has never been a valid one."""
+        if not self._safe_failed:
+            try:
+                candidate = self.robot.safe_action()
+                problem = action_problem(candidate, self.action_shape, self.action_low,
+                                         self.action_high)  # fmt: skip
+            except Exception as e:
+                problem = f"raised {type(e).__name__}: {e}"
+            if problem is None:
+                self._last_safe = np.array(candidate, dtype=np.float32)
+            else:
+                # Asked again later, a broken safe_action() could also hang or move: never.
+                self._safe_failed = True
+                fallback = "none was ever valid" if self._last_safe is None else (
+                    "sending the last valid one")  # fmt: skip
+                message = f"safe_action() {when}: {problem}; {fallback}"
+                _add_fault(stats, faults, "safe_action", message)
+                log.error("controller: %s; stopping", message)
+                self.stop(f"safe_action failed {when}: {problem}")
+        if self._last_safe is None:
+            return None
+        if when == "while handling a fault":  # the start check and shutdown are not counted
+            stats.safe_actions += 1
+        return self._last_safe.copy()
 
-    def _send_safe_final(self) -> list[float] | str:
+    def _send_safe_final(self, stats: RunStats) -> list[float] | str:
         try:
-            action = self._safe()
+            action = self._safe_action(stats, [], when="at shutdown")
+            if action is None:
+                return "not sent: the robot has no valid safe action"
             self.robot.apply(action)
             return [float(a) for a in action.ravel()]
         except Exception as e:
@@ -386,46 +418,16 @@ class Controller:
             signal.signal(signal.SIGINT, previous)
 
 
+def _add_fault(stats: RunStats, faults: list[tuple[str, str]], kind: str, message: str) -> None:
+    faults.append((kind, message))
+    stats.faults[kind] += 1
+
+
+def _bounded(obj: Any) -> bool:
+    bounds = [getattr(obj, n, None) for n in ("observation_low", "observation_high")]
+    return any(b is not None and np.isfinite(np.asarray(b, np.float64)).any() for b in bounds)
+
+
 def _attr(policy: Any, robot: Any, name: str):
     value = getattr(policy, name, None)
     return value if value is not None else getattr(robot, name, None)
-
-
-class _Stats:
-    def __init__(self):
-        self.ticks = 0
-        self.jitter: list[float] = []
-        self.latency: list[float] = []
-        self.infer: list[float] = []
-        self.misses = 0
-        self.skipped = 0
-        self.safe_actions = 0
-        self.clamped = 0
-        self.slew_limited = 0
-        self.faults = dict.fromkeys(FAULT_KINDS, 0)
-        self.t0 = self.t_end = 0.0
-        self.realtime = False
-
-    @property
-    def total_faults(self) -> int:
-        return sum(self.faults.values())
-
-    def record(self, jitter: float, latency: float, infer: float | None, missed: bool) -> None:
-        self.ticks += 1
-        self.jitter.append(jitter)
-        self.latency.append(latency)
-        if infer is not None:
-            self.infer.append(infer)
-        self.misses += int(missed)
-
-    def result(self, reason: str, rate_hz: float, episodes: list) -> ControlResult:
-        return ControlResult(
-            ticks=self.ticks, reason=reason, rate_hz=rate_hz,
-            duration_s=round(self.t_end - self.t0, 6),
-            deadline_misses=self.misses,
-            miss_rate=self.misses / self.ticks if self.ticks else 0.0,
-            skipped_slots=self.skipped, safe_actions=self.safe_actions, faults=dict(self.faults),
-            latency_ms=summarize_ms(self.latency), inference_ms=summarize_ms(self.infer),
-            jitter_ms=summarize_ms(self.jitter), slew_limited=self.slew_limited,
-            clamped=self.clamped, realtime=self.realtime, episodes=episodes,
-        )  # fmt: skip

@@ -35,6 +35,7 @@ import onnx
 import torch
 from torch import nn
 
+from robodistill.deploy.integrity import COVERS, check_digest, file_digest, model_digest
 from robodistill.deploy.metadata import (
     FORMAT,
     FORMAT_VERSION,
@@ -202,8 +203,12 @@ def _quiet(*loggers: str):
 
 
 def write_metadata(path: str | os.PathLike, doc: dict[str, Any], model=None) -> None:
-    """Put ``doc`` into ``path``'s ``metadata_props`` (replacing ours), save, check."""
+    """Put ``doc`` into ``path``'s ``metadata_props`` (replacing ours) with the digest of the
+    graph as it is saved (``doc["integrity"]``, see :mod:`robodistill.deploy.integrity`),
+    save, check."""
     model = model if model is not None else onnx.load(str(path))
+    # The metadata lives outside the fields the digest covers: adding it changes nothing.
+    doc["integrity"] = {"sha256": model_digest(model.SerializeToString()), "covers": COVERS}
     keep = [(p.key, p.value) for p in model.metadata_props if p.key != METADATA_KEY]
     del model.metadata_props[:]
     for key, value in [*keep, (METADATA_KEY, dumps(doc))]:
@@ -216,7 +221,8 @@ def write_metadata(path: str | os.PathLike, doc: dict[str, Any], model=None) -> 
 
 
 def check_model(path: str | os.PathLike) -> dict[str, Any]:
-    """``onnx.checker`` (full, with shape inference), opset >= 17, valid metadata."""
+    """``onnx.checker`` (full, with shape inference), opset >= 17, valid metadata, and the
+    runtime's digest check of the file as saved."""
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
@@ -225,7 +231,10 @@ def check_model(path: str | os.PathLike) -> dict[str, Any]:
     props = {p.key: p.value for p in model.metadata_props}
     if METADATA_KEY not in props:
         raise ExportError(f"{path} has no '{METADATA_KEY}' metadata entry")
-    return loads(props[METADATA_KEY])
+    doc = loads(props[METADATA_KEY])
+    if doc["integrity"] is not None:
+        check_digest(doc, file_digest(path), str(path))
+    return doc
 
 
 def read_model_metadata(path: str | os.PathLike) -> dict[str, Any]:

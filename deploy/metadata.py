@@ -22,8 +22,15 @@ robot needs to run the policy. Shape of the document (format version 1)::
       "embodiments": {"names": [...], "codes": [[...]], "default": "name" | null} | null,
       "control_rate_hz": 10.0 | null, "env_id": "..." | null,
       "normalization": {...}, "deterministic": true,
-      "source": {...}, "export": {"opset": 18, "exporter": "dynamo", "quantized": null, ...}
+      "source": {...}, "export": {"opset": 18, "exporter": "dynamo", "quantized": null, ...},
+      "integrity": {"sha256": "<hex>", "covers": "graph opset_import functions"} | null
     }
+
+``observation.low`` / ``high`` are the raw observation bounds (``null`` for the whole list:
+none declared; ``null`` for an entry: unbounded there); the controller can fault an
+observation outside them. ``integrity`` is written by the exporter and checked by the
+runtime at load (:mod:`robodistill.deploy.integrity`); files exported before it existed
+have none and load unchecked.
 
 Input roles: ``observation`` (raw observations, ``(B, D)``, or ``(B, H, D)`` with history),
 ``noise`` (standard normal draws scaled by ``noise_std``, e.g. a consistency student's
@@ -43,13 +50,15 @@ last one repeated), its ``discrete_dims`` pushed to ±1, re-noised to the timest
 ``K - r`` (``x = sqrt(a) * warm + sqrt(1 - a) * noise``), and runs only the last ``r``
 steps; a row's first chunk after a reset runs all of them.
 
-This module imports nothing but the standard library and numpy.
+This module imports nothing but the standard library and numpy (onnxruntime when a file is
+read).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -66,6 +75,13 @@ STEP_COEF_SIZE = 6
 
 class MetadataError(ValueError):
     """The ONNX file's robodistill metadata is missing or inconsistent (names the field)."""
+
+
+class ModelFileError(MetadataError):
+    """An ``.onnx`` file is empty, truncated, not an ONNX model, cannot be loaded, or its
+    graph differs from the digest recorded at export (the message names the path). A
+    :class:`MetadataError` (and so a ``ValueError``): whatever reports a bad policy file
+    reports this one too. The digest itself: :mod:`robodistill.deploy.integrity`."""
 
 
 def bounds_to_json(values: Any) -> list[float | None] | None:
@@ -138,8 +154,17 @@ def validate_metadata(doc: Any) -> dict[str, Any]:
     doc.setdefault("embodiments", None)
     doc.setdefault("control_rate_hz", None)
     doc.setdefault("deterministic", False)
+    integrity = doc.setdefault("integrity", None)
+    if integrity is not None:
+        digest = integrity.get("sha256") if isinstance(integrity, dict) else None
+        if not (isinstance(digest, str) and len(digest) == 64 and _is_hex(digest)):
+            raise MetadataError(f"metadata.integrity.sha256 must be 64 hex digits, got {digest!r}")
     _check_io(doc)
     return doc
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
 
 
 def _check_io(doc: dict) -> None:
@@ -222,12 +247,13 @@ def loads(text: str) -> dict[str, Any]:
 
 
 def read_metadata(path: str) -> dict[str, Any]:
-    """Read and validate the document of an ``.onnx`` file (needs onnxruntime, not onnx)."""
+    """Read and validate the document of an ``.onnx`` file (needs onnxruntime, not onnx).
+    A file onnxruntime cannot load raises :class:`ModelFileError` naming it. The graph's digest is not checked here (:class:`OnnxPolicy` checks it)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = open_session(str(path), options, ["CPUExecutionProvider"])
     return metadata_of_session(session, str(path))
 
 
@@ -236,6 +262,27 @@ def metadata_of_session(session: Any, where: str = "the model") -> dict[str, Any
     if METADATA_KEY not in props:
         raise MetadataError(
             f"{where} has no '{METADATA_KEY}' entry in its metadata_props; it was not exported "
-            "by robodistill (use `robodistill export` or robodistill.deploy.export.export_policy)"
+            "by robodistill, or the file was cut short after its graph (use `robodistill "
+            "export` or robodistill.deploy.export.export_policy)"
         )
     return loads(props[METADATA_KEY])
+
+
+def open_session(path: str | os.PathLike, options: Any, providers: list[str]) -> Any:
+    """``onnxruntime.InferenceSession(path)``; a file onnxruntime cannot load (empty,
+    truncated, not ONNX, unsupported operators) raises :class:`ModelFileError` naming it."""
+    import onnxruntime as ort
+
+    if os.path.getsize(path) == 0:
+        raise ModelFileError(f"{path} is empty (0 bytes); re-export the policy or copy the "
+                             "file again")  # fmt: skip
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as e:  # onnxruntime raises its own pybind types (InvalidProtobuf, Fail)
+        if isinstance(e, (TypeError, MemoryError)):
+            raise  # a wrong argument or no memory: not a property of the file
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelFileError(
+            f"{path} cannot be loaded by onnxruntime ({type(e).__name__}: {message}); is it "
+            "truncated, not an ONNX file, or made for a newer onnxruntime?"
+        ) from e

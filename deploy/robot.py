@@ -50,6 +50,8 @@ class SimRobot:
         seeds: episode ``i`` resets with ``seeds[i]`` (default ``seed + i``).
         safe_action: the safe command; default zero clipped into the action space (a stop
             for velocity commands; position-commanded envs should pass a holding action).
+            It must have the action space's shape (or size), be finite and lie within the
+            space: anything else is a ``ValueError`` here, not a surprise on a fault.
         max_episode_steps, env_kwargs: passed to ``robodistill.envs.make_env``.
     """
 
@@ -81,7 +83,23 @@ class SimRobot:
         if safe_action is None:
             safe_action = np.clip(np.zeros(self.action_low.shape, np.float32),
                                   self.action_low, self.action_high)  # fmt: skip
-        self._safe = np.asarray(safe_action, np.float32).reshape(self.action_shape)
+        safe = np.asarray(safe_action, np.float32)
+        if safe.size != self.action_low.size:
+            raise ValueError(f"SimRobot: safe_action has shape {safe.shape}, the action space "
+                             f"of {env_id} {self.action_shape}")  # fmt: skip
+        safe = safe.reshape(self.action_shape)
+        flat = safe.reshape(-1)
+        if not np.isfinite(flat).all() or np.any(
+            (flat < self.action_low) | (flat > self.action_high)
+        ):
+            raise ValueError(f"SimRobot: safe_action {flat.tolist()} is not finite or not within "
+                             f"the action space of {env_id}")  # fmt: skip
+        self._safe = safe
+        obs_space = self.env.observation_space
+        # What the controller checks observations against when the policy declares nothing.
+        self.observation_shape = tuple(obs_space.shape) if obs_space.shape else None
+        self.observation_low = getattr(obs_space, "low", None)
+        self.observation_high = getattr(obs_space, "high", None)
         self.episodes, self.seed, self.seeds = episodes, seed, seeds
         self.results: list[dict[str, Any]] = []
         """One entry per finished episode: seed, return, length, success (None if unknown),

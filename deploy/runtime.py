@@ -14,6 +14,12 @@ executed actions of a predicted chunk (receding horizon) or the overlapping chun
 temporal ensembling averages, the state tensors a streaming policy carries from call to
 call, and the random draws for noise inputs and for the sampling loop of ``denoise`` mode.
 
+Loading checks the file: an empty, truncated or non-ONNX file is a
+:class:`~robodistill.deploy.metadata.ModelFileError` naming the path, and the SHA-256 of the
+graph (weights included) must equal the digest the exporter recorded in the metadata
+(``verify=False`` skips that digest for huge models; ``benchmarks/onnx_load.py`` measures
+its cost).
+
 Random draws come from ``self.rng`` (``numpy.random.default_rng(seed)``) in this order per
 inference: ``denoise`` mode draws the initial sample, then one noise tensor per step whose
 sigma is not 0; ``direct`` mode draws each ``noise`` input in input order.
@@ -27,7 +33,13 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from robodistill.deploy.metadata import MetadataError, bounds_from_json, metadata_of_session
+from robodistill.deploy.integrity import check_digest, file_digest
+from robodistill.deploy.metadata import (
+    MetadataError,
+    bounds_from_json,
+    metadata_of_session,
+    open_session,
+)
 
 _DTYPES = {
     "tensor(float)": np.float32,
@@ -69,6 +81,15 @@ class OnnxPolicy:
         providers: onnxruntime execution providers.
         warmup: run the graph once on zeros at construction (with its own random draws),
             so that the first real call does not pay onnxruntime's first-run allocations.
+        verify: check the SHA-256 of the file's graph against the digest recorded at export
+            (a mismatch raises :class:`~robodistill.deploy.metadata.ModelFileError` naming
+            the path and both digests). ``False`` skips reading and hashing the file, for
+            models so large that the extra read matters; damaged files still fail clearly.
+
+    Attributes set at load: ``observation_low`` / ``observation_high`` (D,) float32 from the
+    metadata (``-inf`` / ``inf`` where it declares none), ``action_low`` / ``action_high``
+    (A,), and ``integrity``: ``"verified"``, ``"not recorded"`` (a file exported before
+    digests existed) or ``"skipped"`` (``verify=False``).
     """
 
     def __init__(
@@ -82,13 +103,20 @@ class OnnxPolicy:
         seed: int | None = 0,
         providers: tuple[str, ...] = ("CPUExecutionProvider",),
         warmup: bool = True,
+        verify: bool = True,
     ):
         self.path = str(path)
         if not os.path.isfile(self.path):
             raise FileNotFoundError(f"no ONNX policy at {self.path}")
-        self.session = ort.InferenceSession(self.path, session_options(threads),
-                                            providers=list(providers))  # fmt: skip
+        # Hashed before onnxruntime parses the file, so a truncated file is named as such.
+        digest = file_digest(self.path) if verify else None
+        self.session = open_session(self.path, session_options(threads), list(providers))
         self.metadata = meta = metadata_of_session(self.session, self.path)
+        if digest is None:
+            self.integrity = "skipped"
+        else:
+            verified = check_digest(meta, digest, self.path)
+            self.integrity = "verified" if verified else "not recorded"
         graph_in = {i.name: i for i in self.session.get_inputs()}
         graph_out = {o.name for o in self.session.get_outputs()}
         declared = {e["name"] for e in meta["inputs"]}
@@ -115,6 +143,8 @@ class OnnxPolicy:
         obs, act, hz = meta["observation"], meta["action"], meta["horizons"]
         self.observation_shape = tuple(obs["shape"])
         self.observation_dim = int(obs["dim"])
+        self.observation_low = bounds_from_json(obs.get("low"), self.observation_dim, -1.0)
+        self.observation_high = bounds_from_json(obs.get("high"), self.observation_dim, 1.0)
         self.action_shape = tuple(act["shape"])
         self.action_dim = int(act["dim"])
         self.action_low = bounds_from_json(act.get("low"), self.action_dim, -1.0)

@@ -3,15 +3,22 @@
 A checkpoint is a directory::
 
     <dir>/
-      config.json          {"format": 1, "kind": "<policy kind>", ...policy config}
+      config.json          {"format": 1, "kind": "<policy kind>", "weights_sha256": "<hex>",
+                            ...policy config}
       model.safetensors    every tensor the policy needs, normalizer statistics included
 
 Both files are written to temporary names and renamed into place, so an interrupted
 save leaves the previous checkpoint intact rather than half of a new one.
+
+``weights_sha256`` is the SHA-256 of ``model.safetensors`` as written; :func:`load_checkpoint`
+recomputes it and refuses a file whose bytes changed (safetensors itself checks only the
+header, so a flipped weight byte would otherwise load and act differently). Checkpoints
+written before the digest existed have no ``weights_sha256`` and load unchecked.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -25,6 +32,8 @@ from safetensors.torch import load_file, save_file
 CHECKPOINT_FORMAT = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+DIGEST_KEY = "weights_sha256"
+_HASH_BLOCK = 1 << 20
 
 
 class CheckpointError(ValueError):
@@ -40,13 +49,23 @@ def _atomic_write_bytes(path: Path, payload: bytes) -> None:
     os.replace(tmp, path)
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (weights can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def save_checkpoint(
     directory: str | os.PathLike, config: dict[str, Any], tensors: dict[str, Any]
 ) -> Path:
     """Write ``config`` (JSON-serializable, must contain ``kind``) and ``tensors``.
 
     ``tensors`` maps names to torch tensors or numpy arrays; they are stored contiguous
-    and on the CPU. Returns the checkpoint directory.
+    and on the CPU. ``config.json`` records the SHA-256 of the weights file under
+    ``weights_sha256`` (:func:`load_checkpoint` verifies it). Returns the checkpoint directory.
     """
     if "kind" not in config:
         raise CheckpointError("save_checkpoint: config needs a 'kind' entry naming the policy")
@@ -61,8 +80,10 @@ def save_checkpoint(
     }
     weights_tmp = directory / f".{WEIGHTS_NAME}.tmp-{os.getpid()}"
     save_file(cpu, str(weights_tmp), metadata={"format": "pt"})
+    # Hashed from the file on disk, not from the tensors: what load reads is what is checked.
+    digest = file_sha256(weights_tmp)
     os.replace(weights_tmp, directory / WEIGHTS_NAME)
-    document = {"format": CHECKPOINT_FORMAT, **config}
+    document = {"format": CHECKPOINT_FORMAT, **config, DIGEST_KEY: digest}
     _atomic_write_bytes(
         directory / CONFIG_NAME, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
     )
@@ -74,9 +95,12 @@ def load_checkpoint(
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Read a checkpoint written by :func:`save_checkpoint`.
 
-    Returns ``(config, tensors)``. Raises :class:`CheckpointError` that names the file
-    and the problem when the directory or a file is missing, corrupt, of another format,
-    or of another policy ``kind`` than the one asked for.
+    Returns ``(config, tensors)``; ``config`` is the document as saved, without the
+    ``weights_sha256`` entry. Raises :class:`CheckpointError` that names the file and the
+    problem when the directory or a file is missing, corrupt, of another format, of another
+    policy ``kind`` than the one asked for, or when the weights file's SHA-256 differs from
+    the one recorded at save (naming both digests). A checkpoint without a recorded digest
+    (written before digests existed) loads unchecked.
     """
     directory = Path(directory)
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
@@ -103,13 +127,35 @@ def load_checkpoint(
         raise CheckpointError(
             f"checkpoint {directory} holds a {config['kind']!r} policy, not a {kind!r} policy"
         )
+    expected = config.pop(DIGEST_KEY, None)
     try:
         tensors = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(
             f"{weights_path} cannot be read ({e}); the file is corrupt or truncated"
         ) from e
+    # After the load, so that a truncated file is reported as truncated; the digest catches
+    # what safetensors cannot see (it checks the header, not the weight bytes).
+    if expected is not None:
+        _verify_weights(weights_path, config_path, expected)
     return config, tensors
+
+
+def _verify_weights(weights_path: Path, config_path: Path, expected: Any) -> None:
+    if not isinstance(expected, str) or len(expected) != 64:
+        raise CheckpointError(f"{config_path}: {DIGEST_KEY} must be a 64-digit hex SHA-256, got "
+                              f"{expected!r}; the file is corrupt")  # fmt: skip
+    try:
+        actual = file_sha256(weights_path)
+    except OSError as e:
+        raise CheckpointError(f"{weights_path} cannot be read ({e})") from e
+    if actual != expected.lower():
+        raise CheckpointError(
+            f"{weights_path} does not match the digest recorded at save: SHA-256 {actual}, "
+            f"{config_path.name} records {expected}. The weights were modified or corrupted "
+            "after saving (or a save was interrupted between the two files); restore the "
+            "checkpoint or save it again"
+        )
 
 
 def load_state_dict_strict(

@@ -453,7 +453,9 @@ class ConsistencyStudent(ChunkedPolicy):
                 "mode": "direct",
                 "deterministic": False,
                 "noise_std": 1.0,
-                "observation": {"shape": [c.obs_dim], "layout": None},
+                # The config records no observation bounds: null here, and the export stage
+                # fills in the env's observation space (robodistill.export).
+                "observation": {"shape": [c.obs_dim], "low": None, "high": None, "layout": None},
                 "action": {"shape": [a_dim], "low": c.action_low, "high": c.action_high},
                 "horizons": dict(
                     observation=t_o, prediction=h, execute=c.action_horizon, start=t_o - 1

@@ -467,7 +467,9 @@ class DiffusionPolicy(ChunkedPolicy):
                 "policy": c.to_dict(),
                 "mode": "denoise",
                 "deterministic": False,
-                "observation": {"shape": [c.obs_dim], "layout": None},
+                # The config records no observation bounds: null here, and the export stage
+                # fills in the env's observation space (robodistill.export).
+                "observation": {"shape": [c.obs_dim], "low": None, "high": None, "layout": None},
                 "action": {"shape": [a_dim], "low": c.action_low, "high": c.action_high},
                 "horizons": {
                     "observation": t_o,

@@ -419,7 +419,9 @@ class StreamingStudent(Policy):
                 "policy": c.to_dict(),
                 "mode": "direct",
                 "deterministic": False,
-                "observation": {"shape": [c.obs_dim], "layout": None},
+                # The config records no observation bounds: null here, and the export stage
+                # fills in the env's observation space (robodistill.export).
+                "observation": {"shape": [c.obs_dim], "low": None, "high": None, "layout": None},
                 "action": {"shape": [a], "low": c.action_low, "high": c.action_high},
                 "horizons": horizons,
                 "state": state,

@@ -107,6 +107,12 @@ def run_export(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
                 f"{observation['shape']}; set env.id to the environment it was trained on"
             )
         observation["layout"] = observation.get("layout") or env_doc["observation_layout"]
+        space = env_doc["observation_space"]
+        if observation.get("low") is None and observation.get("high") is None:
+            # A policy that records no observation bounds (diffusion, consistency, streaming)
+            # gets the env's, which the controller checks observations against; JSON null
+            # (per entry or for a list the env lacks) means unbounded.
+            observation["low"], observation["high"] = space.get("low"), space.get("high")
         extra = {
             "env_id": cfg.env.id,
             "control_rate_hz": env_doc["control_rate_hz"],

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 
 import numpy as np
 import onnx
@@ -224,7 +225,7 @@ def test_sigint_stops_cleanly_with_the_safe_action_last(tmp_path):
     assert signal.getsignal(signal.SIGINT) is previous  # handler restored
     last = read_log(tmp_path / "ticks.jsonl")[-1]
     assert last == {"event": "stop", "reason": "interrupted", "ticks": result.ticks,
-                    "safe_action": [0.0, 0.0]}  # fmt: skip
+                    "safe_action": [0.0, 0.0], "faults": result.faults}  # fmt: skip
 
     # stop() from anywhere (another thread, a watchdog) ends the loop the same way.
     clock = FakeClock()
@@ -249,9 +250,10 @@ def test_tick_log_is_json_lines_and_episodes_reset_the_policy(tmp_path):
     rows = read_log(tmp_path / "t.jsonl")
     assert len(rows) == 31 and rows[-1]["event"] == "stop"
     keys = {"tick", "slot", "t", "jitter_ms", "latency_ms", "infer_ms", "missed", "fault",
-            "error", "safe", "episode", "action"}  # fmt: skip
+            "faults", "error", "safe", "episode", "action"}  # fmt: skip
     assert all(set(r) == keys for r in rows[:-1])
     assert rows[7]["fault"] == "observation" and "NaN" in rows[7]["error"]
+    assert rows[7]["faults"] == ["observation"] and rows[6]["faults"] == []
     assert rows[7]["infer_ms"] is None and rows[8]["infer_ms"] is not None
     assert [r["episode"] for r in rows[:-1]] == [1] * 10 + [2] * 10 + [3] * 10
     assert policy.resets == 1 + 3  # run() start + each new episode
@@ -299,27 +301,117 @@ def linear_policy_onnx(path, weight: np.ndarray, low: float, high: float) -> Non
     onnx.save(model, str(path))
 
 
+class RecordingSimRobot(SimRobot):
+    """A SimRobot that keeps what it observed and what it was sent, tick by tick."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen: list[np.ndarray] = []
+        self.sent: list[np.ndarray] = []
+
+    def observe(self) -> np.ndarray:
+        obs = super().observe()
+        self.seen.append(obs.copy())
+        return obs
+
+    def apply(self, action: np.ndarray) -> None:
+        self.sent.append(np.array(action))
+        super().apply(action)
+
+
+class SlowOnce:
+    """``policy`` whose call ``call`` first sleeps ``seconds`` of real time."""
+
+    def __init__(self, policy, call: int, seconds: float):
+        self.policy, self.call, self.seconds, self.calls = policy, call, seconds, 0
+
+    def __getattr__(self, name):
+        return getattr(self.policy, name)
+
+    def act(self, obs):
+        if self.calls == self.call:
+            time.sleep(self.seconds)
+        self.calls += 1
+        return self.policy.act(obs)
+
+
 def test_onnx_policy_on_a_sim_robot_in_real_time(tmp_path):
     path = tmp_path / "linear.onnx"
-    linear_policy_onnx(path, np.array([[-1.0], [0.0], [-0.5]], np.float32), -2.0, 2.0)
-    robot = SimRobot("Pendulum-v1", episodes=2, seed=5, max_episode_steps=15)
+    weight = np.array([[-1.0], [0.0], [-0.5]], np.float32)
+    linear_policy_onnx(path, weight, -2.0, 2.0)
+    robot = RecordingSimRobot("Pendulum-v1", episodes=2, seed=5, max_episode_steps=15)
     assert isinstance(robot, Robot)
-    policy = OnnxPolicy(path)
+    # Inference 10 sleeps 12 ms of real time in a 5 ms period: a late fault for certain.
+    policy = SlowOnce(OnnxPolicy(path), call=10, seconds=0.012)
     controller = Controller(policy, robot, 200.0, log_path=tmp_path / "ticks.jsonl")
     result = controller.run(ticks=1000)
     assert result.reason == "robot done" and result.ticks == 30
     assert [e["seed"] for e in result.episodes] == [5, 6]
     assert all(e["length"] == 15 and e["success"] is None for e in result.episodes)
-    assert result.latency_ms["median"] is not None and result.faults["late"] >= 0
-    rows = read_log(tmp_path / "ticks.jsonl")
-    assert len(rows) == 31 and all(abs(r["action"][0]) <= 2.0 for r in rows[:-1])
+    rows = read_log(tmp_path / "ticks.jsonl")[:-1]
+    assert len(rows) == 30 and len(robot.seen) == 30 and len(robot.sent) == 31  # + final safe
+    # Real time: no tick starts before its slot, and the overrun skips the slots it used.
+    assert all(r["jitter_ms"] >= 0 for r in rows)
+    assert rows[10]["faults"] == ["late"] and rows[10]["safe"] and rows[10]["missed"]
+    assert rows[10]["infer_ms"] >= 12.0 and rows[11]["slot"] >= 12 and result.skipped_slots >= 1
+    # Every late tick (the forced one, and any the machine's load made late) is counted
+    # once, in the result and in the log, and sent the safe action; every other tick sent
+    # the policy's action on the observation of that tick. Nothing else faulted: Pendulum's
+    # observations lie within its declared bounds.
+    late = [i for i, r in enumerate(rows) if r["faults"]]
+    assert all(rows[i]["faults"] == ["late"] for i in late)
+    assert result.faults == {**dict.fromkeys(result.faults, 0), "late": len(late)}
+    assert result.safe_actions == len(late)
+    assert result.deadline_misses == sum(r["missed"] for r in rows)
+    for i, (obs, sent) in enumerate(zip(robot.seen, robot.sent, strict=False)):
+        expected = [0.0] if i in late else np.clip(obs @ weight, -2.0, 2.0)
+        np.testing.assert_allclose(sent, expected, atol=1e-5, err_msg=f"tick {i}")
+        np.testing.assert_allclose(rows[i]["action"], expected, atol=1e-5)
+    assert np.array_equal(robot.sent[-1], [0.0])
     robot.close()
 
 
-def test_realtime_priority_is_restored_after_the_run():
+def test_realtime_priority_runs_the_loop_under_sched_fifo_and_restores_it(monkeypatch, caplog):
     before = (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority)
+
+    # Granted (simulated: tests do not run as root): every tick, and the final safe action,
+    # run under SCHED_FIFO at the priority asked; the previous policy comes back after.
+    state = {"policy": os.SCHED_OTHER, "priority": 0}
+    calls: list[tuple[int, int, int]] = []
+
+    def set_scheduler(pid, policy, param):
+        calls.append((pid, policy, param.sched_priority))
+        state.update(policy=policy, priority=param.sched_priority)
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "sched_getscheduler", lambda pid: state["policy"])
+        m.setattr(os, "sched_getparam", lambda pid: os.sched_param(state["priority"]))
+        m.setattr(os, "sched_setscheduler", set_scheduler)
+        controller, robot, _ = make(FakeClock(), realtime_priority=10)
+        seen: list[tuple[int, int]] = []
+        robot.on_apply = lambda r: seen.append((state["policy"], state["priority"]))
+        result = controller.run(ticks=5)
+        assert result.realtime is True and result.ticks == 5
+        assert seen == [(os.SCHED_FIFO, 10)] * 6
+        assert calls == [(0, os.SCHED_FIFO, 10), (0, os.SCHED_OTHER, 0)]
+        assert state == {"policy": os.SCHED_OTHER, "priority": 0}
+
+        # Refused (no CAP_SYS_NICE): a warning, the loop runs at normal priority.
+        def refuse(pid, policy, param):
+            raise PermissionError(1, "Operation not permitted")
+
+        m.setattr(os, "sched_setscheduler", refuse)
+        controller, robot, _ = make(FakeClock(), realtime_priority=10)
+        with caplog.at_level("WARNING", logger="robodistill.deploy.controller"):
+            result = controller.run(ticks=5)
+        assert result.realtime is False and result.ticks == 5
+        assert "cannot use SCHED_FIFO" in caplog.text
+
+    # The real system, whatever this process may do: the result says what the loop ran
+    # under, and the scheduler is restored.
     controller, robot, _ = make(FakeClock(), realtime_priority=10)
+    during: list[int] = []
+    robot.on_apply = lambda r: during.append(os.sched_getscheduler(0))
     result = controller.run(ticks=5)
-    # SCHED_FIFO where this process may use it (root, CAP_SYS_NICE), else a warning.
-    assert result.ticks == 5 and isinstance(result.realtime, bool)
+    assert set(during) == {os.SCHED_FIFO if result.realtime else before[0]}
     assert (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority) == before

@@ -89,3 +89,37 @@ def test_onnx_act_matches_diffusion_act(tmp_path):
         np.testing.assert_allclose(runtime.act(obs[t]), policy.act(obs[t]), atol=1e-4)
     # Ta = 4: rows 0 and 2 plan at steps 0, 4, 8; row 1 also at 6 and 10 after its reset.
     assert runtime.inferences == 5
+
+
+def test_chunked_kinds_state_null_observation_bounds_and_the_stage_fills_in_the_envs(tmp_path):
+    from robodistill.config import load_config
+    from robodistill.export import run_export
+    from robodistill.policies.consistency import ConsistencyStudent, ConsistencyStudentConfig
+    from robodistill.policies.streaming import StreamingStudent, StreamingStudentConfig
+
+    torch.manual_seed(0)
+    pendulum = {"obs_dim": 3, "action_dim": 1, "action_low": [-2.0], "action_high": [2.0],
+                "obs_horizon": 2, "down_dims": (8, 16), "n_groups": 4, "step_embed_dim": 8}  # fmt: skip
+    diffusion = DiffusionPolicy(DiffusionPolicyConfig(pred_horizon=4, action_horizon=2,
+                                                      num_inference_steps=2, **pendulum))  # fmt: skip
+    consistency = ConsistencyStudent(ConsistencyStudentConfig(pred_horizon=4, action_horizon=2,
+                                                              ode_steps=4, **pendulum))  # fmt: skip
+    streaming = StreamingStudent(StreamingStudentConfig(buffer_horizon=4, **pendulum))
+    for policy in (diffusion, consistency, streaming):
+        # Their configs record no observation bounds: stated as null, not left out.
+        observation = policy.onnx_spec()["metadata"]["observation"]
+        assert observation["low"] is None and observation["high"] is None, policy.kind
+        assert {"low", "high"} <= set(observation), policy.kind
+
+    # The export stage fills in the env's observation space, which the runtime exposes and
+    # the controller checks observations against.
+    diffusion.save(tmp_path / "runs" / "bounds" / "teach" / "policy")
+    cfg = load_config(None, [
+        f"runs_dir={tmp_path / 'runs'}", "name=bounds", "env.id=Pendulum-v1",
+        "env.max_episode_steps=5", "export.exporter=torchscript", "export.parity_random=8",
+        "export.parity_real_steps=4", "export.latency_calls=10",
+    ])  # fmt: skip
+    runtime = OnnxPolicy(run_export(cfg)["model"])
+    np.testing.assert_array_equal(runtime.observation_low, [-1.0, -1.0, -8.0])
+    np.testing.assert_array_equal(runtime.observation_high, [1.0, 1.0, 8.0])
+    assert runtime.integrity == "verified"
