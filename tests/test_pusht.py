@@ -178,20 +178,44 @@ def test_expert_solves_fixed_seeds():
 
 
 def test_expert_is_deterministic_and_resets_rows():
-    def first_actions(expert_seed: int) -> np.ndarray:
+    def start():
         envs = [PushTEnv(), PushTEnv()]
-        expert = PushTExpert(seed=expert_seed)
-        expert.attach(envs)
         obs = np.stack([e.reset(seed=s)[0] for e, s in zip(envs, (11, 12), strict=True)])
-        expert.reset()
+        return envs, obs
+
+    def play(expert, envs, obs, steps):
         out = []
-        for _ in range(15):
+        for _ in range(steps):
             act = expert.act(obs)
             out.append(act)
             obs = np.stack([e.step(a)[0] for e, a in zip(envs, act, strict=True)])
-        return np.stack(out)
+        return out, obs
 
-    np.testing.assert_array_equal(first_actions(0), first_actions(0))
+    def expert_on(envs):
+        expert = PushTExpert(seed=0)
+        expert.attach(envs)
+        expert.reset()
+        return expert
+
+    envs, obs = start()
+    straight = np.stack(play(expert_on(envs), envs, obs, 16)[0])
+    envs, obs = start()
+    np.testing.assert_array_equal(np.stack(play(expert_on(envs), envs, obs, 16)[0]), straight)
+
+    # reset([1]) mid-episode (the envs are not reset) renews row 1 alone: row 0 plays on as
+    # if nothing happened, row 1 acts as a new expert would on the envs in that state.
+    envs, obs = start()
+    expert = expert_on(envs)
+    first, obs = play(expert, envs, obs, 8)
+    expert.reset([1])
+    renewed = np.stack(first + play(expert, envs, obs, 8)[0])
+    np.testing.assert_array_equal(renewed[:, 0], straight[:, 0])
+    envs, obs = start()
+    for act in renewed[:8]:  # the same env states, then a new expert
+        obs = np.stack([e.step(a)[0] for e, a in zip(envs, act, strict=True)])
+    new = np.stack(play(expert_on(envs), envs, obs, 8)[0])
+    np.testing.assert_array_equal(renewed[8:, 1], new[:, 1])
+    assert not np.array_equal(renewed[8:, 1], straight[8:, 1])  # the reset did change row 1
 
 
 def _smooth_episode(env, expert, seed: int, steps: int = 300) -> tuple[np.ndarray, dict]:

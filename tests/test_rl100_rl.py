@@ -22,6 +22,7 @@ from robodistill.teach.rl100 import online as rl100_online
 from robodistill.teach.rl100.decisions import DecisionConfig, decisions_from_store
 from robodistill.teach.rl100.offline import OfflineRL, run_offline_rl
 from robodistill.teach.rl100.online import CollapseDetector, dppo_loss, run_online_rl
+from robodistill.training.selection import selection_key
 
 SPEED, T_EP, TO, TA, H, K = 0.15, 24, 2, 4, 6, 3
 TINY_NET = {"down_dims": (16, 32), "n_groups": 4, "step_embed_dim": 16, "kernel_size": 3}
@@ -204,8 +205,18 @@ def test_online_dppo_runs_and_keeps_the_best(pusht_policy, tmp_path):
     assert [e["step"] for e in result["evals"]] == [0, 1, 2]
     train_rows = [r for r in stage.rows if "online_ratio_mean" in r]
     assert len(train_rows) == 2 and all(np.isfinite(r["online_actor_loss"]) for r in train_rows)
+    # best.json is the first evaluation with the highest (success rate, max score, return).
     best = json.loads((stage.dir / "best.json").read_text())
-    assert best["stage"] == "online" and best["step"] in (0, 1, 2)
+    rows = [r for r in stage.rows if r.get("stage") == "online" and "eval_return_mean" in r]
+    evals = [{k.removeprefix("eval_"): v for k, v in r.items() if k.startswith("eval_")}
+             | {"step": r["step"]} for r in rows]  # fmt: skip
+    assert [e["step"] for e in evals] == [0, 1, 2]
+    top = max(selection_key(e) for e in evals)
+    chosen = next(e for e in evals if selection_key(e) == top)
+    assert best["stage"] == "online" and best["step"] == chosen["step"], (best, evals)
+    assert {k: best[k] for k in ("success_rate", "max_score_mean", "return_mean")} == {
+        k: chosen[k] for k in ("success_rate", "max_score_mean", "return_mean")
+    }
     start = DiffusionPolicy.load(pusht_policy)
     last = DiffusionPolicy.load(tmp_path / "teach/online/policy_last")
     assert any(not torch.equal(a, b) for a, b in

@@ -19,8 +19,11 @@ from robodistill.envs import make_env
 from robodistill.policies import load_policy
 from robodistill.policies.sb3_policy import SB3Policy
 from robodistill.teach.rl import sb3 as teach_sb3
+from robodistill.teach.rl.exploration_sb3 import IntrinsicRewardVecEnv
 from robodistill.teach.rl.sb3 import run_teach_sb3
 from robodistill.training import sb3 as sb3_training
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _teach(overrides: list[str]):
@@ -105,8 +108,6 @@ def test_teach_stage_finishes(algo, steps, tmp_path):
 
 @pytest.mark.parametrize("exploration", ["none", "rnd"])
 def test_teach_resumes_from_checkpoint(exploration, tmp_path, monkeypatch):
-    if exploration != "none":
-        pytest.importorskip("robodistill.teach.rl.exploration_sb3")
     overrides = _pendulum(
         tmp_path,
         "ppo",
@@ -137,7 +138,7 @@ def test_teach_resumes_from_checkpoint(exploration, tmp_path, monkeypatch):
     def spy(directory, model, vec_normalize, explore_venv):
         state = original_restore(directory, model, vec_normalize, explore_venv)
         restored.update(steps=model.num_timesteps, mean=vec_normalize.obs_rms.mean.copy(),
-                        count=vec_normalize.obs_rms.count)  # fmt: skip
+                        count=vec_normalize.obs_rms.count, explore_venv=explore_venv)  # fmt: skip
         return state
 
     monkeypatch.setattr(teach_sb3, "restore_checkpoint", spy)
@@ -146,8 +147,9 @@ def test_teach_resumes_from_checkpoint(exploration, tmp_path, monkeypatch):
     np.testing.assert_array_equal(restored["mean"], saved["vecnormalize.obs_rms.mean"].numpy())
     assert restored["count"] == float(saved["vecnormalize.obs_rms.count"]) > 1
     assert metrics["timesteps"] == 512
-    if exploration != "none":
-        assert any(k.startswith("exploration.") for k in saved)
+    # The exploration wrapper is what the resume restores into; its state was saved.
+    assert isinstance(restored["explore_venv"], IntrinsicRewardVecEnv) == (exploration != "none")
+    assert any(k.startswith("exploration.") for k in saved) == (exploration != "none")
 
 
 # -- learning --------------------------------------------------------------------------------
@@ -173,7 +175,6 @@ def test_ppo_learns_inverted_pendulum(tmp_path):
 
 
 def test_teach_with_exploration_checkpoints_its_state(tmp_path):
-    pytest.importorskip("robodistill.teach.rl.exploration_sb3")
     overrides = _pendulum(
         tmp_path, "ppo", 256, "teach.exploration.method=rnd", "teach.checkpoint_every=128"
     )
