@@ -411,18 +411,23 @@ def _shift_plan(plan: np.ndarray, shift: int) -> np.ndarray:
 
 
 def time_act(policy: OnnxPolicy, obs: np.ndarray, calls: int = 1000, warmup: int = 50) -> dict:
-    """Latency of ``policy.act`` on one observation (batch 1), in milliseconds: median, p99,
-    max over ``calls`` calls after ``warmup`` untimed ones."""
+    """Latency of one inference on one observation (batch 1), in milliseconds: median, p99,
+    max over ``calls`` calls after ``warmup`` untimed ones.
+
+    The policy is reset (untimed) before every call, so each timed ``act`` is a real
+    inference: a chunked policy plans (all its denoising steps) instead of popping an action
+    it queued earlier, which would time the queue, not the network."""
     import time
 
     from robodistill.deploy.controller import summarize_ms
 
     x = np.asarray(obs, np.float32).reshape(1, -1)
-    policy.reset()
     for _ in range(warmup):
+        policy.reset()
         policy.act(x)
     times = np.empty(calls)
     for i in range(calls):
+        policy.reset()
         t = time.perf_counter()
         policy.act(x)
         times[i] = time.perf_counter() - t

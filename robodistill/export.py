@@ -139,14 +139,17 @@ def run_export(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
             "real_observations": int(len(real)), "latency_ms": latency,
         }  # fmt: skip
         if cfg.export.quantize:
-            metrics["int8"] = _quantized(path, stage.dir / INT8_NAME, doc, real, cfg, latency)
+            metrics["int8"] = _quantized(path, stage.dir / INT8_NAME, doc, real, cfg, latency,
+                                         sample)  # fmt: skip
         log.info("export: %s", json.dumps(metrics))
         stage.finish(metrics)
         return metrics
 
 
-def _quantized(path: Path, qpath: Path, doc, real, cfg: RunConfig, latency) -> dict[str, Any]:
-    """Accuracy (against the float ONNX model) and latency of the int8 model."""
+def _quantized(path: Path, qpath: Path, doc, real, cfg: RunConfig, latency,
+               sample: np.ndarray) -> dict[str, Any]:  # fmt: skip
+    """Accuracy (against the float ONNX model) and latency of the int8 model, timed on
+    ``sample``, the observation the float model's ``latency`` was timed on."""
     # Lazy: onnx and onnxruntime are optional extras ([export], [deploy]).
     from robodistill.deploy.export import quantize_int8, random_observations
     from robodistill.deploy.runtime import OnnxPolicy, time_act
@@ -164,7 +167,7 @@ def _quantized(path: Path, qpath: Path, doc, real, cfg: RunConfig, latency) -> d
         return policy.act(o[None])
 
     diff = np.abs(np.concatenate([first_action(full, o) - first_action(q, o) for o in obs]))
-    q_latency = time_act(q, obs[:1], calls=cfg.export.latency_calls)
+    q_latency = time_act(q, sample, calls=cfg.export.latency_calls)
     action_range = full.action_high - full.action_low
     finite = np.isfinite(action_range)
     return {

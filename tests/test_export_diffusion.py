@@ -123,3 +123,16 @@ def test_chunked_kinds_state_null_observation_bounds_and_the_stage_fills_in_the_
     np.testing.assert_array_equal(runtime.observation_low, [-1.0, -1.0, -8.0])
     np.testing.assert_array_equal(runtime.observation_high, [1.0, 1.0, 8.0])
     assert runtime.integrity == "verified"
+
+
+def test_the_export_latency_times_one_real_inference_per_call(tmp_path):
+    from robodistill.deploy.runtime import time_act
+
+    path = tmp_path / "diffusion.onnx"
+    export_policy(_policy(), path, exporter="torchscript")
+    runtime = OnnxPolicy(path, seed=0)
+    obs = np.random.default_rng(0).normal(size=OBS).astype(np.float32)
+    before = runtime.inferences
+    latency = time_act(runtime, obs, calls=6, warmup=2)
+    # Every call plans (Ta = 4 would otherwise pop 3 queued actions out of 4).
+    assert runtime.inferences - before == 8 and latency["median"] > 0
