@@ -183,3 +183,23 @@ def test_teach_with_exploration_checkpoints_its_state(tmp_path):
     assert json.loads((ckpt / "state.json").read_text())["exploration"] is True
     assert any(k.startswith("exploration.") for k in load_file(str(ckpt / "tensors.safetensors")))
     assert metrics["timesteps"] == 256
+
+
+def test_rl_teachers_train_under_the_thread_rule(tmp_path, monkeypatch):
+    import torch
+
+    from robodistill.teach import stage as teach_stage
+
+    seen = []
+
+    def fake_train(cfg, stage):
+        seen.append(torch.get_num_threads())
+        return {}
+
+    monkeypatch.setattr(teach_stage, "run_teach_sb3", fake_train)
+    before = torch.get_num_threads()
+    for threads in (2, 1):
+        cfg = load_config(None, [f"runs_dir={tmp_path}", f"name=t{threads}", "env.id=Pendulum-v1",
+                                 "teach.algo=ppo", f"teach.torch_threads={threads}"])  # fmt: skip
+        teach_stage.run_teach(cfg)
+    assert seen == [2, 1] and torch.get_num_threads() == before

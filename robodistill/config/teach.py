@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from robodistill.config.base import EvalEpisodes, LearningRate, Section, Selection
+from robodistill.config.base import EvalEpisodes, LearningRate, Section, Selection, TorchThreads
 from robodistill.config.compass import CompassConfig
 from robodistill.config.rl100 import DiffusionConfig, OfflineRLConfig, OnlineRLConfig, RL100Config
 
@@ -116,6 +116,12 @@ class TeachConfig(Section):
     Diffusion Policy's ``mean_score``), then success rate, then mean return."""
     checkpoint_every: int = Field(10_000, ge=1, le=10**10)
     """Save a resumable checkpoint every N environment steps."""
+    torch_threads: TorchThreads = 1
+    """RL teachers (SB3, RLlib: the driver and every env runner): torch's intra-op threads
+    while training (0: torch's default, one per core). The MLP-sized networks of RL
+    teachers run several times faster with 1 on a busy CPU (an SB3 PPO teacher measured 8x:
+    1,313 against 167 env steps/s); ``teach.rl100.torch_threads`` and
+    ``teach.compass.torch_threads`` are the same rule for those teachers."""
     num_env_runners: int = Field(1, ge=0, le=1024)
     """RLlib: env runner actors sampling in parallel (0: sample in the driver)."""
     num_envs_per_env_runner: int | None = Field(None, ge=1, le=1024)

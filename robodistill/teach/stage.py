@@ -12,6 +12,7 @@ from typing import Any
 
 from robodistill.config import RunConfig
 from robodistill.core.rundir import StageRun
+from robodistill.core.threads import torch_threads
 from robodistill.data.demos import compass_inputs, demos_inputs
 from robodistill.teach.compass.teacher import run_teach_compass
 from robodistill.teach.rl.sb3 import run_teach_sb3
@@ -39,10 +40,13 @@ def run_teach(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
         train = _train_rllib
     else:
         train = run_teach_sb3
+    # RL-100 and COMPASS apply their own sections' thread counts to each sub-stage.
+    threads = cfg.teach.torch_threads if cfg.teach.algo in ("ppo", "sac") else None
 
     with StageRun(cfg, "teach", overwrite=overwrite, inputs=inputs) as stage:
         if stage.skipped:
             return stage.manifest["metrics"]
-        metrics = train(cfg, stage)
+        with torch_threads(threads):
+            metrics = train(cfg, stage)
         stage.finish(metrics)
         return metrics

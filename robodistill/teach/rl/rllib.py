@@ -75,7 +75,12 @@ AGENT = "default_agent"
 
 
 def create_env(env_config: dict[str, Any]) -> gym.Env:
-    """Env creator registered with ``ray.tune.register_env`` (runs inside env runners)."""
+    """Env creator registered with ``ray.tune.register_env`` (runs inside env runners, so it
+    also applies ``teach.torch_threads`` to the runner's process)."""
+    if env_config.get("torch_threads"):
+        import torch
+
+        torch.set_num_threads(int(env_config["torch_threads"]))
     return make_env(
         env_config["id"],
         max_episode_steps=env_config.get("max_episode_steps"),
@@ -120,6 +125,7 @@ def build_config(cfg: RunConfig):
         "id": cfg.env.id,
         "max_episode_steps": cfg.env.max_episode_steps,
         "kwargs": dict(cfg.env.kwargs),
+        "torch_threads": cfg.teach.torch_threads,
     }
     config = (
         PPOConfig()
