@@ -8,6 +8,7 @@
     robodistill collect --workers 2                      # episodes in 2 Ray actors
     robodistill config --show                            # the resolved configuration
     robodistill envs                                     # registered environments
+    robodistill store verify runs/default/collect/demos.zarr   # check chunks and episodes
 
 Every command that takes a configuration accepts ``--config FILE`` and any number of
 ``--set key.sub=value`` overrides; an invalid configuration stops before any work starts.
@@ -25,7 +26,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-EXIT_OK, EXIT_USAGE, EXIT_NOT_BUILT, EXIT_INTERRUPTED = 0, 2, 3, 130
+EXIT_OK, EXIT_DAMAGED, EXIT_USAGE, EXIT_NOT_BUILT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 log = logging.getLogger("robodistill")
 
 # Shortcut flags: (flag, dotted key, type, help) per command. ``--video`` alone means 3.
@@ -133,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
         if command == "config":
             p.add_argument("--keys", action="store_true",
                            help="list every key with its default and documentation")  # fmt: skip
+    p = sub.add_parser("store", help="check a trajectory store").add_subparsers(
+        dest="store_command", required=True, metavar="ACTION"
+    )
+    p = p.add_parser(
+        "verify", help="check every chunk and episode; names the damage, exit 1 if any"
+    )
+    p.add_argument("path", help="the store's .zarr folder")
     return parser
 
 
@@ -259,6 +267,14 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_store(args: argparse.Namespace) -> int:
+    from robodistill.data.store_verify import verify_store
+
+    report = verify_store(args.path)
+    print(report.text())
+    return EXIT_OK if report.ok else EXIT_DAMAGED
+
+
 def setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -290,7 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.verbose, args.quiet)
     from robodistill.errors import StageNotBuilt
 
-    handlers = {"envs": cmd_envs, "config": cmd_config, "pipeline": cmd_pipeline}
+    handlers = {"envs": cmd_envs, "config": cmd_config, "pipeline": cmd_pipeline,
+                "store": cmd_store}  # fmt: skip
     try:
         return handlers.get(args.command, cmd_stage)(args)
     except StageNotBuilt as e:

@@ -8,6 +8,7 @@ rename, so a reader sees either no file or a whole episode. Loading never unpick
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,7 +168,7 @@ def read_journal(path: Path) -> Episode:
             arrs = {k: z[k] for k in z.files}
     except FileNotFoundError:
         raise
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # torn or flipped (CRC)
         raise JournalError(
             f"journal file {path} is unreadable ({e}); move it away and reopen"
         ) from e

@@ -3,8 +3,9 @@
 ::
 
     <path>.zarr/
-      zarr.json              root attrs {"robodistill_store": 1, "committed": {"episodes": E,
-                             "steps": N}, "chunk_steps": ..., user attrs (e.g. "normalizer")}
+      zarr.json              root attrs {"robodistill_store": 2, "committed": {"episodes": E,
+                             "steps": N}, "chunk_steps": ..., "integrity": {...},
+                             user attrs (e.g. "normalizer")}
       data/<key>             (N, *feature_shape)   all episodes concatenated over time
       meta/episode_ends      int64 (E,)            cumulative ends: episode i = [ends[i-1], ends[i])
       meta/episode_seed      int64 (E,)
@@ -14,6 +15,7 @@
       meta/episode_max_score float64 (E,)          NaN = none recorded (older stores lack it)
       meta/episode_score_source str (E,)           "info.score" / "reward" / ""
       meta/final_<obs key>   (E, *feature_shape)   observation after the last action
+      meta/episode_digest    uint32 (E, K)         CRC-32C of each episode's rows of K arrays
       pending/<idx:09d>.npz  write-ahead journal: one file = one whole episode, not yet merged
 
     time ─►  data/obs  |ep0 ......|ep1 ...|ep2 ..........|  (torn tail beyond N is ignored)
@@ -31,6 +33,10 @@ journal files already merged, removes half-written temp files and merges the res
 never writes and shows committed + journal episodes. A ``kill -9`` at any moment therefore
 loses at most the episode in flight. Durability is against process crashes: neither the journal
 nor zarr fsyncs, so a power loss may lose the episodes of the last seconds.
+
+Integrity (format 2, :mod:`robodistill.data.store_integrity`): checksummed chunks, all written,
+and per-episode digests, so damage is a :class:`StoreError` naming the file, never zeros;
+``robodistill store verify PATH`` checks everything. Format-1 stores still open and append.
 
 Opening (layout checks, recovery, the writer lock) lives in
 :mod:`robodistill.data.store_recovery`, a mixin of :class:`TrajectoryStore`, together with
@@ -52,6 +58,7 @@ import zarr.errors
 from zarr.storage import LocalStore
 
 from robodistill.data.episode import STR_META, Episode, score_code, success_code, write_journal
+from robodistill.data.store_integrity import INTEGRITY, IntegrityMixin, array_kwargs
 from robodistill.data.store_recovery import (
     _META_DTYPES,
     _OPTIONAL_META,
@@ -61,7 +68,7 @@ from robodistill.data.store_recovery import (
     _missing,
 )
 
-_RESERVED_ATTRS = frozenset({"robodistill_store", "committed", "chunk_steps"})
+_RESERVED_ATTRS = frozenset({"robodistill_store", "committed", "chunk_steps", "integrity"})
 _MAX_CHUNK_BYTES = 16 << 20
 _META_CHUNK = 1024
 
@@ -76,7 +83,7 @@ def _chunk_rows(rows: int, feature_shape: tuple, dtype: np.dtype) -> int:
     return max(1, min(rows, _MAX_CHUNK_BYTES // row_bytes))
 
 
-class TrajectoryStore(RecoveryMixin):
+class TrajectoryStore(RecoveryMixin, IntegrityMixin):
     """Append-only episode store. Create with :meth:`create`, open with :meth:`open`.
 
     Single writer (``mode="a"``, guarded by an advisory lock), any number of readers.
@@ -91,12 +98,14 @@ class TrajectoryStore(RecoveryMixin):
         chunk_steps: int = 4096,
         flush_every: int = 64,
         overwrite: bool = False,
+        integrity: bool = True,
     ) -> TrajectoryStore:
         """Create an empty store at ``path`` and return it opened with ``mode="a"``.
 
         ``attrs`` are JSON-serializable user attributes; ``chunk_steps`` is the time-axis chunk
         of data arrays (capped at 16 MiB per chunk); ``flush_every`` episodes are journaled
-        before one batched merge into zarr.
+        before one batched merge into zarr. ``integrity=False`` writes format 1 (no chunk
+        checksums, no digests), as before integrity checks: to measure them, to test old stores.
         """
         path = Path(path)
         attrs = dict(attrs or {})
@@ -117,20 +126,16 @@ class TrajectoryStore(RecoveryMixin):
         root = zarr.open_group(path, mode="w")
         root.create_group("data")
         root.create_group("pending")  # a zarr group, so listing the root does not warn
-        meta = root.create_group("meta")
-        meta.create_array("episode_ends", shape=(0,), chunks=(_META_CHUNK,), dtype="int64")
-        for name, dtype in _META_DTYPES.items():
-            meta.create_array(f"episode_{name}", shape=(0,), chunks=(_META_CHUNK,), dtype=dtype)
+        meta, kw = root.create_group("meta"), array_kwargs(integrity)
+        for name, dtype in {"ends": "int64", **_META_DTYPES}.items():
+            meta.create_array(f"episode_{name}", shape=(0,), chunks=(_META_CHUNK,), dtype=dtype,
+                              **kw)  # fmt: skip
         # The format marker goes last: a crash during create leaves an empty plain store that
         # open(mode="a") rejects, never a half-initialised robodistill store.
-        root.attrs.update(
-            {
-                **attrs,
-                "robodistill_store": FORMAT_VERSION,
-                "chunk_steps": int(chunk_steps),
-                "committed": {"episodes": 0, "steps": 0},
-            }
-        )
+        root.attrs.update({**attrs, "chunk_steps": int(chunk_steps),
+                           "committed": {"episodes": 0, "steps": 0},
+                           **({"integrity": INTEGRITY} if integrity else {}),
+                           "robodistill_store": FORMAT_VERSION if integrity else 1})  # fmt: skip
         return cls(path, mode="a", flush_every=flush_every)
 
     @classmethod
@@ -176,6 +181,7 @@ class TrajectoryStore(RecoveryMixin):
             raise
 
     def _open_root(self) -> None:
+        self._check_metadata()
         try:
             self._root = zarr.open_group(
                 store=LocalStore(self.path, read_only=self.mode == "r"),
@@ -187,6 +193,7 @@ class TrajectoryStore(RecoveryMixin):
                 "point at the store's top-level .zarr folder"
             ) from e
         self._plain = "robodistill_store" not in self._root.attrs
+        self._integrity = "integrity" in self._root.attrs
 
     # ------------------------------------------------------------------ writing
     def _check_writable(self) -> None:
@@ -280,13 +287,11 @@ class TrajectoryStore(RecoveryMixin):
         for k, (dtype, shape) in self._schema.items():
             if k not in self._data:
                 rows = _chunk_rows(chunk_steps, shape, dtype)
-                self._data[k] = self._root["data"].create_array(
-                    k, shape=(0, *shape), chunks=(rows, *shape), dtype=dtype
-                )
+                self._data[k] = self._new_array("data", k, (0, *shape), (rows, *shape), dtype)
             if k.startswith("obs") and f"final_{k}" not in self._meta:
                 rows = _chunk_rows(_META_CHUNK, shape, dtype)
-                self._meta[f"final_{k}"] = self._root["meta"].create_array(
-                    f"final_{k}", shape=(0, *shape), chunks=(rows, *shape), dtype=dtype
+                self._meta[f"final_{k}"] = self._new_array(
+                    "meta", f"final_{k}", (0, *shape), (rows, *shape), dtype
                 )
         for k, arr in self._data.items():
             _append(arr, n0, np.concatenate([ep.data[k] for ep in eps]))
@@ -305,6 +310,8 @@ class TrajectoryStore(RecoveryMixin):
         for k in self._schema:
             if k.startswith("obs"):
                 _append(self._meta[f"final_{k}"], e0, np.stack([ep.final[k] for ep in eps]))
+        for arr, digests in self._digest_batch(eps):
+            _append(arr, e0, digests)
         _append(self._meta["episode_ends"], e0, ends)
 
     def _commit(self, n_episodes: int, n_steps: int) -> None:
@@ -364,7 +371,7 @@ class TrajectoryStore(RecoveryMixin):
         for name, dtype in _META_DTYPES.items():
             arr = self._meta.get(f"episode_{name}")
             have = min(arr.shape[0], e) if arr is not None else 0
-            values = arr[:have].tolist() if have else []
+            values = self._read(arr, slice(0, have)).tolist() if have else []
             values += [_missing(dtype)] * (e - have)
             for ep in self._pending:
                 v = {
@@ -389,30 +396,32 @@ class TrajectoryStore(RecoveryMixin):
 
         def meta(name: str, default: Any) -> Any:
             arr = self._meta.get(f"episode_{name}")
-            return arr[i].item() if arr is not None and arr.shape[0] > i else default
+            return self._read(arr, i).item() if arr is not None and arr.shape[0] > i else default
 
         succ = int(meta("success", -1))
         max_score = float(meta("max_score", np.nan))
-        return Episode._trusted(
-            data={k: a[start:end] for k, a in self._data.items()},
-            final={k[6:]: a[i] for k, a in self._meta.items() if k.startswith("final_")},
+        fin = {k[6:]: self._read(a, i) for k, a in self._meta.items() if k.startswith("final_")}
+        return self._checked_episode(i, Episode._trusted(
+            data={k: self._read(a, slice(start, end)) for k, a in self._data.items()},
+            final=fin,
             seed=int(meta("seed", -1)),
             success=None if succ < 0 else bool(succ),
             return_=float(meta("return", np.nan)),
             max_score=None if np.isnan(max_score) else max_score,
             score_source=str(meta("score_source", "")),
             **{k: str(meta(k, "")) for k in STR_META},
-        )
+        ))  # fmt: skip
 
     def load(self, keys: list[str] | tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
-        """Everything in RAM: ``{key: (N, *feature_shape)}`` plus ``"episode_ends"`` (E,)."""
+        """Everything in RAM: ``{key: (N, *feature_shape)}`` plus ``"episode_ends"`` (E,).
+        Committed rows are checked against the episode digests (format 2)."""
         keys = self.keys if keys is None else tuple(keys)
         unknown = [k for k in keys if k not in (self._schema or {})]
         if unknown:
             raise StoreError(f"unknown data keys {unknown}; the store has {list(self.keys)}")
         out = {}
         for k in keys:
-            parts = [self._data[k][: self._steps_committed]] if k in self._data else []
+            parts = [self._checked_rows(k)] if k in self._data else []
             parts += [ep.data[k] for ep in self._pending]
             dtype, shape = self._schema[k]
             out[k] = np.concatenate(parts) if parts else np.zeros((0, *shape), dtype=dtype)
@@ -471,7 +480,7 @@ class TrajectoryStore(RecoveryMixin):
         if arr is not None:
             step = max(arr.chunks[0], 1 << 16)
             for s in range(0, self._steps_committed, step):
-                yield arr[s : min(s + step, self._steps_committed)]
+                yield self._read(arr, slice(s, min(s + step, self._steps_committed)))
         for ep in self._pending:
             yield ep.data[key]
 

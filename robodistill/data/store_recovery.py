@@ -6,7 +6,9 @@ store: ``_load_state`` validates the layout against the ``committed`` root attri
 the journal, ``_recover`` (``mode="a"`` only) trims a torn merge, drops merged and half-written
 journal files, and ``_acquire_lock`` / ``_release_lock`` hold the single writer's advisory lock.
 The methods use the attributes ``TrajectoryStore.__init__`` sets (``path``, ``mode``, ``_root``,
-``_plain``, ``_pending``, ``_lock_fd``) and its ``_check_schema`` and ``_merge``.
+``_plain``, ``_pending``, ``_lock_fd``), its ``_check_schema`` and ``_merge``, and the
+checked reads of :class:`~robodistill.data.store_integrity.IntegrityMixin` (``_read``,
+``_check_integrity``).
 
 :class:`StoreError` and the format constants live here because both modules need them and this
 one must not import :mod:`~robodistill.data.store`; import them from
@@ -22,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+import zarr.errors
 
 from robodistill.data.episode import JournalError, journal_files, read_journal
 
@@ -32,7 +35,8 @@ except ImportError:  # Windows: no advisory locks, single-writer discipline is u
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+# 2: checksummed chunks and episode digests (robodistill.data.store_integrity); 1 still opens.
+FORMAT_VERSION = 2
 _META_DTYPES: dict[str, Any] = {
     "seed": "int64",
     "success": "int8",
@@ -71,9 +75,15 @@ class RecoveryMixin:
         version = int(root.attrs.get("robodistill_store", FORMAT_VERSION))
         if version > FORMAT_VERSION:
             raise StoreError(f"{where} has store format {version}; upgrade robodistill to read it")
-        self._data: dict[str, zarr.Array] = dict(root["data"].arrays())
-        self._meta: dict[str, zarr.Array] = dict(root["meta"].arrays())
-        ends = np.asarray(self._meta["episode_ends"][:], dtype=np.int64)
+        try:
+            self._data: dict[str, zarr.Array] = dict(root["data"].arrays())
+            self._meta: dict[str, zarr.Array] = dict(root["meta"].arrays())
+        except (zarr.errors.BaseZarrError, ValueError, KeyError, TypeError) as e:
+            raise StoreError(f"{where}: an array's zarr.json is damaged ({e}); restore it") from e
+        # Before any read: in a store with integrity a missing chunk would read as zeros.
+        committed = {} if self._plain else root.attrs["committed"]
+        self._check_integrity(int(committed.get("episodes", 0)), int(committed.get("steps", 0)))
+        ends = np.asarray(self._read(self._meta["episode_ends"], slice(None)), dtype=np.int64)
         if self._plain:
             n_eps = len(ends)
         else:
@@ -171,10 +181,12 @@ class RecoveryMixin:
         if n_eps == 0:  # a first merge died while creating arrays: the journal recreates them
             for k in list(self._data):
                 del self._root["data"][k]
-            for k in [k for k in self._meta if k.startswith("final_")]:
+            # The digests are created with the data arrays, from the first episode's keys.
+            fresh = [k for k in self._meta if k.startswith("final_") or k == "episode_digest"]
+            for k in fresh:
                 del self._root["meta"][k]
             self._data = {}
-            self._meta = {k: v for k, v in self._meta.items() if not k.startswith("final_")}
+            self._meta = {k: v for k, v in self._meta.items() if k not in fresh}
         torn = [
             (arr, n)
             for group, n in ((self._data, n_steps), (self._meta, n_eps))
