@@ -47,7 +47,7 @@ Variant implemented.
 
 The predictor and target weights, the input normaliser, the return normaliser and the
 per-env intrinsic returns round-trip through :func:`exploration_state` /
-:func:`load_exploration_state` (Adam's moments are not saved; the optimizer restarts).
+:func:`load_exploration_state` (with the predictor's Adam moments and its sampling generator).
 """
 
 from __future__ import annotations
@@ -65,6 +65,10 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepR
 from robodistill.config import ConfigError, ExplorationConfig
 from robodistill.policies.exploration import GAMMA_INT, RNDBonus, RunningMeanStd, bonus_from_config
 from robodistill.teach.rl.episodic import EpisodicNovelty
+from robodistill.training.checkpoint import load_optimizer_state, optimizer_state
+
+OPTIMIZER, OPTIMIZER_SCALAR, GENERATOR = "bonus_optimizer", "bonus_optimizer_scalar", "bonus_rng"
+"""Key prefixes / key of the predictor's optimizer and generator in the exploration state."""
 
 
 class IntrinsicRewardVecEnv(VecEnvWrapper):
@@ -251,6 +255,12 @@ class IntrinsicRewardVecEnv(VecEnvWrapper):
         out["intrinsic_return"] = torch.as_tensor(self.intrinsic_return.copy())
         if self.episodic is not None:
             out["episodic"] = torch.as_tensor(self.episodic.state())
+        # The predictor's Adam moments and its private sampling generator: without them a
+        # resumed run's predictor steps differ from an uninterrupted one's.
+        moments, doc = optimizer_state(self.bonus.optimizer)
+        out.update({f"{OPTIMIZER}.{k}": v for k, v in moments.items()})
+        out.update({f"{OPTIMIZER_SCALAR}.{k}": torch.tensor(v) for k, v in doc["scalars"].items()})
+        out[GENERATOR] = self.bonus._gen.get_state()
         return out
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
@@ -268,6 +278,17 @@ class IntrinsicRewardVecEnv(VecEnvWrapper):
         self.intrinsic_return = returns.copy()
         if self.episodic is not None:
             self.episodic.load_state(tensors["episodic"].numpy())
+        if GENERATOR in tensors:  # checkpoints before it restart the predictor's optimizer
+            n, m = len(OPTIMIZER) + 1, len(OPTIMIZER_SCALAR) + 1
+            scalars = {k[m:]: v.item() for k, v in tensors.items()
+                       if k.startswith(f"{OPTIMIZER_SCALAR}.")}  # fmt: skip
+            load_optimizer_state(
+                self.bonus.optimizer,
+                {k[n:]: v for k, v in tensors.items() if k.startswith(f"{OPTIMIZER}.")},
+                {"param_groups": self.bonus.optimizer.state_dict()["param_groups"],
+                 "scalars": scalars},
+            )  # fmt: skip
+            self.bonus._gen.set_state(tensors[GENERATOR])
 
 
 class ExplorationCallback(BaseCallback):
