@@ -338,15 +338,11 @@ def parallel_rollout(
         return runner.run(seeds, on_episode)
 
 
-LOOPBACK = "127.0.0.1"
-"""Where a local Ray started here listens: its services (GCS, raylet, workers, object manager)
-bind to the node IP, which would otherwise be the host's network address."""
-
-
 def init_ray() -> bool:
-    """Join ``RAY_ADDRESS`` or start a local Ray on the loopback interface only (nothing off
-    this machine can reach it; ``ROBODISTILL_RAY_NODE_IP`` names another address to listen
-    on); ``True`` when this call connected."""
+    """Join ``RAY_ADDRESS`` or start a local Ray; ``True`` when this call connected. Ray
+    2.60's local services listen on every interface and cannot be bound to loopback (it
+    turns a loopback node IP into the host's address); its token authentication, on by
+    default, refuses peers without the session's token (docs/stages/collect.md)."""
     import ray  # optional and heavy: only Ray-backed runs import it
 
     if ray.is_initialized():
@@ -356,8 +352,7 @@ def init_ray() -> bool:
         ray.init(address=address, log_to_driver=False)
     else:
         # At least 2 logical CPUs so a driver-side learner and one env runner fit on small hosts.
-        ray.init(num_cpus=max(2, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
-                 _node_ip_address=os.environ.get("ROBODISTILL_RAY_NODE_IP", LOOPBACK))  # fmt: skip
+        ray.init(num_cpus=max(2, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
     return True
 
 
