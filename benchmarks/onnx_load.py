@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from robodistill.deploy.contract import complete_document
 from robodistill.deploy.integrity import COVERS, file_digest, model_digest
 from robodistill.deploy.metadata import FORMAT, FORMAT_VERSION, METADATA_KEY, dumps
 from robodistill.deploy.runtime import OnnxPolicy
@@ -60,7 +61,7 @@ def write_mlp(path: Path, hidden: int, seed: int = 0) -> int:
         "integrity": {"sha256": model_digest(model.SerializeToString()), "covers": COVERS},
     }  # fmt: skip
     entry = model.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, dumps(doc)
+    entry.key, entry.value = METADATA_KEY, dumps(complete_document(doc))
     onnx.save(model, str(path))
     return sum(int(np.prod(t.dims)) for t in inits)
 

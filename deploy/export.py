@@ -35,6 +35,7 @@ import onnx
 import torch
 from torch import nn
 
+from robodistill.deploy.contract import complete_document
 from robodistill.deploy.integrity import COVERS, check_digest, file_digest, model_digest
 from robodistill.deploy.metadata import (
     FORMAT,
@@ -144,10 +145,10 @@ def export_policy(
         "torch": torch.__version__, "onnx": onnx.__version__,
         "robodistill": _version("robodistill"),
     }  # fmt: skip
-    try:
-        doc = validate_metadata(doc)
+    try:  # every rule field the policy leaves out gets the runtime's value, then the schema
+        doc = validate_metadata(complete_document(doc))
     except ValueError as e:
-        raise ExportError(f"the policy's metadata is invalid: {e}") from e
+        raise ExportError(f"{path}: the policy's metadata is invalid: {e}") from e
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _run_exporter(module, args, spec, path, opset, exporter)
@@ -231,7 +232,7 @@ def check_model(path: str | os.PathLike) -> dict[str, Any]:
     props = {p.key: p.value for p in model.metadata_props}
     if METADATA_KEY not in props:
         raise ExportError(f"{path} has no '{METADATA_KEY}' metadata entry")
-    doc = loads(props[METADATA_KEY])
+    doc = loads(props[METADATA_KEY], str(path))
     if doc["integrity"] is not None:
         check_digest(doc, file_digest(path), str(path))
     return doc
@@ -240,7 +241,7 @@ def check_model(path: str | os.PathLike) -> dict[str, Any]:
 def read_model_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The metadata document, read with the ``onnx`` package (the runtime uses onnxruntime)."""
     props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
-    return loads(props[METADATA_KEY])
+    return loads(props[METADATA_KEY], str(path))
 
 
 # -- parity -----------------------------------------------------------------------------------

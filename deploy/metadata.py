@@ -2,42 +2,62 @@
 
 The exporter writes one entry into the model's ``metadata_props`` under the key
 :data:`METADATA_KEY`; its value is a JSON document that, together with the graph, is all a
-robot needs to run the policy. Shape of the document (format version 1)::
+robot needs to run the policy. Its JSON Schema ships with the package
+(``robodistill/deploy/metadata_schema.json``, :mod:`robodistill.deploy.schema`), and its
+descriptions state every rule a runtime follows; the exporter validates the document
+before writing it and every reader validates it at load (errors name the file and the
+JSON path). ``docs/reference_runner.py`` drives any exported kind from it with numpy and
+onnxruntime alone. Shape of the document (format version 2)::
 
     {
-      "format": "robodistill-policy", "format_version": 1,
+      "format": "robodistill-policy", "format_version": 2,
       "policy_kind": "sb3",                    # the torch Policy's kind
       "policy": {...},                         # kind-specific details (algo, net_arch, ...)
       "mode": "direct" | "denoise",            # how the runtime calls the graph (below)
-      "observation": {"shape": [5], "dim": 5, "low": [...], "high": [...],   # raw units
-                      "layout": [{"key", "start", "stop", "shape"}] | null},
-      "action": {"shape": [2], "dim": 2, "low": [...], "high": [...]},
+      "observation": {"shape": [5], "dim": 5, "dtype": "float32", "low": [...] | null,
+                      "high": [...] | null, "units": ["mm", "rad", ...] | null,
+                      "layout": [{"key", "start", "stop", "shape"}] | null},   # raw units
+      "action": {"shape": [2], "dim": 2, "dtype": "float32", "low", "high", "units"},
       "horizons": {"observation": 1, "prediction": 1, "execute": 1, "start": 0},
+      "history": {"order": "oldest_first", "padding": "repeat_first"},
+      "chunk": {"axis": 1, "current_index": 1, "executed": [1, 9]} | null,
       "chunk_execution": "receding" | "ensemble", "ensemble_decay": 0.01,
       "inputs":  [{"name": "obs", "role": "observation", "shape": ["batch", 5], "dtype": "float32"}],
       "outputs": [{"name": "action", "role": "action", "shape": ["batch", 2], "dtype": "float32"}],
-      "state": [{"input": "buf", "output": "buf_next", "shape": [16, 2], "init": "zeros", "std": 1.0}],
+      "state": [{"input": "buf", "output": "buf_next", "shape": [16, 2], "init": "zeros",
+                 "std": 1.0, "reset": "episode"}],
       "noise_std": 1.0,                        # std of inputs with role "noise" (direct mode)
+      "noise": {"distribution": "normal", "mean": 0.0, "std": 1.0, "draw": "per_call",
+                "inputs": [{"name": "noise", "shape": ["batch", 1, 2]}]} | null,
       "denoise": {"steps": [{"timestep": 90, "coef": [6 floats]}, ...], "init_std": 1.0} | null,
-      "embodiments": {"names": [...], "codes": [[...]], "default": "name" | null} | null,
-      "control_rate_hz": 10.0 | null, "env_id": "..." | null,
-      "normalization": {...}, "deterministic": true,
+      "embodiments": {"names": [...], "codes": [[...]], "default": "name" | null,
+                      "descriptors": {"name": {...}} | null} | null,
+      "env": {"id": "robodistill/Nav-v0", "module": "robodistill.envs",
+              "make": "robodistill.envs:robodistill/Nav-v0", "kwargs": {...},
+              "max_episode_steps": 400, "embodiment": {...} | null} | null,
+      "env_id": "..." | null, "episode": {"reset": ["history", "action_queue", ...]},
+      "control_rate_hz": 10.0 | null, "normalization": {...}, "deterministic": true,
       "source": {...}, "export": {"opset": 18, "exporter": "dynamo", "quantized": null, ...},
       "integrity": {"sha256": "<hex>", "covers": "graph opset_import functions"} | null
     }
 
 ``observation.low`` / ``high`` are the raw observation bounds (``null`` for the whole list:
 none declared; ``null`` for an entry: unbounded there); the controller can fault an
-observation outside them. ``integrity`` is written by the exporter and checked by the
-runtime at load (:mod:`robodistill.deploy.integrity`); files exported before it existed
-have none and load unchecked.
+observation outside them. ``units`` likewise (``null``: unknown). ``integrity`` is written
+by the exporter and checked by the runtime at load (:mod:`robodistill.deploy.integrity`);
+files exported before it existed have none and load unchecked. A file of format version 1
+loads: it is upgraded in memory (:func:`robodistill.deploy.contract.upgrade_v1`) with the
+values version 1's runtime followed, and marked ``"upgraded_from": 1``.
 
-Input roles: ``observation`` (raw observations, ``(B, D)``, or ``(B, H, D)`` with history),
-``noise`` (standard normal draws scaled by ``noise_std``, e.g. a consistency student's
-noise), ``state`` (a tensor the graph also returns, e.g. a streaming buffer), ``embodiment``
-(the code of the robot's embodiment from the table), and in ``denoise`` mode ``sample``,
-``timestep`` and ``step_coef``. Output roles: ``action`` ``(B, A)``, ``chunk`` ``(B, T, A)``,
-``state``, and ``sample`` (denoise mode's next sample).
+Input roles: ``observation`` (raw observations, ``(B, D)``, or ``(B, H, D)`` with history:
+oldest first, an episode's first observation repeated to fill it), ``noise`` (normal draws
+scaled by ``noise_std``, of the input's exact shape, e.g. a consistency student's noise),
+``state`` (a tensor the graph also returns, e.g. a streaming buffer, initialised at each
+episode start), ``embodiment`` (the code of the robot's embodiment from the table), and in
+``denoise`` mode ``sample``, ``timestep`` and ``step_coef``. Output roles: ``action``
+``(B, A)``, ``chunk`` ``(B, T, A)`` (``chunk[:, start]`` is the action for the current
+step; ``[start, start + execute)`` are executed), ``state``, and ``sample`` (denoise mode's
+next sample).
 
 ``denoise`` mode runs the sampling loop in the runtime: the graph is one scheduler step,
 ``(obs, sample, timestep, step_coef, [noise]) -> (next_sample, chunk)``, and ``coef`` is
@@ -63,9 +83,14 @@ from typing import Any
 
 import numpy as np
 
+from robodistill.deploy.contract import upgrade_v1
+from robodistill.deploy.schema import SCHEMA_FILE, SCHEMA_VERSION, SchemaError
+from robodistill.deploy.schema import validate as validate_schema
+
 METADATA_KEY = "robodistill"
 FORMAT = "robodistill-policy"
-FORMAT_VERSION = 1
+FORMAT_VERSION = SCHEMA_VERSION
+READABLE_VERSIONS = (1, 2)
 MODES = ("direct", "denoise")
 INPUT_ROLES = ("observation", "noise", "state", "embodiment", "sample", "timestep", "step_coef")
 OUTPUT_ROLES = ("action", "chunk", "state", "sample")
@@ -102,84 +127,66 @@ def bounds_from_json(values: list | None, size: int, sign: float) -> np.ndarray:
     return arr
 
 
-def _require(doc: dict, key: str, where: str) -> Any:
-    if key not in doc:
-        raise MetadataError(f"metadata.{where}{key} is missing")
-    return doc[key]
+def validate_metadata(doc: Any, where: str | None = None) -> dict[str, Any]:
+    """Check a metadata document against the schema and the rules between its fields;
+    return it (a version-1 document upgraded in place to version 2). Errors name ``where``
+    (the file) and the field's JSON path."""
+    prefix = f"{where}: " if where else ""
+    try:
+        return _validate(doc)
+    except SchemaError as e:
+        raise MetadataError(
+            f"{prefix}metadata does not match the robodistill-policy format {FORMAT_VERSION} "
+            f"schema ({SCHEMA_FILE}) {e}"
+        ) from e
+    except MetadataError as e:
+        if not where:
+            raise
+        raise MetadataError(f"{prefix}{e}") from e
 
 
-def _int(value: Any, field: str, lo: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise MetadataError(f"metadata.{field} must be an integer >= {lo}, got {value!r}")
-    return value
-
-
-def validate_metadata(doc: Any) -> dict[str, Any]:
-    """Check a metadata document and fill defaults; return it. Errors name the field."""
+def _validate(doc: Any) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise MetadataError(f"metadata must be a JSON object, got {type(doc).__name__}")
     if doc.get("format") != FORMAT:
         raise MetadataError(f"metadata.format must be {FORMAT!r}, got {doc.get('format')!r}")
     version = doc.get("format_version")
-    if version != FORMAT_VERSION:
+    if version == 1 and not isinstance(version, bool):
+        upgrade_v1(doc)
+    elif version != FORMAT_VERSION or isinstance(version, bool):
         raise MetadataError(
-            f"metadata.format_version is {version!r}; this runtime reads version "
-            f"{FORMAT_VERSION} (re-export the policy with this version of robodistill)"
+            f"metadata.format_version is {version!r}; this runtime reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))} (re-export the policy with this version "
+            "of robodistill)"
         )
-    _require(doc, "policy_kind", "")
-    mode = doc.setdefault("mode", "direct")
-    if mode not in MODES:
-        raise MetadataError(f"metadata.mode must be one of {MODES}, got {mode!r}")
+    validate_schema(doc)
+    doc.setdefault("integrity", None)
     for part in ("observation", "action"):
-        section = _require(doc, part, "")
-        shape = _require(section, "shape", f"{part}.")
-        section["dim"] = int(np.prod(shape)) if shape else 1
-    horizons = doc.setdefault("horizons", {})
-    for key, default in (("observation", 1), ("prediction", 1), ("execute", 1)):
-        _int(horizons.setdefault(key, default), f"horizons.{key}")
-    _int(horizons.setdefault("start", 0), "horizons.start", lo=0)
+        section = doc[part]
+        if section["dim"] != math.prod(section["shape"]):
+            raise MetadataError(f"metadata.{part}.dim is {section['dim']}, but shape "
+                                f"{section['shape']} holds {math.prod(section['shape'])}")  # fmt: skip
+        for key in ("low", "high", "units"):
+            if section[key] is not None and len(section[key]) != section["dim"]:
+                raise MetadataError(f"metadata.{part}.{key} has {len(section[key])} entries, "
+                                    f"expected {section['dim']} (one per flat entry)")  # fmt: skip
+    horizons = doc["horizons"]
     if horizons["start"] + horizons["execute"] > horizons["prediction"]:
         raise MetadataError(
             f"metadata.horizons: start ({horizons['start']}) + execute ({horizons['execute']}) "
             f"exceeds the prediction horizon ({horizons['prediction']})"
         )
-    if doc.setdefault("chunk_execution", "receding") not in CHUNK_EXECUTIONS:
-        raise MetadataError(
-            f"metadata.chunk_execution must be one of {CHUNK_EXECUTIONS}, "
-            f"got {doc['chunk_execution']!r}"
-        )
-    doc.setdefault("ensemble_decay", 0.01)
-    doc.setdefault("noise_std", 1.0)
-    doc.setdefault("state", [])
-    doc.setdefault("embodiments", None)
-    doc.setdefault("control_rate_hz", None)
-    doc.setdefault("deterministic", False)
-    integrity = doc.setdefault("integrity", None)
-    if integrity is not None:
-        digest = integrity.get("sha256") if isinstance(integrity, dict) else None
-        if not (isinstance(digest, str) and len(digest) == 64 and _is_hex(digest)):
-            raise MetadataError(f"metadata.integrity.sha256 must be 64 hex digits, got {digest!r}")
     _check_io(doc)
+    _check_rules(doc)
     return doc
 
 
-def _is_hex(text: str) -> bool:
-    return all(c in "0123456789abcdef" for c in text)
-
-
 def _check_io(doc: dict) -> None:
-    inputs, outputs = _require(doc, "inputs", ""), _require(doc, "outputs", "")
-    for kind, entries, roles in (
-        ("inputs", inputs, INPUT_ROLES),
-        ("outputs", outputs, OUTPUT_ROLES),
-    ):
-        for i, entry in enumerate(entries):
-            for key in ("name", "role", "shape"):
-                _require(entry, key, f"{kind}[{i}].")
-            if entry["role"] not in roles:
-                raise MetadataError(
-                    f"metadata.{kind}[{i}].role must be one of {roles}, got {entry['role']!r}"
-                )
+    inputs, outputs = doc["inputs"], doc["outputs"]
+    for kind, entries in (("inputs", inputs), ("outputs", outputs)):
+        names = [e["name"] for e in entries]
+        if len(set(names)) != len(names):
+            raise MetadataError(f"metadata.{kind} names an entry twice: {names}")
     in_roles = [e["role"] for e in inputs]
     out_roles = [e["role"] for e in outputs]
     if in_roles.count("observation") != 1:
@@ -190,17 +197,18 @@ def _check_io(doc: dict) -> None:
                             f"'chunk', got roles {out_roles}")  # fmt: skip
     state_in = {e["name"] for e in inputs if e["role"] == "state"}
     state_out = {e["name"] for e in outputs if e["role"] == "state"}
-    listed_in = {s.get("input") for s in doc["state"]}
-    listed_out = {s.get("output") for s in doc["state"]}
+    listed_in = {s["input"] for s in doc["state"]}
+    listed_out = {s["output"] for s in doc["state"]}
     if state_in != listed_in or state_out != listed_out:
         raise MetadataError(
             "metadata.state must pair every 'state' input with a 'state' output: inputs "
             f"{sorted(state_in)}, outputs {sorted(state_out)}, listed {doc['state']}"
         )
+    shapes = {e["name"]: e["shape"] for e in inputs}
     for i, s in enumerate(doc["state"]):
-        if s.setdefault("init", "zeros") not in ("zeros", "normal"):
-            raise MetadataError(f"metadata.state[{i}].init must be 'zeros' or 'normal'")
-        s.setdefault("std", 1.0)
+        if s["shape"] != shapes[s["input"]][1:]:
+            raise MetadataError(f"metadata.state[{i}].shape {s['shape']} differs from input "
+                                f"{s['input']!r}'s sizes {shapes[s['input']][1:]}")  # fmt: skip
     if "embodiment" in in_roles and not doc["embodiments"]:
         raise MetadataError("the graph has an 'embodiment' input but metadata.embodiments is empty")
     if doc["mode"] == "denoise":
@@ -212,26 +220,45 @@ def _check_io(doc: dict) -> None:
             )
         if doc["state"]:
             raise MetadataError("metadata.state: 'denoise' mode graphs cannot carry state tensors")
-        denoise = _require(doc, "denoise", "")
-        steps = _require(denoise, "steps", "denoise.")
-        if not steps:
-            raise MetadataError("metadata.denoise.steps is empty")
-        for i, step in enumerate(steps):
-            coef = _require(step, "coef", f"denoise.steps[{i}].")
-            _require(step, "timestep", f"denoise.steps[{i}].")
-            if len(coef) != STEP_COEF_SIZE or not all(math.isfinite(c) for c in coef):
-                raise MetadataError(
-                    f"metadata.denoise.steps[{i}].coef must be {STEP_COEF_SIZE} finite numbers"
-                )
-        denoise.setdefault("init_std", 1.0)
-        warm = denoise.get("warm_start")
-        if warm is not None:
-            r = _require(warm, "steps", "denoise.warm_start.")
-            if not (isinstance(r, int) and 1 <= r <= len(steps)):
-                raise MetadataError(f"metadata.denoise.warm_start.steps must be an integer in "
-                                    f"[1, {len(steps)}], got {r!r}")  # fmt: skip
-            _require(warm, "shift", "denoise.warm_start.")
-            warm.setdefault("discrete_dims", [])
+        steps = doc["denoise"]["steps"]
+        warm = doc["denoise"].get("warm_start")
+        if warm is not None and warm["steps"] > len(steps):
+            raise MetadataError(f"metadata.denoise.warm_start.steps must be an integer in "
+                                f"[1, {len(steps)}], got {warm['steps']!r}")  # fmt: skip
+
+
+def _check_rules(doc: dict) -> None:
+    """The version-2 rule fields agree with the rest of the document."""
+    hz = doc["horizons"]
+    chunked = any(e["role"] == "chunk" for e in doc["outputs"])
+    want = {"axis": 1, "current_index": hz["start"], "executed": [hz["start"],
+            hz["start"] + hz["execute"]]} if chunked else None  # fmt: skip
+    got = doc["chunk"] if doc["chunk"] is None else {k: doc["chunk"][k] for k in want or {}}
+    if got != want:
+        raise MetadataError(f"metadata.chunk must be {want} for these outputs and horizons, "
+                            f"got {doc['chunk']}")  # fmt: skip
+    noisy = [{"name": e["name"], "shape": e["shape"]} for e in doc["inputs"]
+             if e["role"] == "noise"]  # fmt: skip
+    noise = doc["noise"]
+    if (noise is None) != (not noisy) or (noise and noise["inputs"] != noisy):
+        raise MetadataError(f"metadata.noise.inputs must list the noise inputs {noisy} (noise "
+                            "is null when there are none)")  # fmt: skip
+    if noise:
+        draw = "per_denoise_step" if doc["mode"] == "denoise" else "per_call"
+        std = 1.0 if doc["mode"] == "denoise" else doc["noise_std"]
+        if noise["draw"] != draw or noise["std"] != std:
+            raise MetadataError(f"metadata.noise: {doc['mode']} mode draws {draw} with std "
+                                f"{std}, got {noise['draw']} with std {noise['std']}")  # fmt: skip
+    table = doc["embodiments"]
+    if table is not None:
+        if len(table["codes"]) != len(table["names"]):
+            raise MetadataError("metadata.embodiments: one code per name")
+        if table["default"] is not None and table["default"] not in table["names"]:
+            raise MetadataError(f"metadata.embodiments.default {table['default']!r} is not one "
+                                f"of {table['names']}")  # fmt: skip
+    env, env_id = doc["env"], doc["env_id"]
+    if env is not None and env_id is not None and env_id.rpartition(":")[2] != env["id"]:
+        raise MetadataError(f"metadata.env.id {env['id']!r} differs from env_id {env_id!r}")
 
 
 def dumps(doc: dict[str, Any]) -> str:
@@ -239,11 +266,14 @@ def dumps(doc: dict[str, Any]) -> str:
     return json.dumps(doc, allow_nan=False, separators=(",", ":"))
 
 
-def loads(text: str) -> dict[str, Any]:
+def loads(text: str, where: str | None = None) -> dict[str, Any]:
+    """Parse and validate a document (``where``, the file, for messages)."""
     try:
-        return validate_metadata(json.loads(text))
+        doc = json.loads(text)
     except json.JSONDecodeError as e:
-        raise MetadataError(f"metadata is not valid JSON: {e}") from e
+        prefix = f"{where}: " if where else ""
+        raise MetadataError(f"{prefix}metadata is not valid JSON: {e}") from e
+    return validate_metadata(doc, where)
 
 
 def read_metadata(path: str) -> dict[str, Any]:
@@ -265,7 +295,7 @@ def metadata_of_session(session: Any, where: str = "the model") -> dict[str, Any
             "by robodistill, or the file was cut short after its graph (use `robodistill "
             "export` or robodistill.deploy.export.export_policy)"
         )
-    return loads(props[METADATA_KEY])
+    return loads(props[METADATA_KEY], where)
 
 
 def open_session(path: str | os.PathLike, options: Any, providers: list[str]) -> Any:

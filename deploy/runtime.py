@@ -7,7 +7,9 @@
     action = policy.act(obs)                    # (B, *obs_shape) -> (B, *action_shape) float32
     policy.reset(env_ids=[1])                   # row 1 starts over; the others keep their state
 
-The file's metadata (:mod:`robodistill.deploy.metadata`) says how to drive the graph; the
+The file's metadata (:mod:`robodistill.deploy.metadata`, validated at load against the
+schema shipped as ``metadata_schema.json``, which states each rule below) says how to drive
+the graph; ``docs/reference_runner.py`` follows the same rules in ~80 lines. The
 policy keeps, per batch row, what the graph does not: the observation history (filled with
 the first observation of an episode, the diffusion-policy convention), the queue of
 executed actions of a predicted chunk (receding horizon) or the overlapping chunks that

@@ -47,6 +47,19 @@ _SPEED_SCALE = 2.0  # m/s
 _TURN_SCALE = 2.0  # m
 _MASS_SCALE = 150.0  # kg
 
+DESCRIPTOR_FIELDS: tuple[str, ...] = (
+    f"footprint_radius / {_RADIUS_SCALE:g} m",
+    f"max_vx / {_SPEED_SCALE:g} m/s",
+    "can_strafe (0 or 1)",
+    f"min_turning_radius / {_TURN_SCALE:g} m",
+    f"mass / {_MASS_SCALE:g} kg",
+)
+"""What each entry of :meth:`EmbodimentSpec.descriptor` is (each clipped to [0, 1])."""
+DESCRIPTOR_UNITS: tuple[str, ...] = (
+    f"{_RADIUS_SCALE:g} m", f"{_SPEED_SCALE:g} m/s", "1", f"{_TURN_SCALE:g} m", f"{_MASS_SCALE:g} kg"
+)  # fmt: skip
+"""The unit of each descriptor entry: the amount its value 1 stands for."""
+
 
 @dataclass(frozen=True)
 class EmbodimentSpec:
@@ -108,6 +121,14 @@ class EmbodimentSpec:
             0.0,
             1.0,
         )
+
+    def describe(self) -> dict[str, Any]:
+        """The body as exported ONNX metadata records it: name, descriptor (fields and
+        values, as the observation carries them) and the spec without its layout."""
+        spec = {k: v for k, v in asdict(self).items() if k not in ("name", "observation_layout")}
+        values = [float(v) for v in self.descriptor()]
+        return {"name": self.name, "descriptor": {"fields": list(DESCRIPTOR_FIELDS),
+                                                  "values": values}, "spec": spec}  # fmt: skip
 
     def to_json(self) -> str:
         """The spec as a JSON document (layout included)."""

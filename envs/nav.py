@@ -52,6 +52,7 @@ import numpy as np
 
 from robodistill.envs.embodiments import (
     BUILTIN_MAX_FOOTPRINT,
+    DESCRIPTOR_UNITS,
     EMBODIMENTS,
     N_RAYS,
     ROBOT_BUILDERS,
@@ -255,12 +256,24 @@ class NavEnv(gym.Env):
         self.observation_space = gym.spaces.Box(
             low.astype(np.float32), high.astype(np.float32), dtype=np.float32
         )
+        self.observation_units, self.action_units = self._units()
         self.layout: Layout | None = None
         self.episode_count = 0
         self._cmd = np.zeros(3)
         self._renderer: mujoco.Renderer | None = None
 
     # --- layout ------------------------------------------------------------------------
+    def _units(self) -> tuple[list[str], list[str]]:
+        """Per flat entry, the amount its value 1 stands for (exported ONNX metadata records
+        them): observations as the module docstring lists them, actions as the body's limits."""
+        spec = self.embodiment_spec
+        obs = [f"{GOAL_SCALE:g} m", "1", "1", *[f"{MAX_RANGE:g} m"] * N_RAYS,
+               f"{VEL_SCALE:g} m/s", f"{VEL_SCALE:g} m/s", f"{YAW_SCALE:g} rad/s",
+               *DESCRIPTOR_UNITS]  # fmt: skip
+        if self.privileged_position:
+            obs += ["m", "m", "1", "1"]
+        return obs, [f"{spec.max_vx:g} m/s", f"{spec.max_vy:g} m/s", f"{spec.max_yaw_rate:g} rad/s"]
+
     def _slot_counts(self) -> tuple[int, int]:
         """Obstacle geoms (boxes, cylinders) compiled into the model."""
         return self.n_obstacles, self.n_obstacles

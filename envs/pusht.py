@@ -310,6 +310,12 @@ class PushTEnv(gym.Env):
                     "agent_pos": gym.spaces.Box(0.0, ws, shape=(2,), dtype=np.float32),
                 }
             )
+        # Per flat entry, the amount its value 1 stands for (exported ONNX metadata records
+        # them): 1 workspace unit = 1 mm; the action -1..1 spans the workspace's 512 mm.
+        self.observation_units = {"state": ["mm"] * 4 + ["rad"], "keypoints": ["mm"] * 20}.get(
+            obs_type
+        )
+        self.action_units = [f"{ws / 2:g} mm about the workspace centre"] * 2
         # Episode bookkeeping that privileged experts read (see PushTExpert).
         self.num_resets = 0
         self.elapsed_steps = 0

@@ -102,8 +102,12 @@ class Policy(abc.ABC):
           scheduler coefficients per step, see ``deploy.export.ddim_steps``),
           ``embodiments``, ``normalization`` (a description) and ``deterministic`` (true when
           ``act`` is a pure function of the observation: parity is then also checked end
-          to end). The exporter adds input/output shapes, opset and versions; the export
-          stage adds env id, control rate and the source run.
+          to end). ``observation`` / ``action`` may also give ``units`` (one string per
+          flat entry). The exporter adds input/output shapes, opset and versions, and every
+          rule field of format 2 the policy leaves out (history, chunk, noise, state reset,
+          dtypes, ...: ``robodistill.deploy.contract.complete_document``), then validates the
+          document against the schema; the export stage adds the env (id, registering
+          module, step limit, units, body), control rate and the source run.
         """
         raise NotImplementedError(
             f"{type(self).__name__} ({self.kind!r}) cannot be exported to ONNX yet"

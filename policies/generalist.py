@@ -381,6 +381,7 @@ class Generalist(Policy):
                     "names": names,
                     "codes": [self.table.code(n).tolist() for n in names],
                     "default": self.current,
+                    "descriptors": {n: self.table.specs[n].describe() for n in names},
                 },  # fmt: skip
                 "normalization": {
                     "observation": "zero-padded to D_max; clip((obs - mean) / std) * obs_mask",

@@ -78,6 +78,34 @@ def real_observations(cfg: RunConfig, policy, steps: int) -> np.ndarray:
     return np.stack(out)
 
 
+def env_metadata(cfg: RunConfig, env_doc: dict[str, Any]) -> tuple[dict[str, Any], tuple]:
+    """``metadata.env`` for the run's env (id, the module that registers it, kwargs, step
+    limit, simulated body) and the units the env declares per flat observation and action
+    entry (``observation_units`` / ``action_units`` attributes; ``None``: unknown)."""
+    from robodistill.deploy.contract import env_entry
+
+    env = make_env(cfg.env.id, **cfg.env.kwargs)
+    try:
+        found = {}
+        for name in ("observation_units", "action_units", "embodiment_spec"):
+            try:
+                found[name] = env.get_wrapper_attr(name)
+            except AttributeError:
+                found[name] = None
+        entry_point = env.spec.entry_point if env.spec is not None else None
+    finally:
+        env.close()
+    # An id without "module:" is registered by gymnasium itself, by robodistill.envs, or by
+    # the package its entry point lives in (its import registers it, as gymnasium-robotics').
+    package = entry_point.split(".")[0] if isinstance(entry_point, str) else None
+    module = None if package in (None, "gymnasium", "robodistill") else package
+    spec = found["embodiment_spec"]
+    steps = cfg.env.max_episode_steps or env_doc.get("max_episode_steps")
+    entry = env_entry(cfg.env.id, kwargs=cfg.env.kwargs, max_episode_steps=steps, module=module,
+                      embodiment=spec.describe() if hasattr(spec, "describe") else None)  # fmt: skip
+    return entry, (found["observation_units"], found["action_units"])
+
+
 def run_export(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
     """Export the policy to ONNX, check parity, time it (and its int8 version)."""
     # Lazy: onnx and onnxruntime are optional extras ([export], [deploy]).
@@ -113,8 +141,15 @@ def run_export(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
             # gets the env's, which the controller checks observations against; JSON null
             # (per entry or for a list the env lacks) means unbounded.
             observation["low"], observation["high"] = space.get("low"), space.get("high")
+        env_meta, units = env_metadata(cfg, env_doc)
+        for part, part_units in zip(("observation", "action"), units, strict=True):
+            section = spec["metadata"][part]
+            known = part_units is not None and len(part_units) == np.prod(section["shape"])
+            if section.get("units") is None and known:  # else null: unknown
+                section["units"] = list(part_units)
         extra = {
             "env_id": cfg.env.id,
+            "env": env_meta,
             "control_rate_hz": env_doc["control_rate_hz"],
             "source": {
                 "run": cfg.name,

@@ -29,6 +29,7 @@ def test_wheel_contains_every_module(tmp_path):
     }
     assert len(expected) > 15
     assert expected <= names, sorted(expected - names)
+    assert "robodistill/deploy/metadata_schema.json" in names  # package data: the ONNX contract
     assert not any(n.startswith(("tests/", "benchmarks/", "envs/", "policies/")) for n in names)
     metadata = next(n for n in names if n.endswith("METADATA"))
     text = zipfile.ZipFile(wheel).read(metadata).decode()
