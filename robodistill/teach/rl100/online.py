@@ -224,6 +224,40 @@ def online_record(result: dict[str, Any], iteration: int, env_steps: int) -> dic
     return {"iteration": iteration, "env_steps": env_steps, **{k: result.get(k) for k in keep}}
 
 
+def online_result(*, evals: list[dict], best_score, started_from, best_iterate, keeper,
+                  out_dir: Path, kept_policy: Path, env_steps: int, train_s: float, t0: float,
+                  **specific: Any) -> dict[str, Any]:  # fmt: skip
+    """The online stage's ``result.json`` (either method): its own best and last iterates
+    apart from the policy kept over all sub-stages, what it started from, env steps and
+    times; ``specific`` adds the method's own fields (iterations, chain, ...)."""
+    last = evals[-1]
+    return {
+        **specific,
+        "evals": evals,
+        "best_score": best_score,
+        "started_from": str(started_from),
+        "best_iterate": best_iterate,
+        "last_iterate": {
+            "iteration": last["step"],
+            "env_steps": last["env_steps"],
+            "success_rate": last["success_rate"],
+            "return_mean": last["return_mean"],
+        },  # fmt: skip
+        "kept": {
+            k: keeper.best.get(k)
+            for k in ("stage", "step", "success_rate", "return_mean", "episodes")
+        },  # fmt: skip
+        "validation_episodes": len(keeper.seeds),
+        "env_steps": env_steps,
+        "env_steps_per_s": round(env_steps / train_s, 1) if train_s > 0 else None,
+        "policy": str(out_dir / "policy") if best_iterate else None,
+        "policy_last": str(out_dir / "policy_last"),
+        "kept_policy": str(kept_policy),
+        "train_s": round(train_s, 1),
+        "wall_s": round(time.monotonic() - t0, 1),
+    }
+
+
 def run_online_rl(cfg, stage, policy_dir, out_dir) -> dict[str, Any]:
     """Stage 3 of RL-100 (module docstring). ``cfg``: RunConfig (``teach.online``);
     ``stage``: the teach :class:`StageRun` (``dir``, ``log_metrics``); ``policy_dir``: the
@@ -387,36 +421,12 @@ def run_online_rl(cfg, stage, policy_dir, out_dir) -> dict[str, Any]:
     policy.save(out_dir / "policy_last")
     train_s = train_s0 + time.monotonic() - t_run
     env_steps = env_steps0 + envs.env_steps
-    last = evals[-1]
-    result = {
-        "iterations": it,
-        "collapsed": collapsed,
-        "stopped_by_budget": it < o.iterations and not collapsed,
-        "evals": evals,
-        "best_score": detector.best,
-        "started_from": str(policy_dir),
-        # The online stage's own result, apart from the policy kept over all sub-stages:
-        "best_iterate": best_iterate,
-        "last_iterate": {
-            "iteration": last["step"],
-            "env_steps": last["env_steps"],
-            "success_rate": last["success_rate"],
-            "return_mean": last["return_mean"],
-        },  # fmt: skip
-        "kept": {
-            k: keeper.best.get(k)
-            for k in ("stage", "step", "success_rate", "return_mean", "episodes")
-        },  # fmt: skip
-        "validation_episodes": len(keeper.seeds),
-        "chain": chain_spec(policy, min_std),
-        "ft_denoising_steps": o.ft_denoising_steps,
-        "env_steps": env_steps,
-        "env_steps_per_s": round(env_steps / train_s, 1) if train_s > 0 else None,
-        "policy": str(out_dir / "policy") if best_iterate else None,
-        "policy_last": str(out_dir / "policy_last"),
-        "kept_policy": str(stage.dir / "policy"),
-        "train_s": round(train_s, 1),
-        "wall_s": round(time.monotonic() - t0, 1),
-    }
+    result = online_result(
+        evals=evals, best_score=detector.best, started_from=policy_dir,
+        best_iterate=best_iterate, keeper=keeper, out_dir=out_dir, kept_policy=stage.dir / "policy",
+        env_steps=env_steps, train_s=train_s, t0=t0, iterations=it, collapsed=collapsed,
+        stopped_by_budget=it < o.iterations and not collapsed, chain=chain_spec(policy, min_std),
+        ft_denoising_steps=o.ft_denoising_steps,
+    )  # fmt: skip
     write_json_atomic(out_dir / "result.json", result)
     return result

@@ -51,6 +51,7 @@ from robodistill.teach.rl100.online import (
     check_chain,
     collapse_score,
     online_record,
+    online_result,
 )
 from robodistill.training.checkpoint import result_or_workdir
 from robodistill.training.residual_env import ResidualVecEnv
@@ -179,36 +180,14 @@ def run_residual_online(cfg, stage, policy_dir, out_dir) -> dict[str, Any]:
         log.warning("teach: rl100 residual online collapsed at %d env steps (evals %s); keeping "
                     "the best checkpoint %s", model.num_timesteps,
                     monitor.evals[-o.collapse_patience :], stage.dir / "policy")  # fmt: skip
-    train_s, last = monitor.train_s(), monitor.evals[-1]
-    env_steps = int(model.num_timesteps)
-    result = {
-        "method": "residual",
-        "iterations": int(model._n_updates // max(teach.n_epochs, 1)),
-        "collapsed": monitor.collapsed,
-        "stopped_by_budget": monitor.stopped_by_budget,
-        "evals": monitor.evals,
-        "best_score": monitor.detector.best,
-        "started_from": str(policy_dir),
-        "best_iterate": monitor.best_iterate,
-        "last_iterate": {
-            "iteration": last["step"],
-            "env_steps": last["env_steps"],
-            "success_rate": last["success_rate"],
-            "return_mean": last["return_mean"],
-        },  # fmt: skip
-        "kept": {
-            k: monitor.keeper.best.get(k)
-            for k in ("stage", "step", "success_rate", "return_mean", "episodes")
-        },  # fmt: skip
-        "validation_episodes": len(monitor.keeper.seeds),
-        "residual_limit": o.residual_limit,
-        "env_steps": env_steps,
-        "env_steps_per_s": round(env_steps / train_s, 1) if train_s > 0 else None,
-        "policy": str(out_dir / "policy") if monitor.best_iterate else None,
-        "policy_last": str(out_dir / "policy_last"),
-        "kept_policy": str(stage.dir / "policy"),
-        "train_s": round(train_s, 1),
-        "wall_s": round(time.monotonic() - t0, 1),
-    }
+    train_s = monitor.train_s()
+    result = online_result(
+        evals=monitor.evals, best_score=monitor.detector.best, started_from=policy_dir,
+        best_iterate=monitor.best_iterate, keeper=monitor.keeper, out_dir=out_dir,
+        kept_policy=stage.dir / "policy", env_steps=int(model.num_timesteps), train_s=train_s,
+        t0=t0, method="residual", iterations=int(model._n_updates // max(teach.n_epochs, 1)),
+        collapsed=monitor.collapsed, stopped_by_budget=monitor.stopped_by_budget,
+        residual_limit=o.residual_limit,
+    )  # fmt: skip
     write_json_atomic(out_dir / "result.json", result)
     return result
