@@ -4,6 +4,8 @@ through save / load, and the stage reports its own iterates like DPPO does."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -144,3 +146,26 @@ def test_a_diffusion_student_asked_to_distill_a_residual_teacher_names_its_base(
         load_diffusion_teacher(path, "consistency")
     assert str(path / "base") in str(e.value)
     assert isinstance(load_diffusion_teacher(path / "base", "consistency"), DiffusionPolicy)
+
+
+def test_an_interrupted_residual_stage_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    from robodistill.training import sb3 as sb3_training
+
+    _base(tmp_path)
+    cfg, out = _cfg(tmp_path), tmp_path / "teach/online"
+    real_save = sb3_training.save_checkpoint
+
+    def save_then_crash(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt  # right after the first checkpoint (32 env steps)
+
+    monkeypatch.setattr(sb3_training, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_residual_online(cfg, Recorder(tmp_path / "teach"), tmp_path / "base", out)
+    assert not (out / "result.json").exists()
+    saved = json.loads((out / "checkpoint/state.json").read_text())
+    assert saved["num_timesteps"] == 32 and [e["env_steps"] for e in saved["evals"]] == [0, 32]
+    monkeypatch.setattr(sb3_training, "save_checkpoint", real_save)
+    result = run_residual_online(cfg, Recorder(tmp_path / "teach"), tmp_path / "base", out)
+    assert result["env_steps"] == 64  # 32 before the crash, 32 after: none run twice
+    assert [e["env_steps"] for e in result["evals"]] == [0, 32, 64]
