@@ -379,7 +379,7 @@ FAULTS: list[Fault] = [
         pipeline_stage_not_run,
     ),
     Fault(
-        "kill -9 during `collect`, then the same command",
+        "kill -9 during `collect` (the expert, a deterministic policy), then the same command",
         "(already exact)",
         EXACT_RESUME,
         "the store equals an uninterrupted run's",
