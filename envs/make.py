@@ -34,6 +34,31 @@ class FlattenDictObservation(gym.wrappers.FlattenObservation):
         return super().observation(observation).astype(np.float32)
 
 
+SUCCESS_KEYS = ("is_success", "success")
+"""``info`` keys read as an episode's success, in this order (gymnasium's, then
+gymnasium-robotics'); ``make_env(success_key=...)`` adds one after them."""
+
+
+class SuccessInfo(gym.Wrapper):
+    """Sets ``info["is_success"]``, which robodistill reads, from the first of ``success`` and
+    ``success_key`` the env reports when it reports no ``is_success`` itself (a ``None``
+    value counts as not reported)."""
+
+    def __init__(self, env: gym.Env, success_key: str | None = None):
+        super().__init__(env)
+        keys = [*SUCCESS_KEYS[1:], success_key]
+        self.success_keys = tuple(dict.fromkeys(k for k in keys if k and k != "is_success"))
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if info.get("is_success") is None:
+            for key in self.success_keys:
+                if info.get(key) is not None:
+                    info["is_success"] = bool(info[key])
+                    break
+        return obs, reward, terminated, truncated, info
+
+
 def check_env_id(env_id: str) -> None:
     """Raise :class:`EnvIdError` naming close matches when ``env_id`` is unknown."""
     import robodistill.envs  # noqa: F401  (registers robodistill/... ids)
@@ -56,13 +81,17 @@ def make_env(
     *,
     render_mode: str | None = None,
     max_episode_steps: int | None = None,
+    success_key: str | None = None,
     **kwargs: Any,
 ) -> gym.Env:
     """``gymnasium.make`` plus the project's shared wrappers.
 
-    Dict observations are flattened by :class:`FlattenDictObservation`; everything else is
-    returned as gymnasium builds it. ``env_id`` may be ``"module:Id-v0"`` to import a
-    third-party package that registers ``Id-v0``.
+    Dict observations are flattened by :class:`FlattenDictObservation`; success is always
+    ``info["is_success"]`` (:class:`SuccessInfo` copies it from ``info["success"]``, then
+    from ``info[success_key]``, when the env reports no ``is_success``: ``env.success_key``).
+    ``env_id`` may be ``"module:Id-v0"`` to import a third-party package that registers
+    ``Id-v0``. ``success_key`` is reserved: it is never passed to the env, so a rollout's
+    ``env_kwargs`` may carry it (:meth:`robodistill.config.EnvConfig.make_kwargs`).
     """
     module, _, bare_id = env_id.rpartition(":")
     if module:
@@ -81,7 +110,8 @@ def make_env(
     if render_mode is not None:
         # Only when asked: envs without rendering do not accept the argument at all.
         kwargs["render_mode"] = render_mode
-    env = gym.make(env_id, max_episode_steps=max_episode_steps, **kwargs)
+    env = SuccessInfo(gym.make(env_id, max_episode_steps=max_episode_steps, **kwargs),
+                      success_key)  # fmt: skip
     if isinstance(env.observation_space, gym.spaces.Dict):
         env = FlattenDictObservation(env)
     return env

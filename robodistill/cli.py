@@ -64,12 +64,13 @@ SHORTCUTS: dict[str, list[tuple[str, str, type, str]]] = {
         _SEED,
     ],
     "export": [
+        ("--env", "env.id", str, "environment id (default: the one the policy was made on)"),
         ("--policy", "export.policy", str, "policy directory (default: the run's student/teacher)"),
         ("--exporter", "export.exporter", str, "dynamo or torchscript"),
         ("--opset", "export.opset", int, "ONNX opset (>= 17)"),
     ],
     "control": [
-        _ENV,
+        ("--env", "env.id", str, "environment id (default: the one the model was exported for)"),
         ("--hz", "control.hz", float, "control rate in Hz (default: the env's)"),
         ("--episodes", "control.episodes", int, "episodes to run"),
         ("--on-fault", "control.on_fault", str, "continue or stop"),
@@ -134,13 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
         if command == "config":
             p.add_argument("--keys", action="store_true",
                            help="list every key with its default and documentation")  # fmt: skip
-    p = sub.add_parser("store", help="check a trajectory store").add_subparsers(
-        dest="store_command", required=True, metavar="ACTION"
-    )
-    p = p.add_parser(
+    actions = sub.add_parser("store", help="check, export or import a trajectory store")
+    actions = actions.add_subparsers(dest="store_command", required=True, metavar="ACTION")
+    p = actions.add_parser(
         "verify", help="check every chunk and episode; names the damage, exit 1 if any"
     )
     p.add_argument("path", help="the store's .zarr folder")
+    from robodistill.data.formats import add_commands  # light: argparse only
+
+    add_commands(actions)  # store export / store import (lerobot, minari, zarr2)
     return parser
 
 
@@ -268,6 +271,10 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 
 
 def cmd_store(args: argparse.Namespace) -> int:
+    if args.store_command in ("export", "import"):
+        from robodistill.data.formats import run_command
+
+        return run_command(args)
     from robodistill.data.store_verify import verify_store
 
     report = verify_store(args.path)

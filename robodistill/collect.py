@@ -68,7 +68,7 @@ def run_collect(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
             try:
                 run_episodes(cfg, policy, cfg.collect.policy, todo, on_episode=record,
                              workers=cfg.collect.workers, field="collect.workers",
-                             policy_seed=cfg.seed, env_kwargs=cfg.env.kwargs)  # fmt: skip
+                             policy_seed=cfg.seed, env_kwargs=cfg.env.make_kwargs())  # fmt: skip
             finally:
                 bar.close()
             store.flush()

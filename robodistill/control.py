@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from robodistill.config import ConfigError, RunConfig
+from robodistill.core.run_env import adopt_env, env_is_set, manifest_env, run_config_env
 from robodistill.core.rundir import StageRun
 from robodistill.core.seeds import EVAL_SEED_OFFSET, episode_seeds
 from robodistill.core.summaries import summarize_episodes
@@ -36,6 +37,25 @@ def control_model_path(cfg: RunConfig) -> Path:
     return path
 
 
+def control_env(cfg: RunConfig, model: Path) -> RunConfig:
+    """``cfg`` with the env ``model`` was exported for, unless ``env.id`` is set: the env id
+    in its metadata (``env_id``), with the rest of the env section (kwargs, step limit) from
+    the export manifest beside the file when that records the same id; a file whose
+    metadata names no env: that manifest's env, else the run's ``config.json``."""
+    from robodistill.deploy.metadata import read_metadata  # lazy: needs onnxruntime
+
+    if env_is_set(cfg):
+        return cfg
+    env_id = read_metadata(str(model)).get("env_id")
+    found = manifest_env(model.parent, stages=("export",))
+    if env_id is None:
+        found = found or run_config_env(run_dir(cfg))
+        return adopt_env(cfg, *found) if found else cfg
+    if found is not None and found[0].get("id") == env_id:
+        return adopt_env(cfg, *found)
+    return adopt_env(cfg, {"id": env_id}, f"the metadata of {model}")
+
+
 def run_control(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
     """Run the ONNX policy on ``env.id`` at ``control.hz`` for ``control.episodes`` episodes."""
     # Lazy: onnxruntime is an optional extra ([deploy]).
@@ -44,6 +64,7 @@ def run_control(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
     from robodistill.deploy.runtime import OnnxPolicy
 
     model = control_model_path(cfg)
+    cfg = control_env(cfg, model)
     digest = hashlib.sha256(model.read_bytes()).hexdigest()[:16]
     c = cfg.control
     with StageRun(cfg, "control", overwrite=overwrite, inputs={"model_digest": digest}) as stage:
@@ -55,7 +76,8 @@ def run_control(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
             raise ConfigError(f"control.hz: {model} records no control rate; set control.hz")
         robot = SimRobot(cfg.env.id, episodes=c.episodes,
                          seeds=episode_seeds(cfg, c.episodes, EVAL_SEED_OFFSET),
-                         max_episode_steps=cfg.env.max_episode_steps, env_kwargs=cfg.env.kwargs)  # fmt: skip
+                         max_episode_steps=cfg.env.max_episode_steps,
+                         env_kwargs=cfg.env.make_kwargs())  # fmt: skip
         try:
             env_obs = int(np.prod(robot.env.observation_space.shape))
             if env_obs != policy.observation_dim or robot.action_low.size != policy.action_dim:

@@ -132,9 +132,9 @@ def _evaluate(cfg: RunConfig, stage: StageRun, label: str, spec: str, out_dir: P
             bar.update(1)
 
         # Episodes to film run first, in their own rendering envs; the rest run unrendered.
-        video_kwargs = {**cfg.env.kwargs, **cfg.eval.video_env_kwargs}
+        video_kwargs = cfg.env.make_kwargs({**cfg.env.kwargs, **cfg.eval.video_env_kwargs})
         batches = [([s for s in todo if s in film], save_video, video_kwargs),
-                   ([s for s in todo if s not in film], None, cfg.env.kwargs)]  # fmt: skip
+                   ([s for s in todo if s not in film], None, cfg.env.make_kwargs())]  # fmt: skip
         try:
             for batch_seeds, on_frames, env_kwargs in batches:
                 run_episodes(cfg, policy, spec, batch_seeds, on_episode=record,

@@ -17,6 +17,7 @@ import numpy as np
 
 from robodistill.config import ConfigError, RunConfig
 from robodistill.core.rollout import env_spaces
+from robodistill.core.run_env import adopt_env, manifest_env, run_config_env
 from robodistill.core.rundir import StageRun, directory_digest
 from robodistill.core.seeds import EVAL_SEED_OFFSET, episode_seeds
 from robodistill.envs import make_env
@@ -34,24 +35,89 @@ def run_dir(cfg: RunConfig) -> Path:
 
 
 def export_policy_dir(cfg: RunConfig) -> Path:
-    """The policy directory ``export.policy`` names (``auto``: the first student of
-    ``distill.students`` this run distilled, else the run's teacher)."""
+    """The policy directory ``export.policy`` names; ``auto``: the run's student
+    (:func:`auto_student`), else its teacher ``<run>/teach/policy``."""
     if cfg.export.policy != "auto":
         path = Path(cfg.export.policy)
         if not (path / "config.json").is_file():
             raise ConfigError(f"export.policy: {path} is not a saved policy directory (no "
                               "config.json); give a directory written by teach or distill")  # fmt: skip
         return path
-    distilled = run_dir(cfg) / "distill"
-    candidates = [distilled / s / "policy" for s in cfg.distill.students]
-    candidates.append(run_dir(cfg) / "teach" / "policy")
-    for path in candidates:
-        if (path / "config.json").is_file():
-            return path
+    teacher = run_dir(cfg) / "teach" / "policy"
+    student = auto_student(run_dir(cfg) / "distill")
+    if student is not None:
+        if (teacher / "config.json").is_file() and _saved_at(teacher) > _saved_at(student):
+            log.warning("export: the teacher %s was saved after the student %s; distill it "
+                        "again (robodistill distill --overwrite) or set export.policy=%s to "
+                        "export the teacher", teacher, student, teacher)  # fmt: skip
+        return student
+    if (teacher / "config.json").is_file():
+        return teacher
     raise MissingInput(
-        f"export.policy: auto found no policy in {' or '.join(map(str, candidates))}; run "
-        "`robodistill teach` (or distill) for this run first, or set export.policy=DIR"
+        f"export.policy: auto found no policy in {run_dir(cfg) / 'distill'}/*/policy or "
+        f"{teacher}; run `robodistill teach` (or distill) for this run first, or set "
+        "export.policy=DIR"
     )
+
+
+def auto_student(distill_dir: Path) -> Path | None:
+    """The student ``export.policy: auto`` exports from ``distill_dir`` (``<run>/distill``),
+    ``None`` when it holds none.
+
+    Every ``<student>/policy`` there counts, whatever its kind (dagger, consistency,
+    streaming, rti, generalist, ...). The distill stage that made them records the order
+    they were configured in (``distill.students`` in its ``manifest.json``): the first of
+    those present wins, as the stage made them together from one teacher. Any other student
+    (no manifest, or one it does not list) is ordered by when it was last saved, newest
+    first; two equally new ones are ambiguous and raise :class:`ConfigError` naming them.
+    """
+    found = {p.parent.parent.name: p.parent
+             for p in sorted(distill_dir.glob("*/policy/config.json"))}  # fmt: skip
+    if not found:
+        return None
+    manifest = distill_dir / "manifest.json"
+    listed: list[str] = []
+    if manifest.is_file():
+        try:
+            doc = json.loads(manifest.read_text())
+            listed = list(doc["config"]["distill"]["students"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("export: %s records no distill.students; choosing by time", manifest)
+    for name in listed:
+        if name in found:
+            return found[name]
+    times = {name: _saved_at(path) for name, path in found.items()}
+    newest = max(times.values())
+    tied = sorted(name for name, t in times.items() if t == newest)
+    if len(tied) > 1:
+        listing = "; ".join(f"{found[n]} ({_kind(found[n])})" for n in tied)
+        raise ConfigError(
+            f"export.policy: auto cannot choose between {len(tied)} students saved at the same "
+            f"time: {listing}. Choose one with `export.policy: <path>` (the command line: "
+            f"robodistill export --policy {found[tied[0]]})"
+        )
+    return found[tied[0]]
+
+
+def _saved_at(policy_dir: Path) -> int:
+    """When the policy in ``policy_dir`` was last saved (newest file, ns)."""
+    return max((f.stat().st_mtime_ns for f in policy_dir.iterdir() if f.is_file()), default=0)
+
+
+def _kind(policy_dir: Path) -> str:
+    try:
+        return str(json.loads((policy_dir / "config.json").read_text()).get("kind"))
+    except (OSError, ValueError, AttributeError):
+        return "unreadable config.json"
+
+
+def export_env(cfg: RunConfig, policy_dir: Path) -> RunConfig:
+    """``cfg`` with the env ``policy_dir`` was made on unless ``env.id`` is set: the env the
+    stage that saved it recorded (teach or distill manifest), else the run's ``config.json``
+    (:mod:`robodistill.core.run_env`)."""
+    found = (manifest_env(policy_dir.parent, levels=3, stages=("teach", "distill"))
+             or run_config_env(run_dir(cfg)))  # fmt: skip
+    return adopt_env(cfg, *found) if found else cfg
 
 
 def real_observations(cfg: RunConfig, policy, steps: int) -> np.ndarray:
@@ -113,6 +179,7 @@ def run_export(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
     from robodistill.deploy.runtime import OnnxPolicy, time_act
 
     policy_dir = export_policy_dir(cfg)
+    cfg = export_env(cfg, policy_dir)
     digest = directory_digest(policy_dir)
     inputs = {"policy_digest": digest, "env_id": cfg.env.id, "env_kwargs": cfg.env.kwargs}
     policy = load_policy(policy_dir)

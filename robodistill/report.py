@@ -89,6 +89,10 @@ def write_report(cfg: RunConfig, results: dict[str, Any]) -> Path:
     curves = plot_learning_curves(run_dir)
     if curves is not None:
         lines += ["", f"![training losses]({curves.name})"]
+    episodes = plot_training_episodes(run_dir)
+    if episodes is not None:
+        lines += ["", f"![training episodes: return and success against env steps "
+                      f"(teach/episodes.jsonl)]({episodes.name})"]  # fmt: skip
     videos = sorted((run_dir / "eval").glob("**/videos/seed-*.*"))
     if videos:
         lines += ["", "Evaluation videos: " + ", ".join(
@@ -158,8 +162,9 @@ def policy_table(table: dict[str, dict[str, Any]]) -> list[str]:
     return [*lines, "", latency_legend(ref), "", score_legend(list(table.values()))]
 
 
-def _save_plot(path: Path, draw: Callable[[Any], None]) -> Path:
-    """A 6 x 3.5 inch figure with one axes that ``draw`` fills, a legend, saved to ``path``."""
+def _save_plot(path: Path, draw: Callable[[Any], None], legend: bool = True) -> Path:
+    """A 6 x 3.5 inch figure with one axes that ``draw`` fills, a legend (unless ``draw``
+    makes its own), saved to ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -167,7 +172,8 @@ def _save_plot(path: Path, draw: Callable[[Any], None]) -> Path:
 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     draw(ax)
-    ax.legend()
+    if legend:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -217,3 +223,45 @@ def plot_returns(run_dir: Path, stages: list[str]) -> Path | None:
         ax.set_ylabel("episodes")
 
     return _save_plot(run_dir / "returns.png", draw)
+
+
+def _rolling_mean(values: list[float], window: int) -> list[float]:
+    """Mean of each value and the ``window - 1`` before it (fewer at the start)."""
+    sums = [0.0]
+    for v in values:
+        sums.append(sums[-1] + v)
+    return [(sums[i + 1] - sums[max(0, i + 1 - window)]) / min(i + 1, window)
+            for i in range(len(values))]  # fmt: skip
+
+
+def plot_training_episodes(run_dir: Path) -> Path | None:
+    """Every training episode of the teacher (``teach/episodes.jsonl``): its return against
+    the env steps when it ended, with a rolling mean, and the rolling success rate (right
+    axis) where the env reports success."""
+    rows = [r for r in read_jsonl(run_dir / "teach" / "episodes.jsonl")
+            if isinstance(r.get("return"), (int, float)) and isinstance(r.get("env_steps"), int)]  # fmt: skip
+    if not rows:
+        return None
+    steps = [r["env_steps"] for r in rows]
+    returns = [float(r["return"]) for r in rows]
+    window = max(1, len(rows) // 20)
+    judged = [(r["env_steps"], float(bool(r["success"]))) for r in rows
+              if r.get("success") is not None]  # fmt: skip
+
+    def draw(ax: Any) -> None:
+        ax.scatter(steps, returns, s=4, alpha=0.3, label=f"episode ({len(rows)})")
+        ax.plot(steps, _rolling_mean(returns, window), label=f"mean of {window}")
+        ax.set_xlabel("env steps")
+        ax.set_ylabel("training episode return")
+        handles, labels = ax.get_legend_handles_labels()
+        if judged:
+            right = ax.twinx()
+            right.plot([s for s, _ in judged], _rolling_mean([v for _, v in judged], window),
+                       color="tab:green", label=f"success rate (mean of {window})")  # fmt: skip
+            right.set_ylim(-0.02, 1.02)
+            right.set_ylabel("success rate")
+            more = right.get_legend_handles_labels()
+            handles, labels = handles + more[0], labels + more[1]
+        ax.legend(handles, labels, loc="best", fontsize="small")
+
+    return _save_plot(run_dir / "training_episodes.png", draw, legend=False)

@@ -14,8 +14,10 @@ class ExportConfig(Section):
     inside the graph, a JSON metadata document in ``metadata_props``), checked for parity."""
 
     policy: str = "auto"
-    """Policy directory to export; ``auto``: the first student of ``distill.students`` that
-    this run distilled (``<run>/distill/<student>/policy``), else ``<run>/teach/policy``."""
+    """Policy directory to export; ``auto``: the run's student of any kind
+    (``<run>/distill/<student>/policy``: the first of the students its distill stage made,
+    in that stage's ``distill.students`` order; else the newest saved, and an error naming
+    them when two are equally new), else ``<run>/teach/policy``."""
     exporter: Literal["dynamo", "torchscript"] = "torchscript"
     """``torchscript``: the tracing exporter (the default: 0.3 s per export here against
     12–21 s for ``dynamo``, with the same parity); ``dynamo``: torch.export-based, for

@@ -31,6 +31,19 @@ class EnvConfig(Section):
     """Environments stepped together in one synchronous vector env (Sync beats Async on 2 cores)."""
     max_episode_steps: int | None = Field(None, ge=1)
     """Episode step limit; ``null`` keeps the env's registered limit."""
+    success_key: str | None = Field(None, min_length=1)
+    """The ``info`` key that says an episode succeeded, for envs that report neither
+    ``info["is_success"]`` (gymnasium's convention, read first) nor ``info["success"]``
+    (gymnasium-robotics', read next); ``null``: only those two. Success is read from the
+    ``info`` of an episode's last step; without any of the keys it is unknown (``null``)."""
+
+    def make_kwargs(self, kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Keyword arguments for :func:`robodistill.envs.make_env` (or a rollout's
+        ``env_kwargs``): ``kwargs`` (default ``self.kwargs``) plus ``success_key`` when set."""
+        out = dict(self.kwargs if kwargs is None else kwargs)
+        if self.success_key is not None:
+            out["success_key"] = self.success_key
+        return out
 
 
 class PipelineConfig(Section):

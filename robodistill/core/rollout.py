@@ -80,7 +80,8 @@ def rollout(
     episode's frames, ``(H, W, 3)`` uint8 each, go to ``on_frames(seed, frames)``.
     The policy always sees a ``(num_envs, obs_dim)`` float32 batch (idle rows hold their
     last observation) so that per-row policy state keeps its row. A NaN/inf observation or
-    action raises :class:`RolloutError` naming the seed and step.
+    action raises :class:`RolloutError` naming the seed and step. ``env_kwargs`` go to
+    :func:`~robodistill.envs.make_env` (``success_key`` too: ``EnvConfig.make_kwargs``).
     """
     queue = deque(seeds)
     if not queue:
@@ -175,6 +176,7 @@ def _finish(
     term = np.zeros(steps, dtype=bool)
     trunc = np.zeros(steps, dtype=bool)
     term[-1], trunc[-1] = bool(terminated), bool(truncated)
+    # make_env's SuccessInfo fills is_success from info["success"] or env.success_key.
     success = bool(info["is_success"]) if "is_success" in info else None
     if slot.max_info_score is not None:
         max_score, score_source = slot.max_info_score, "info.score"

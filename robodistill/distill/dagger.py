@@ -201,7 +201,7 @@ def run_distill_dagger(
             mixture = MixturePolicy(teacher, student, beta, seed=[cfg.seed, i, 0])
             episodes = rollout(
                 cfg.env.id, mixture, seeds, num_envs=cfg.env.num_envs,
-                max_episode_steps=cfg.env.max_episode_steps, env_kwargs=cfg.env.kwargs,
+                max_episode_steps=cfg.env.max_episode_steps, env_kwargs=cfg.env.make_kwargs(),
                 source_policy=f"dagger-round-{i}",
             )  # fmt: skip
             obs = np.concatenate([e.data["obs"].reshape(e.length, -1) for e in episodes])

@@ -1,5 +1,5 @@
 """stable-baselines3 helpers every SB3 trainer shares: callbacks (validation through the one
-best-policy keeper, training success counts, checkpoints, progress) and resumable
+best-policy keeper, training success counts, the per-episode record, checkpoints, progress) and resumable
 checkpoints of SB3 models in safetensors + JSON.
 
 The exploration wrapper (``explore_venv`` below) is duck-typed: anything with
@@ -33,6 +33,7 @@ from robodistill.core.rundir import (
 from robodistill.data.store import StoreError
 from robodistill.policies.sb3_policy import SB3Policy
 from robodistill.training.checkpoint import load_optimizer_state, optimizer_state
+from robodistill.training.episodes import EPISODES_NAME, EpisodeLog
 from robodistill.training.selection import BestPolicyKeeper
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,8 @@ class EvalCallback(EveryNSteps):
 
 class TrainSuccessCallback(BaseCallback):
     """Counts finished training episodes (Monitor's ``info["episode"]``) and those that
-    reached the goal (``info["is_success"]``); at the end of each rollout logs a row
+    reached the goal (``info["is_success"]``, which ``make_env`` also sets from
+    ``info["success"]`` or ``env.success_key``); at the end of each rollout logs a row
     ``{"train_success": ..., "train_episodes": ...}`` (counts since the previous row) to
     ``stage.log_metrics``. ``first_success_step`` is the first env step (``num_timesteps``
     after that vector step) at which a training episode succeeded, ``None`` if none has;
@@ -150,6 +152,35 @@ class TrainSuccessCallback(BaseCallback):
         self.total_episodes += self.episodes
         self.total_successes += self.successes
         self.episodes = self.successes = 0
+
+
+class EpisodeRecordCallback(BaseCallback):
+    """The per-episode training record (:mod:`robodistill.training.episodes`): a row per
+    finished training episode (Monitor's raw ``info["episode"]`` return and length, the
+    ``info["is_success"]`` of its last step, ``num_timesteps`` after that vector step) in
+    ``stage.dir/episodes.jsonl``, flushed at the end of each rollout. ``resume_step``: the
+    checkpoint's ``num_timesteps`` when resuming (later rows are dropped), else ``None``."""
+
+    def __init__(self, stage: StageRun, resume_step: int | None = None):
+        super().__init__()
+        self.log = EpisodeLog(stage.dir / EPISODES_NAME, resume_step)
+
+    def _on_step(self) -> bool:
+        for info in self.locals.get("infos", ()):
+            episode = info.get("episode")
+            if episode is not None:
+                self.log.add(episode["r"], episode["l"], info.get("is_success"),
+                             self.num_timesteps)  # fmt: skip
+        return True
+
+    def _on_rollout_end(self) -> None:
+        self.log.flush()
+
+    def _on_training_end(self) -> None:
+        self.log.flush()
+
+    def close(self) -> None:
+        self.log.close()
 
 
 class CheckpointCallback(EveryNSteps):

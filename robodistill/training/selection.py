@@ -33,11 +33,11 @@ from robodistill.policies import Policy, load_policy
 def rollout_summary(cfg: RunConfig, policy: Policy, seeds: list[int], source_policy: str,
                     env_kwargs: dict[str, Any] | None = None) -> tuple[dict[str, Any], list]:  # fmt: skip
     """Roll ``policy`` out on ``seeds`` with the run's env settings (``env_kwargs`` replaces
-    ``env.kwargs``): the return / length / success / max score summary, and the episodes."""
+    ``env.kwargs``; ``env.success_key`` holds for both): the return / length / success / max score summary, and the episodes."""
     episodes = rollout(
         cfg.env.id, policy, seeds, num_envs=cfg.env.num_envs,
         max_episode_steps=cfg.env.max_episode_steps,
-        env_kwargs=cfg.env.kwargs if env_kwargs is None else env_kwargs,
+        env_kwargs=cfg.env.make_kwargs(env_kwargs),
         source_policy=source_policy,
     )  # fmt: skip
     return summarize_episode_list(episodes), episodes

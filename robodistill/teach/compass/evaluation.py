@@ -12,8 +12,9 @@ from robodistill.training.selection import rollout_summary
 
 
 def embodiment_kwargs(cfg: RunConfig, embodiment: str) -> dict[str, Any]:
-    """``env.kwargs`` with ``embodiment`` set (the env id must take that keyword)."""
-    return {**cfg.env.kwargs, "embodiment": embodiment}
+    """``env.kwargs`` with ``embodiment`` set (the env id must take that keyword), plus
+    ``env.success_key`` (for :func:`robodistill.envs.make_env`)."""
+    return cfg.env.make_kwargs({**cfg.env.kwargs, "embodiment": embodiment})
 
 
 def validate_on_embodiment(

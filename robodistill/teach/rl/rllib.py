@@ -12,6 +12,8 @@ Artifacts in ``<run>/teach/``::
     policy_last/   the policy when training ended
     checkpoint/    RLlib's own resumable checkpoint (``algo.save_to_path``), replaced atomically
     best.json      evaluation that chose policy/ (survives restarts)
+    episodes.jsonl every training episode: return, length, success, env steps (at the end
+                   of the iteration that reported it), wall time
 
 **The RLlib checkpoint is only for resuming training.** Its format is RLlib's: some of its
 state files may be pickled (connector and metrics state), so it is never what a policy is
@@ -64,6 +66,7 @@ from robodistill.envs import make_env
 from robodistill.errors import StageNotBuilt
 from robodistill.policies.rllib_policy import RLlibPolicy
 from robodistill.teach.rl.metrics import teacher_metrics
+from robodistill.training.episodes import EPISODES_NAME, EpisodeLog
 from robodistill.training.selection import BestPolicyKeeper
 
 log = logging.getLogger(__name__)
@@ -72,6 +75,8 @@ ENV_NAME = "robodistill_env"
 CHECKPOINT_DIR = "checkpoint"
 STATE_NAME = "robodistill_state.json"
 AGENT = "default_agent"
+EPISODE_ITEMS = "robodistill_episodes"
+"""The env runners' metric of finished episodes, ``(return, length, success)`` each."""
 
 
 def create_env(env_config: dict[str, Any]) -> gym.Env:
@@ -81,27 +86,42 @@ def create_env(env_config: dict[str, Any]) -> gym.Env:
         import torch
 
         torch.set_num_threads(int(env_config["torch_threads"]))
-    return make_env(
+    env = make_env(
         env_config["id"],
         max_episode_steps=env_config.get("max_episode_steps"),
         **env_config.get("kwargs", {}),
     )
+    # Each episode's own return and length in its last info (info["episode"]), for the
+    # per-episode record: RLlib's episode chunks overlap at the iteration boundaries.
+    return gym.wrappers.RecordEpisodeStatistics(env)
 
 
 def _make_callbacks():
     from ray.rllib.callbacks.callbacks import RLlibCallback
 
     class SuccessCallback(RLlibCallback):
-        """Counts training episodes whose last ``info`` says ``is_success``."""
+        """Counts training episodes whose last ``info`` says ``is_success`` (which
+        ``make_env`` sets from ``success`` or ``env.success_key`` too), and reports each
+        episode's ``(return, length, success)`` (:data:`EPISODE_ITEMS`) for the per-episode
+        record."""
 
         def on_episode_end(self, *, episode, metrics_logger=None, **kwargs) -> None:
             try:
                 info = episode.get_infos(-1)
             except (IndexError, KeyError, TypeError, AttributeError):
                 info = {}
-            success = bool((info or {}).get("is_success", False))
+            reported = (info or {}).get("is_success")
+            success = bool(reported)
             if metrics_logger is not None:
                 metrics_logger.log_value("num_successes", int(success), reduce="sum")
+                # RecordEpisodeStatistics' totals (create_env): summing the episode's chunks
+                # would count steps at iteration boundaries twice (RLlib 2.60's own
+                # episode_len_mean does: 3.33 for 3-step episodes).
+                stats = (info or {}).get("episode") or {}
+                ret = float(stats.get("r", episode.get_return()))
+                length = int(stats.get("l", episode.t))
+                item = (ret, length, None if reported is None else bool(reported))
+                metrics_logger.log_value(EPISODE_ITEMS, item, reduce="item_series")
 
     return SuccessCallback
 
@@ -124,7 +144,7 @@ def build_config(cfg: RunConfig):
     env_config = {
         "id": cfg.env.id,
         "max_episode_steps": cfg.env.max_episode_steps,
-        "kwargs": dict(cfg.env.kwargs),
+        "kwargs": cfg.env.make_kwargs(),  # with env.success_key, which make_env reads
         "torch_threads": cfg.teach.torch_threads,
     }
     config = (
@@ -245,6 +265,7 @@ def run_teach_rllib(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
     if not isinstance(act_space, gym.spaces.Box):
         raise ValueError(f"teach rllib: {cfg.env.id} has a non-Box action space {act_space}")
     algo = build_config(cfg).build_algo()
+    record: EpisodeLog | None = None
     try:
         # -- resume ------------------------------------------------------------------------
         ckpt_dir = stage.dir / CHECKPOINT_DIR
@@ -264,6 +285,7 @@ def run_teach_rllib(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
         last: dict[str, Any] | None = None
         last_step = int(state.get("last_eval_step", -1))
         total_episodes = total_successes = 0
+        record = EpisodeLog(stage.dir / EPISODES_NAME, resumed_from if state else None)
 
         def evaluate() -> dict[str, Any]:
             nonlocal last, last_step
@@ -294,6 +316,10 @@ def run_teach_rllib(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
             total_successes += succ
             if succ and first_success is None:
                 first_success = steps
+            for item in runners.get(EPISODE_ITEMS) or ():
+                # RLlib reports episodes per iteration: env_steps is the iteration's end.
+                record.add(*item, env_steps=steps)
+            record.flush()
             row: dict[str, Any] = {"train_episodes": episodes, "train_success": succ}
             if "episode_return_mean" in runners and episodes:
                 row["train_return_mean"] = float(runners["episode_return_mean"])
@@ -313,6 +339,8 @@ def run_teach_rllib(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
         to_policy(algo, obs_space, act_space).save(stage.dir / "policy_last")
         save_rllib_checkpoint(algo, ckpt_dir, ckpt_state())
     finally:
+        if record is not None:
+            record.close()
         algo.stop()
         if started:
             import ray

@@ -12,6 +12,7 @@ Artifacts in ``<run>/teach/``::
     policy_last/   the policy when training ended
     checkpoint/    resumable training state (no pickle), replaced atomically
     best.json      evaluation that chose policy/ (survives restarts)
+    episodes.jsonl every training episode: return, length, success, env steps, wall time
     tb/            SB3's TensorBoard scalars (and the stage's own)
 
 Reads top to bottom: environments, model, resume, callbacks, ``learn``, final evaluation.
@@ -47,6 +48,7 @@ from robodistill.teach.rl.metrics import teacher_metrics
 from robodistill.teach.rl.two_stream_ppo import TwoStreamPPO
 from robodistill.training.sb3 import (
     CheckpointCallback,
+    EpisodeRecordCallback,
     EvalCallback,
     ProgressCallback,
     TrainSuccessCallback,
@@ -75,7 +77,9 @@ def run_teach_sb3(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
     # DummyVecEnv steps the envs in this process: on 2 cores it beats SubprocVecEnv (as Sync
     # beat Async gymnasium vector envs, 9.5k vs 4k steps/s), since IPC costs more than a step.
     def make_one():
-        env = make_env(cfg.env.id, max_episode_steps=cfg.env.max_episode_steps, **cfg.env.kwargs)
+        env = make_env(
+            cfg.env.id, max_episode_steps=cfg.env.max_episode_steps, **cfg.env.make_kwargs()
+        )
         return Monitor(env)  # raw episode returns/lengths for SB3's rollout/ep_rew_mean
 
     venv = DummyVecEnv([make_one for _ in range(cfg.env.num_envs)])
@@ -135,7 +139,8 @@ def run_teach_sb3(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
     bar = ProgressCallback(teach.total_timesteps, f"teach {teach.algo} {cfg.env.id}")
     successes = TrainSuccessCallback(stage, (state or {}).get("first_success_step"))
     evaluator.train_success = successes  # its first_success_step goes into checkpoints
-    callbacks = [bar, successes, evaluator, checkpointer]
+    episodes = EpisodeRecordCallback(stage, resumed_from if state is not None else None)
+    callbacks = [bar, successes, episodes, evaluator, checkpointer]
     if explore_callback is not None:
         callbacks.insert(1, explore_callback)
 
@@ -159,6 +164,7 @@ def run_teach_sb3(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
         final = evaluator.evaluate()
     SB3Policy.from_model(model, vec_normalize).save(stage.dir / "policy_last")
     successes.flush()
+    episodes.close()
     save_checkpoint(ckpt_dir, model, vec_normalize, explore_venv, evaluator.state())
     venv.close()
     wall = time.monotonic() - t0

@@ -23,7 +23,7 @@ class ChunkEnvs:
     ``env_steps`` counts every env step taken."""
 
     def __init__(self, cfg, n: int, obs_horizon: int, max_steps: int | None, seed: int):
-        self.envs = [make_env(cfg.env.id, max_episode_steps=max_steps, **cfg.env.kwargs)
+        self.envs = [make_env(cfg.env.id, max_episode_steps=max_steps, **cfg.env.make_kwargs())
                      for _ in range(n)]  # fmt: skip
         self.to, self.next_seed = obs_horizon, seed
         space = self.envs[0].action_space

@@ -237,7 +237,7 @@ class OfflineRL:
         sync_ema(self.reference)
         episodes = rollout(cfg.env.id, self.reference, range(base, base + o.flywheel_episodes),
                            num_envs=cfg.env.num_envs, max_episode_steps=cfg.env.max_episode_steps,
-                           env_kwargs=cfg.env.kwargs, source_policy="rl100-offline")  # fmt: skip
+                           env_kwargs=cfg.env.make_kwargs(), source_policy="rl100-offline")  # fmt: skip
         dc = DecisionConfig(self.decisions.obs_horizon, self.decisions.action_horizon,
                             self.decisions.gamma)  # fmt: skip
         self.decisions = Decisions.concat([self.decisions, build_decisions(episodes, dc)])

@@ -143,7 +143,7 @@ def run_residual_online(cfg, stage, policy_dir, out_dir) -> dict[str, Any]:
     max_steps = o.max_episode_steps or cfg.env.max_episode_steps
 
     def make_one():
-        return Monitor(make_env(cfg.env.id, max_episode_steps=max_steps, **cfg.env.kwargs))
+        return Monitor(make_env(cfg.env.id, max_episode_steps=max_steps, **cfg.env.make_kwargs()))
 
     raw = DummyVecEnv([make_one for _ in range(o.num_envs)])
     raw.seed(episode_seeds(cfg, 1, ONLINE_RL_SEED_OFFSET)[0])
