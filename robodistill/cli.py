@@ -9,6 +9,7 @@
     robodistill config --show                            # the resolved configuration
     robodistill envs                                     # registered environments
     robodistill store verify runs/default/collect/demos.zarr   # check chunks and episodes
+    robodistill store export --format lerobot runs/default/collect/demos.zarr out/   # interop
 
 Every command that takes a configuration accepts ``--config FILE`` and any number of
 ``--set key.sub=value`` overrides; an invalid configuration stops before any work starts.
