@@ -140,6 +140,17 @@ def test_online_reports_its_own_iterates_and_stops_on_its_time_budget(tmp_path):
     assert rows and rows[0]["online_reward_std"] > 0
 
 
+def test_online_dppo_keeps_a_per_episode_training_record(tmp_path):
+    start = _policy("mlp").save(tmp_path / "start")
+    cfg = _cfg(tmp_path, "teach.online.iterations=1", "teach.online.max_episode_steps=3")
+    run_online_rl(cfg, Recorder(tmp_path / "teach"), start, tmp_path / "teach/online")
+    record = [json.loads(line) for line in (tmp_path / "teach/episodes.jsonl").open()]
+    # 3 envs stepped in turn, 2 decisions of 2 actions, 3-step episodes: each env's episode
+    # ends at its second decision's first step, the counter then at 7, 8 and 9.
+    assert [r["length"] for r in record] == [3, 3, 3]
+    assert [r["env_steps"] for r in record] == [7, 8, 9] and record[0]["success"] is not None
+
+
 def test_the_kept_policy_is_revalidated_on_the_rl_seeds(tmp_path):
     cfg = _cfg(tmp_path)
     policy = _policy("mlp")

@@ -118,6 +118,11 @@ def test_the_residual_stage_reports_its_own_iterates_and_keeps_the_best(tmp_path
     assert result["kept"]["stage"] == "online" and result["kept"]["step"] in (0, 32, 64)
     rows = [r for r in stage.rows if "eval_success_rate" in r]
     assert [r["online_env_steps"] for r in rows] == [0, 32, 64]
+    # The per-episode training record: 2 envs x 64 steps / 6-step episodes.
+    record = [json.loads(line) for line in (tmp_path / "teach/episodes.jsonl").open()]
+    assert len(record) == 10 and all(r["length"] == 6 for r in record)
+    assert [r["episode"] for r in record] == list(range(10))
+    assert all(0 < r["env_steps"] <= 64 for r in record)
     # Done: a second call returns the result without training.
     assert run_residual_online(_cfg(tmp_path), stage, tmp_path / "base", out) == result
 

@@ -19,7 +19,8 @@ from robodistill.envs import make_env
 class ChunkEnvs:
     """N envs stepped in turn, one chunk at a time, with per-env observation histories.
 
-    ``finished`` collects ``(return, is_success)`` of every episode that ended;
+    ``finished`` collects ``(return, is_success, length, env_steps)`` of every episode that
+    ended (``env_steps``: the counter when it ended);
     ``env_steps`` counts every env step taken."""
 
     def __init__(self, cfg, n: int, obs_horizon: int, max_steps: int | None, seed: int):
@@ -30,7 +31,8 @@ class ChunkEnvs:
         self.low, self.high = np.asarray(space.low), np.asarray(space.high)
         self.hist = np.stack([self._reset(i) for i in range(n)])  # (N, To, O)
         self.returns = np.zeros(n)
-        self.finished: list[tuple[float, bool | None]] = []
+        self.lengths = np.zeros(n, dtype=np.int64)
+        self.finished: list[tuple[float, bool | None, int, int]] = []
         self.env_steps = 0
 
     def _reset(self, i: int) -> np.ndarray:
@@ -55,13 +57,15 @@ class ChunkEnvs:
                 reward[i] += gamma**j * float(r)
                 disc[i] = gamma ** (j + 1)
                 self.returns[i] += float(r)
+                self.lengths[i] += 1
                 self.hist[i] = np.roll(self.hist[i], -1, axis=0)
                 self.hist[i, -1] = obs
                 if terminated or truncated:
                     end[i], term[i], cut[i] = True, terminated, truncated and not terminated
                     cut_hist[i] = self.hist[i]
-                    self.finished.append((float(self.returns[i]), info.get("is_success")))
-                    self.returns[i] = 0.0
+                    self.finished.append((float(self.returns[i]), info.get("is_success"),
+                                          int(self.lengths[i]), self.env_steps))  # fmt: skip
+                    self.returns[i], self.lengths[i] = 0.0, 0
                     self.hist[i] = self._reset(i)
                     break
         return reward, disc, end, term, cut, cut_hist

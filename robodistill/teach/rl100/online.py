@@ -69,6 +69,7 @@ from robodistill.teach.rl100.offline import (
     sync_ema,
 )
 from robodistill.training.checkpoint import result_or_workdir
+from robodistill.training.episodes import EPISODES_NAME, EpisodeLog
 from robodistill.training.selection import BestPolicyKeeper, is_better
 
 log = logging.getLogger(__name__)
@@ -297,6 +298,8 @@ def run_online_rl(cfg, stage, policy_dir, out_dir) -> dict[str, Any]:
                      o.max_episode_steps or cfg.env.max_episode_steps, seed0)  # fmt: skip
     keeper = BestPolicyKeeper(cfg, stage.dir, episodes=cfg.teach.rl100.rl_eval_episodes)
     keeper.revalidate()  # the kept policy, on the seeds the online iterates are judged on
+    # The per-episode training record: rows past the checkpoint's env steps are dropped.
+    episodes = EpisodeLog(stage.dir / EPISODES_NAME, state["env_steps"] if resumed else None)
     it, evals, collapsed = state["iteration"], state["evals"], False
     best_iterate, env_steps0 = state["best_iterate"], state["env_steps"]
     train_s0, t_run = state["train_s"], time.monotonic()
@@ -395,10 +398,13 @@ def run_online_rl(cfg, stage, policy_dir, out_dir) -> dict[str, Any]:
                     "online_env_steps": env_steps0 + envs.env_steps,
                     "online_env_steps_per_s": steps / iter_s,
                     "online_collect_steps_per_s": steps / collect_s,
-                    "online_return_mean": float(np.mean([r for r, _ in done_eps]))
+                    "online_return_mean": float(np.mean([e[0] for e in done_eps]))
                     if done_eps else None,
-                    "online_success_rate": float(np.mean([bool(s) for _, s in done_eps]))
+                    "online_success_rate": float(np.mean([bool(e[1]) for e in done_eps]))
                     if done_eps and done_eps[0][1] is not None else None}  # fmt: skip
+            for ret, success, length, at in done_eps:
+                episodes.add(ret, length, success, env_steps0 + at)
+            episodes.flush()
             envs.finished = []
             stage.log_metrics(it, {"stage": "online", **row})
             if it % o.eval_every == 0 or it == o.iterations or over_budget():
@@ -414,6 +420,7 @@ def run_online_rl(cfg, stage, policy_dir, out_dir) -> dict[str, Any]:
                 "best_iterate": best_iterate})  # fmt: skip
     finally:
         envs.close()
+        episodes.close()
     if collapsed:
         log.warning("teach: rl100 online collapsed at iteration %d (evals %s); keeping the best "
                     "checkpoint %s", it, evals[-o.collapse_patience :], stage.dir / "policy")  # fmt: skip

@@ -57,6 +57,7 @@ from robodistill.training.checkpoint import result_or_workdir
 from robodistill.training.residual_env import ResidualVecEnv
 from robodistill.training.sb3 import (
     CheckpointCallback,
+    EpisodeRecordCallback,
     EveryNSteps,
     restore_checkpoint,
     save_checkpoint,
@@ -166,16 +167,19 @@ def run_residual_online(cfg, stage, policy_dir, out_dir) -> dict[str, Any]:
     monitor = ResidualOnlineMonitor(cfg, stage, out_dir, Path(policy_dir), vec_normalize, state)
     monitor.keeper.revalidate()  # the kept policy, on the seeds the iterates are judged on
     checkpointer = CheckpointCallback(ckpt, teach.checkpoint_every, vec_normalize, None, monitor)
+    # The per-episode training record (teach/episodes.jsonl), as every teacher keeps one.
+    record = EpisodeRecordCallback(stage, model.num_timesteps if state is not None else None)
     remaining = o.residual_timesteps - model.num_timesteps
     try:
         if remaining > 0 and not monitor.collapsed:
-            model.learn(remaining, callback=CallbackList([monitor, checkpointer]),
+            model.learn(remaining, callback=CallbackList([record, monitor, checkpointer]),
                         reset_num_timesteps=state is None)  # fmt: skip
         monitor.evaluate(model)  # the last iterate (skipped when just evaluated)
         monitor.policy(model).save(out_dir / "policy_last")
         save_checkpoint(ckpt, model, vec_normalize, None, monitor.state())
     finally:
         venv.close()
+        record.close()
     if monitor.collapsed:
         log.warning("teach: rl100 residual online collapsed at %d env steps (evals %s); keeping "
                     "the best checkpoint %s", model.num_timesteps,
