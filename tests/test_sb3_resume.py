@@ -324,3 +324,9 @@ def test_compass_specialist_resume_restores_the_checkpointed_model(tmp_path, mon
     result = train()
     _assert_restored(saved, seen.get("fresh"), seen.get("restored"))
     assert result["resumed_from_timesteps"] == 64 and result["timesteps"] == 128
+    # The specialist's per-episode training record, continued across the resume without a
+    # repeated episode: 12-step episodes, 2 envs, 32 steps each per attempt (the envs restart
+    # on resume) = 2 episodes per env per attempt.
+    record = [json.loads(line) for line in (out / "episodes.jsonl").open()]
+    assert [r["episode"] for r in record] == list(range(8))
+    assert all(r["length"] == 12 for r in record) and record[-1]["env_steps"] <= 128

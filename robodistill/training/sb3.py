@@ -158,12 +158,13 @@ class EpisodeRecordCallback(BaseCallback):
     """The per-episode training record (:mod:`robodistill.training.episodes`): a row per
     finished training episode (Monitor's raw ``info["episode"]`` return and length, the
     ``info["is_success"]`` of its last step, ``num_timesteps`` after that vector step) in
-    ``stage.dir/episodes.jsonl``, flushed at the end of each rollout. ``resume_step``: the
-    checkpoint's ``num_timesteps`` when resuming (later rows are dropped), else ``None``."""
+    ``directory/episodes.jsonl`` (a stage's or a COMPASS specialist's folder), flushed at the
+    end of each rollout. ``resume_step``: the checkpoint's ``num_timesteps`` when resuming
+    (later rows are dropped), else ``None``."""
 
-    def __init__(self, stage: StageRun, resume_step: int | None = None):
+    def __init__(self, directory: Path, resume_step: int | None = None):
         super().__init__()
-        self.log = EpisodeLog(stage.dir / EPISODES_NAME, resume_step)
+        self.log = EpisodeLog(Path(directory) / EPISODES_NAME, resume_step)
 
     def _on_step(self) -> bool:
         for info in self.locals.get("infos", ()):

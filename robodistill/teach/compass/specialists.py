@@ -27,6 +27,7 @@ from robodistill.teach.compass.wrappers import make_residual_env
 from robodistill.training.checkpoint import result_or_workdir
 from robodistill.training.sb3 import (
     CheckpointCallback,
+    EpisodeRecordCallback,
     EveryNSteps,
     restore_checkpoint,
     save_checkpoint,
@@ -114,10 +115,13 @@ def train_residual(cfg: RunConfig, stage: StageRun | MetricsAppender, base: Poli
     resumed_from = model.num_timesteps if state is not None else 0
     keeper = _SpecialistKeeper(cfg, out, base, embodiment, vec_normalize, stage)
     checkpointer = CheckpointCallback(ckpt, teach.checkpoint_every, vec_normalize, None, keeper)
+    # The specialist's per-episode training record, out/episodes.jsonl.
+    record = EpisodeRecordCallback(out, resumed_from if state is not None else None)
     remaining = total_timesteps - model.num_timesteps
     if remaining > 0:
-        model.learn(remaining, callback=CallbackList([keeper, checkpointer]),
+        model.learn(remaining, callback=CallbackList([record, keeper, checkpointer]),
                     tb_log_name=f"residual-{embodiment}", reset_num_timesteps=state is None)  # fmt: skip
+    record.close()
     if keeper.last_step != model.num_timesteps:
         keeper.evaluate(model)
     keeper.specialist(model).save(out / "policy_last")

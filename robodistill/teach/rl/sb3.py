@@ -139,7 +139,7 @@ def run_teach_sb3(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
     bar = ProgressCallback(teach.total_timesteps, f"teach {teach.algo} {cfg.env.id}")
     successes = TrainSuccessCallback(stage, (state or {}).get("first_success_step"))
     evaluator.train_success = successes  # its first_success_step goes into checkpoints
-    episodes = EpisodeRecordCallback(stage, resumed_from if state is not None else None)
+    episodes = EpisodeRecordCallback(stage.dir, resumed_from if state is not None else None)
     callbacks = [bar, successes, episodes, evaluator, checkpointer]
     if explore_callback is not None:
         callbacks.insert(1, explore_callback)

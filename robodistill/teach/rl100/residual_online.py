@@ -168,7 +168,7 @@ def run_residual_online(cfg, stage, policy_dir, out_dir) -> dict[str, Any]:
     monitor.keeper.revalidate()  # the kept policy, on the seeds the iterates are judged on
     checkpointer = CheckpointCallback(ckpt, teach.checkpoint_every, vec_normalize, None, monitor)
     # The per-episode training record (teach/episodes.jsonl), as every teacher keeps one.
-    record = EpisodeRecordCallback(stage, model.num_timesteps if state is not None else None)
+    record = EpisodeRecordCallback(stage.dir, model.num_timesteps if state is not None else None)
     remaining = o.residual_timesteps - model.num_timesteps
     try:
         if remaining > 0 and not monitor.collapsed:
