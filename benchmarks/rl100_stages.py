@@ -1,5 +1,5 @@
 """RL-100 stage by stage, per denoiser backbone: success on fixed test seeds after imitation,
-after OPE-gated offline RL and after online RL (DPPO), beside each stage's validation result,
+after OPE-gated offline RL and after online RL (DPPO or the residual), beside each stage's validation result,
 its env steps and its wall time; online learning curves; DDPM-100 against DDIM-10.
 
 For each ``--backbone`` (default: the config's; ``--backbone unet --backbone mlp`` side by
