@@ -18,6 +18,18 @@ from robodistill.policies import Policy
 from robodistill.policies.residual import base_features
 
 
+def feature_sizes(base: Policy, obs_shape: tuple[int, ...], include_obs: bool, rows: int = 1
+                  ) -> tuple[int, int]:  # fmt: skip
+    """``(F, L)``: the size of :func:`base_features`' vector and of the base's latent in it,
+    from one call on zero observations; the base is then fully reset, so the probe leaves no
+    trace in a stateful base (history, sampler)."""
+    probe = np.zeros((rows, *obs_shape), np.float32)
+    features, action = base_features(base, probe, include_obs)
+    base.reset()
+    size = features.shape[1]
+    return size, size - action.shape[1] - (int(np.prod(obs_shape)) if include_obs else 0)
+
+
 class ResidualActionWrapper(gym.ActionWrapper):
     """The agent's action is a residual: ``env action = clip(base(o) + residual, low, high)``.
 
@@ -69,9 +81,7 @@ class BaseFeaturesWrapper(gym.ObservationWrapper):
         if not isinstance(env, ResidualActionWrapper):
             raise TypeError("BaseFeaturesWrapper must wrap a ResidualActionWrapper")
         super().__init__(env)
-        probe = np.zeros((1, *env.env.observation_space.shape), np.float32)
-        dim = base_features(env.base, probe, env.include_obs)[0].shape[1]
-        env.base.reset()  # the probe leaves no trace in a stateful base (history, sampler)
+        dim, _ = feature_sizes(env.base, env.env.observation_space.shape, env.include_obs)
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (dim,), np.float32)
 
     def observation(self, obs: np.ndarray) -> np.ndarray:
@@ -100,9 +110,8 @@ class ResidualVecEnv(VecEnvWrapper):
         self.base, self.include_obs = base, include_obs
         space = venv.action_space
         self.low, self.high = space.low, space.high
-        probe = np.zeros((venv.num_envs, *venv.observation_space.shape), np.float32)
-        dim = base_features(base, probe, include_obs)[0].shape[1]
-        base.reset()  # the probe leaves no trace in a stateful base (history, sampler)
+        dim, self.z_dim = feature_sizes(base, venv.observation_space.shape, include_obs,
+                                        rows=venv.num_envs)  # fmt: skip
         super().__init__(
             venv,
             observation_space=gym.spaces.Box(-np.inf, np.inf, (dim,), np.float32),
@@ -126,12 +135,10 @@ class ResidualVecEnv(VecEnvWrapper):
 
     def step_wait(self):
         obs, rewards, dones, infos = self.venv.step_wait()
-        z_dim = self.features.shape[1] - self.base_action.shape[1] - (
-            int(np.prod(self.venv.observation_space.shape)) if self.include_obs else 0)  # fmt: skip
         for i in np.flatnonzero(dones):
             if "terminal_observation" in infos[i]:
                 terminal = np.asarray(infos[i]["terminal_observation"], np.float32).reshape(-1)
-                parts = [self.features[i, :z_dim], self.base_action[i]]
+                parts = [self.features[i, : self.z_dim], self.base_action[i]]
                 parts += [terminal] if self.include_obs else []
                 infos[i]["terminal_observation"] = np.concatenate(parts).astype(np.float32)
         if dones.any():

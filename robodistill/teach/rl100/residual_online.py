@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -96,8 +97,7 @@ class ResidualOnlineMonitor(EveryNSteps):
                               include_obs=True)  # fmt: skip
 
     def state(self) -> dict[str, Any]:
-        return {"detector": {k: getattr(self.detector, k) for k in ("fraction", "patience",
-                                                                   "best", "bad")},
+        return {"detector": asdict(self.detector),
                 "evals": self.evals, "best_iterate": self.best_iterate,
                 "train_s": self.train_s(), "collapsed": self.collapsed}  # fmt: skip
 
@@ -140,7 +140,8 @@ def run_residual_online(cfg, stage, policy_dir, out_dir) -> dict[str, Any]:
     if (done := result_or_workdir(out_dir)) is not None:
         return done
     t0, teach, o = time.monotonic(), cfg.teach, cfg.teach.online
-    check_chain(cfg, DiffusionPolicy.load(policy_dir))
+    base = DiffusionPolicy.load(policy_dir)
+    check_chain(cfg, base)
     max_steps = o.max_episode_steps or cfg.env.max_episode_steps
 
     def make_one():
@@ -149,7 +150,7 @@ def run_residual_online(cfg, stage, policy_dir, out_dir) -> dict[str, Any]:
     raw = DummyVecEnv([make_one for _ in range(o.num_envs)])
     raw.seed(episode_seeds(cfg, 1, ONLINE_RL_SEED_OFFSET)[0])
     # One base for every env, one batch row each: the chain runs once per step for all.
-    venv = ResidualVecEnv(raw, load_policy(policy_dir), o.residual_limit, include_obs=True)
+    venv = ResidualVecEnv(raw, base, o.residual_limit, include_obs=True)
     vec_normalize = None
     if teach.normalize_obs or o.reward_scaling:
         venv = vec_normalize = VecNormalize(venv, norm_obs=teach.normalize_obs,
