@@ -6,16 +6,19 @@ from __future__ import annotations
 import copy
 import json
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from robodistill.collect import run_collect
 from robodistill.config import ConfigError, load_config
+from robodistill.core.seeds import STUDENT_ROLLOUT_SEED_OFFSET, episode_seeds
 from robodistill.deploy.export import check_parity, export_policy
 from robodistill.deploy.runtime import OnnxPolicy
 from robodistill.distill import stage as distill
-from robodistill.distill.consistency import run_distill_consistency
+from robodistill.distill.consistency import _build, observation_windows, run_distill_consistency
 from robodistill.distill.teachers import load_diffusion_teacher
 from robodistill.policies import load_policy
 from robodistill.policies.consistency import ConsistencyStudent, update_target
@@ -319,3 +322,59 @@ def test_a_teacher_that_is_not_a_diffusion_policy_is_refused(teacher, tmp_path):
     path = _student(teacher).save(tmp_path / "not-a-teacher")
     with pytest.raises(ConfigError, match=r"distill\.teacher: .* 'consistency' policy"):
         load_diffusion_teacher(path, "consistency")
+
+
+def test_observation_windows_pad_with_the_first_observation():
+    obs = np.arange(8, dtype=np.float32).reshape(4, 2)
+    w = observation_windows(obs, 3)
+    assert w.shape == (4, 3, 2)
+    np.testing.assert_array_equal(w[0], obs[[0, 0, 0]])
+    np.testing.assert_array_equal(w[1], obs[[0, 0, 1]])
+    np.testing.assert_array_equal(w[3], obs[[1, 2, 3]])
+
+
+def test_the_student_trains_on_the_states_it_visits_and_resumes_them(tiny_overrides, tmp_path,
+                                                                      monkeypatch):  # fmt: skip
+    run_collect(load_config(None, tiny_overrides))
+    run_teach(load_config(None, tiny_overrides))
+    runs = tmp_path / "runs"
+    shared = [*tiny_overrides, *DISTILL, f"distill.teacher={runs / 'default/teach/policy'}",
+              f"teach.rl100.demos={runs / 'default/collect/demos.zarr'}",
+              "distill.consistency.trajectory_weight=1", "distill.consistency.visited_every=1",
+              "distill.consistency.visited_episodes=2"]  # fmt: skip
+    cfg = load_config(None, [*shared, "name=visited"])
+    metrics = distill.run_distill(cfg)["consistency"]
+    # Rounds after steps 1, 2 and 3 (none after the last): 3 rounds x 2 episodes x 12 steps.
+    assert metrics["visited_rounds"] == 3 and metrics["visited_windows"] == 72
+    tensors = load_file(runs / "visited/distill/consistency/checkpoint/optimizer.safetensors")
+    pool = tensors["visited.windows"].numpy()
+    assert pool.shape == (72, 2, 3)
+    # The pool's first window is the first rollout seed's reset observation, padded.
+    env = gym.make("Pendulum-v1")
+    first, _ = env.reset(seed=episode_seeds(cfg, 1, STUDENT_ROLLOUT_SEED_OFFSET)[0])
+    np.testing.assert_allclose(pool[0], np.stack([first, first]), atol=1e-6)
+
+    original = training_loop.save_checkpoint
+
+    def save_then_crash(*args, **kwargs):
+        original(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training_loop, "save_checkpoint", save_then_crash)
+    resumed_cfg = load_config(None, [*shared, "name=visited-resumed"])
+    with pytest.raises(KeyboardInterrupt):
+        distill.run_distill(resumed_cfg)
+    monkeypatch.setattr(training_loop, "save_checkpoint", original)
+    again = distill.run_distill(resumed_cfg)["consistency"]
+    assert again["resumed_from_step"] == 2
+    assert again["visited_rounds"] == 3 and again["visited_windows"] == 72
+    a = load_policy(runs / "visited/distill/consistency/checkpoint/policy")
+    b = load_policy(runs / "visited-resumed/distill/consistency/checkpoint/policy")
+    sa, sb = a.net.state_dict(), b.net.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_visited_states_need_the_trajectory_term(tiny_overrides, tmp_path):
+    cfg = load_config(None, [*tiny_overrides, *DISTILL, "distill.consistency.visited_every=1"])
+    with pytest.raises(ConfigError, match=r"distill\.consistency\.trajectory_weight"):
+        _build(cfg, tmp_path / "unused")

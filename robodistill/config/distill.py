@@ -83,6 +83,18 @@ class ConsistencyConfig(base.Section):
     steps) from the same ``z`` (CTM's long-jump anchor run to t = 0). Costs that many
     teacher calls per step; it pins the 1-step map where the per-interval links only
     bootstrap towards it."""
+    visited_every: int = Field(0, ge=0, le=10_000_000)
+    """Every this many steps (0: off) the acting student plays ``visited_episodes`` fresh
+    training episodes, and the observation windows it visited join a pool that supplies
+    ``visited_fraction`` of the trajectory term's batch: the teacher's chunk is its label
+    there (the term needs no demonstrated action), so the student learns where it drifts,
+    not only where the demonstrator went (DAgger's states; needs ``trajectory_weight`` > 0)."""
+    visited_episodes: int = Field(10, ge=1, le=100_000)
+    """Episodes the student plays per ``visited_every``."""
+    visited_fraction: float = Field(0.5, ge=0.0, le=1.0)
+    """Share of the trajectory term's batch drawn from the visited pool (once it has rows)."""
+    visited_capacity: int = Field(100_000, ge=1, le=10_000_000)
+    """Most windows the visited pool keeps (the oldest go first)."""
     sigma_data: float = Field(0.5, gt=0.0, le=100.0)
     """sigma_data of the c_skip / c_out boundary parametrization (normalized action units)."""
     inference_steps: int = Field(1, ge=1, le=8)

@@ -5,6 +5,7 @@ the purposes apart, so no policy is chosen or trained on the seeds it is reporte
 
     collection         0 …
     DAgger rounds      100 000 …
+    student rollouts   300 000 …   (a consistency student's visited states)
     online RL          600 000 …
     offline flywheel   700 000 …
     validation         800 000 …   (checkpoint selection)
@@ -26,6 +27,10 @@ COLLECT_SEED_OFFSET = 0
 DAGGER_SEED_OFFSET = 100_000
 """Round ``i``'s episode ``j`` of a DAgger student runs on offset
 ``100000 + i·episodes_per_round + j``."""
+STUDENT_ROLLOUT_SEED_OFFSET = 300_000
+"""Episodes a consistency student plays to add the states it visits to its training data
+(``distill.consistency.visited_every``): round ``r``'s episode ``j`` runs on offset
+``300000 + r·visited_episodes + j``."""
 ONLINE_RL_SEED_OFFSET = 600_000
 """Training episodes of RL-100's online stage."""
 FLYWHEEL_SEED_OFFSET = 700_000

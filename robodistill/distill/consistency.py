@@ -14,6 +14,14 @@ teacher's EMA network take one DDIM step to ``t_n`` and pulls the student's outp
 learning rate; the target network follows the student with decay ``target_ema`` after every
 step; a separate diffusers EMA (``ema_decay``) is what acts, is evaluated and is saved.
 
+With ``trajectory_weight`` > 0 the student's one jump is also regressed on the teacher's
+DDIM chunk from the same noise. That term needs observations only, so with
+``visited_every`` > 0 it also trains on the states the student itself visits: every
+``visited_every`` steps the acting student plays ``visited_episodes`` training episodes
+(seeds :data:`~robodistill.core.seeds.STUDENT_ROLLOUT_SEED_OFFSET` on) and their observation
+windows join a pool (checkpointed) that supplies ``visited_fraction`` of the term's batch —
+DAgger's remedy for a student that drifts where the demonstrator never went.
+
 Artifacts in ``<run>/distill/consistency/``::
 
     policy/         the best student on the validation seeds (success rate, then return)
@@ -34,11 +42,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from robodistill.config import ConfigError, RunConfig
 from robodistill.core.rundir import StageRun
-from robodistill.core.seeds import RNGStream, stream_rng
+from robodistill.core.seeds import STUDENT_ROLLOUT_SEED_OFFSET, RNGStream, episode_seeds, stream_rng
 from robodistill.data.demos import load_demos
 from robodistill.data.sampler import SequenceSampler
 from robodistill.data.store import StoreError
@@ -46,6 +55,7 @@ from robodistill.distill.teachers import load_diffusion_teacher
 from robodistill.policies.consistency import ConsistencyStudent, update_target
 from robodistill.training.loop import Trainer, train_student
 from robodistill.training.optim import adamw_with_schedule, resolve_device
+from robodistill.training.selection import rollout_summary
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +63,19 @@ WEIGHT_DECAY = 1e-6
 """AdamW weight decay (diffusion policy's; the student starts from the teacher's weights)."""
 
 
+def observation_windows(obs: np.ndarray, horizon: int) -> np.ndarray:
+    """(T, D) one episode's observations -> (T, horizon, D): at each step the last
+    ``horizon`` observations, the first repeated before the start (the policies' padding)."""
+    idx = np.clip(np.arange(len(obs))[:, None] + np.arange(1 - horizon, 1)[None, :], 0, None)
+    return obs[idx]
+
+
 def _build(cfg: RunConfig, teacher_path: Path) -> tuple[Any, ConsistencyStudent]:
     cc = cfg.distill.consistency
+    if cc.visited_every and cc.trajectory_weight <= 0:
+        raise ConfigError("distill.consistency.visited_every > 0 trains the trajectory term on "
+                          "the student's visited states: set distill.consistency."
+                          "trajectory_weight > 0, or visited_every: 0")  # fmt: skip
     teacher = load_diffusion_teacher(teacher_path, "consistency")
     t_max = teacher.config.num_train_timesteps - 1
     if cc.ode_steps > t_max:
@@ -110,6 +131,39 @@ class ConsistencyTrainer(Trainer):
         self.ema = student.make_ema(decay=cc.ema_decay)
         self.rng = stream_rng(cfg.seed, RNGStream.STUDENT_BATCHES)
         self.gen = torch.Generator().manual_seed(cfg.seed)  # grid indices and noise
+        self.cfg = cfg
+        self.steps_done = 0
+        # (N, To, D) observation windows the student visited, oldest first.
+        self.visited = np.zeros((0, c.obs_horizon, c.obs_dim), np.float32)
+        self.visited_rounds = 0
+
+    def _visit(self) -> None:
+        """The acting student plays the next round's episodes; their windows join the pool."""
+        cc, c = self.cc, self.policy.config
+        first = self.visited_rounds * cc.visited_episodes
+        seeds = episode_seeds(self.cfg, first + cc.visited_episodes,
+                              STUDENT_ROLLOUT_SEED_OFFSET)[first:]  # fmt: skip
+        policy = self.acting_policy()
+        policy.net.eval()
+        summary, episodes = rollout_summary(self.cfg, policy, seeds, "distill-consistency")
+        policy.net.train()
+        windows = [observation_windows(ep.data["obs"].astype(np.float32), c.obs_horizon)
+                   for ep in sorted(episodes, key=lambda ep: ep.seed)]  # fmt: skip
+        self.visited = np.concatenate([self.visited, *windows])[-cc.visited_capacity :]
+        self.visited_rounds += 1
+        log.info("consistency: round %d visited %d windows (pool %d), success %.2f",
+                 self.visited_rounds, sum(map(len, windows)), len(self.visited),
+                 summary.get("success_rate") or 0.0)  # fmt: skip
+
+    def _trajectory_obs(self, demo_obs: torch.Tensor) -> torch.Tensor:
+        """(B, To, D): the batch's demonstration windows, ``visited_fraction`` of them
+        replaced by windows from the visited pool once it has any."""
+        n = int(round(self.cc.visited_fraction * len(demo_obs))) if len(self.visited) else 0
+        if n == 0:
+            return demo_obs
+        rows = self.rng.integers(0, len(self.visited), size=n)
+        pool = torch.as_tensor(self.visited[rows], dtype=demo_obs.dtype, device=demo_obs.device)
+        return torch.cat([demo_obs[n:], pool])
 
     def loss(self) -> tuple[torch.Tensor, dict[str, float]]:
         cc = self.cc
@@ -117,7 +171,8 @@ class ConsistencyTrainer(Trainer):
         total, logs = self.policy.compute_loss(batch, self.teacher_net, self.target, self.gen,
                                                loss=cc.loss, dsm_weight=cc.dsm_weight)  # fmt: skip
         if cc.trajectory_weight > 0:
-            trajectory = self.policy.trajectory_loss(batch["obs"], self.teacher, self.gen, cc.loss)
+            obs = self._trajectory_obs(torch.as_tensor(batch["obs"]))
+            trajectory = self.policy.trajectory_loss(obs, self.teacher, self.gen, cc.loss)
             total = total + cc.trajectory_weight * trajectory
             logs["trajectory"] = float(trajectory.detach())
             logs["loss"] = float(total.detach())
@@ -125,13 +180,23 @@ class ConsistencyTrainer(Trainer):
 
     def after_step(self) -> None:
         update_target(self.target, self.policy.net, self.cc.target_ema)
+        self.steps_done += 1
+        every = self.cc.visited_every
+        if every and self.steps_done % every == 0 and self.steps_done < self.cc.steps:
+            self._visit()
 
     def extra_tensors(self) -> dict[str, torch.Tensor]:
-        return {f"target.{k}": v for k, v in self.target.state_dict().items()}
+        tensors = {f"target.{k}": v for k, v in self.target.state_dict().items()}
+        tensors["visited.steps_rounds"] = torch.tensor([self.steps_done, self.visited_rounds])
+        tensors["visited.windows"] = torch.from_numpy(self.visited.copy())
+        return tensors
 
     def load_extra_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.target.load_state_dict({k[len("target.") :]: v.to(self.device)
                                      for k, v in tensors.items() if k.startswith("target.")})  # fmt: skip
+        if "visited.steps_rounds" in tensors:  # checkpoints from before the pool lack it
+            self.steps_done, self.visited_rounds = map(int, tensors["visited.steps_rounds"])
+            self.visited = tensors["visited.windows"].cpu().numpy().astype(np.float32)
 
     def finish(self, out: Path, keeper: Any, evals: list[dict[str, Any]]) -> dict[str, Any]:
         c = self.policy.config
@@ -139,7 +204,9 @@ class ConsistencyTrainer(Trainer):
                 "trajectory_weight": self.cc.trajectory_weight,
                 "inference_steps": self.policy.inference_steps,
                 "inference_timesteps": list(c.inference_timesteps), "ode_steps": c.ode_steps,
-                "demo_episodes": self.episodes, "windows": len(self.sampler)}  # fmt: skip
+                "demo_episodes": self.episodes, "windows": len(self.sampler),
+                "visited_rounds": self.visited_rounds,
+                "visited_windows": len(self.visited)}  # fmt: skip
 
 
 def run_distill_consistency(cfg: RunConfig, stage: StageRun, teacher: str | Path) -> dict[str, Any]:
