@@ -91,6 +91,7 @@ class StreamingStudentConfig:
     beta_schedule: str = "squaredcos_cap_v2"
     clip_sample: bool = True
     fresh_prob: float = 0.1
+    constant_prob: float = 0.0
     mask_padded_actions: bool = False
     action_low: list[float] | None = None
     action_high: list[float] | None = None
@@ -109,6 +110,9 @@ class StreamingStudentConfig:
                             f"of {multiple} for {len(self.down_dims)} UNet levels")  # fmt: skip
         if not 0.0 <= self.fresh_prob <= 1.0:
             problems.append(f"fresh_prob must be in [0, 1], got {self.fresh_prob}")
+        if not 0.0 <= self.constant_prob <= 1.0 - self.fresh_prob:
+            problems.append(f"constant_prob must be in [0, 1 - fresh_prob], got "
+                            f"{self.constant_prob}")  # fmt: skip
         if (self.action_low is None) != (self.action_high is None):
             problems.append("give both action_low and action_high, or neither")
         if problems:
@@ -279,13 +283,22 @@ class StreamingStudent(Policy):
     def sample_levels(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, Hb) training levels: the staircase raised by a per-window fraction u in [0, 1)
         of a slot (``L_{i+1} - u (L_{i+1} - L_i)``, all levels met between a step's calls), or
-        with ``fresh_prob`` the fresh episode's levels before a random call k < m."""
+        with ``fresh_prob`` the fresh episode's levels before a random call k < m, or with
+        ``constant_prob`` one level for the whole buffer, uniform in [0, T - 1] (SDP's
+        mixture: chunk-wise increasing noise ~0.8, temporally constant ~0.2, so the denoiser
+        also learns whole chunks and is not only ever shown the staircase)."""
         c, lv = self.config, self.levels.float()
-        fresh = torch.rand(batch, generator=generator) < c.fresh_prob
+        draw = torch.rand(batch, generator=generator)
+        fresh = draw < c.fresh_prob
         u = torch.rand(batch, generator=generator)[:, None]
         k = torch.randint(0, c.calls_per_step, (batch, 1), generator=generator) / c.calls_per_step
         steady = lv[1:] - u * (lv[1:] - lv[:-1])
-        return torch.where(fresh[:, None], lv[-1] + (lv[:-1] - lv[-1]) * k, steady)
+        levels = torch.where(fresh[:, None], lv[-1] + (lv[:-1] - lv[-1]) * k, steady)
+        if c.constant_prob > 0:  # drawn only when on: runs without it keep their noise stream
+            constant = (draw >= c.fresh_prob) & (draw < c.fresh_prob + c.constant_prob)
+            t = torch.randint(0, c.num_train_timesteps, (batch, 1), generator=generator)
+            levels = torch.where(constant[:, None], t.float().expand_as(levels), levels)
+        return levels
 
     def compute_loss(self, batch: Mapping[str, Any], generator: torch.Generator | None = None
                      ) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip

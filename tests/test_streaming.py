@@ -322,3 +322,20 @@ def test_distill_streaming_end_to_end_and_resume(tiny_overrides, tmp_path, monke
     assert demo_metrics["targets"] == "demos" and demo_metrics["steps"] == 6
     with pytest.raises(ConfigError, match="distill.teacher"):
         load_diffusion_teacher(metrics["policy"], "streaming")
+
+
+def test_the_noise_mixture_draws_constant_levels_in_its_share():
+    policy = _student(fresh_prob=0.1, constant_prob=0.2)
+    levels = policy.sample_levels(4000, torch.Generator().manual_seed(0))
+    top = policy.levels[-1].float()
+    # Staircase rows rise along the buffer; fresh rows (one call per step) sit at the top.
+    constant = (levels == levels[:, :1]).all(1) & (levels[:, 0] != top)
+    assert constant.float().mean().item() == pytest.approx(0.2 * 0.99, abs=0.03)
+    t = levels[constant, 0]
+    assert t.min() >= 0 and t.max() <= policy.config.num_train_timesteps - 1
+    assert len(t.unique()) > policy.config.num_train_timesteps // 2  # spread over the range
+    # Off, no buffer is at one level and the draws are the ones a run without the key made.
+    plain = _student(fresh_prob=0.1).sample_levels(4000, torch.Generator().manual_seed(0))
+    assert not ((plain == plain[:, :1]).all(1) & (plain[:, 0] != top)).any()
+    with pytest.raises(ValueError, match="constant_prob"):
+        _student(fresh_prob=0.5, constant_prob=0.6)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from robodistill.config import base
+from robodistill.config.training import TrainingConfig, training_errors
 
 
 class DAggerConfig(base.Section):
@@ -131,6 +132,10 @@ class StreamingConfig(base.Section):
     targets: Literal["demos", "teacher"] = "demos"
     """Training chunks: the demonstrations' actions, or the teacher's DDIM chunks on the
     demonstrations' observations (a pure distillation)."""
+    constant_prob: float = Field(0.0, ge=0.0, le=0.9)
+    """Share of training windows noised at one level for the whole buffer (uniform over the
+    teacher's timesteps) instead of the staircase: SDP's mixture of chunk-wise increasing
+    (~0.8) and temporally constant (~0.2) noise. 0: staircase (and fresh starts) only."""
     steps: base.Steps = 1000
     """Gradient steps (on Nav: validation success 0.9 / 0.7 / 0.6 at 500 / 1000 / 1500
     steps, teacher 0.5; the best checkpoint is kept, so 1000 keeps the default pipeline
@@ -259,3 +264,25 @@ class DistillConfig(base.Section):
     """RTI warm-start inference of the teacher (no training)."""
     generalist: GeneralistConfig = Field(default_factory=GeneralistConfig)
     """COMPASS's cross-embodiment generalist, distilled from the residual specialists."""
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    """The gradient-step students' run settings: data-parallel ``workers`` (consistency,
+    streaming), ``max_failures``, ``precision``."""
+
+    @model_validator(mode="after")
+    def _workers_fit_the_students(self) -> DistillConfig:
+        workers = self.training.workers
+        if workers == 1:
+            return self
+        # RTI trains nothing; DAgger and the generalist train in rounds outside the loop.
+        rounds = [s for s in self.students if s in ("dagger", "generalist")]
+        if rounds:
+            raise ValueError(training_errors(
+                "distill", workers, f"distill.students {rounds}",
+                "they train in rounds on their own aggregated data, not in the one loop"))
+        for student in ("consistency", "streaming"):
+            size = getattr(self, student).batch_size
+            if student in self.students and size < workers:
+                raise ValueError(f"distill.{student}.batch_size={size} is the global batch, "
+                                 f"split across distill.training.workers={workers}: it must "
+                                 "be at least that")  # fmt: skip
+        return self

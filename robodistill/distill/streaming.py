@@ -72,7 +72,7 @@ def build_student(teacher: DiffusionPolicy, cfg: RunConfig) -> StreamingStudent:
             **network_fields(t), num_train_timesteps=t.num_train_timesteps,
             beta_schedule=t.beta_schedule, clip_sample=t.clip_sample,
             mask_padded_actions=t.mask_padded_actions, action_low=t.action_low,
-            action_high=t.action_high, seed=cfg.seed,
+            action_high=t.action_high, constant_prob=sc.constant_prob, seed=cfg.seed,
         )  # fmt: skip
     except ValueError as e:
         raise ConfigError(f"distill.streaming.buffer_horizon: {e} (the student has the "
