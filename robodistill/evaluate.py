@@ -52,7 +52,9 @@ log = logging.getLogger(__name__)
 
 
 def eval_targets(cfg: RunConfig) -> dict[str, str]:
-    """``{label: policy spec}`` that ``eval.policy`` stands for, teacher first."""
+    """``{label: policy spec}`` that ``eval.policy`` stands for: ``auto`` is the teacher
+    first, then every ``<run>/distill/<student>/policy`` (``distill.students``' order first,
+    then by name), or the expert when the run has no teacher yet."""
 
     spec = cfg.eval.policy
     if spec != "auto":
@@ -63,11 +65,14 @@ def eval_targets(cfg: RunConfig) -> dict[str, str]:
                  teacher)  # fmt: skip
         return {"expert": "expert"}
     targets = {"teacher": str(teacher)}
+    # Every student the run holds, as export's `auto` sees them (a DAgger student distilled
+    # under another distill.students counts too): this config's order first, then the rest
+    # by name.
     distilled = Path(cfg.runs_dir) / cfg.name / "distill"
-    for student in cfg.distill.students:
-        path = distilled / student / "policy"
-        if (path / "config.json").is_file():
-            targets[student] = str(path)
+    found = {p.parent.parent.name: p.parent for p in distilled.glob("*/policy/config.json")}
+    order = [s for s in cfg.distill.students if s in found]
+    for student in [*order, *sorted(set(found) - set(order))]:
+        targets[student] = str(found[student])
     return targets
 
 

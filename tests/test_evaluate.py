@@ -6,6 +6,7 @@ student end to end; decision latency itself."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -49,6 +50,11 @@ def test_auto_evaluates_teacher_and_students_side_by_side(tiny_overrides, tmp_pa
     assert student.config.rti_steps == 1 and student.kind == "diffusion"
     assert eval_targets(cfg) == {"teacher": str(run / "teach/policy"),
                                  "rti": str(run / "distill/rti/policy")}  # fmt: skip
+    # A student distilled under another distill.students (e.g. a DAgger run) is found too,
+    # after the configured ones.
+    shutil.copytree(run / "distill/rti/policy", run / "distill/another/policy")
+    assert list(eval_targets(cfg)) == ["teacher", "rti", "another"]
+    shutil.rmtree(run / "distill/another")
 
     metrics = run_eval(cfg)
     table = metrics["policies"]
