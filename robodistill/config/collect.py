@@ -15,5 +15,6 @@ class CollectConfig(Section):
     flush_every: int = Field(64, ge=1, le=100_000)
     """Episodes journaled before they are merged into the zarr arrays in one batch."""
     workers: int = Field(1, ge=1, le=1024)
-    """Ray actors running episodes in parallel (each with ``env.num_envs`` envs); 1 runs them
-    in this process without Ray."""
+    """Worker processes running episodes in parallel (each with ``env.num_envs`` envs): local
+    ones, or Ray actors when a Ray address is given (``RAY_ADDRESS``, ``--ray-address``); 1
+    runs them in this process."""

@@ -21,7 +21,9 @@ class EvalConfig(Section):
     video_env_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Extra ``gymnasium.make`` arguments for the rendered episodes only (e.g. a frame size)."""
     workers: int = Field(1, ge=1, le=1024)
-    """Ray actors running evaluation episodes in parallel; 1 runs them in this process."""
+    """Worker processes running evaluation episodes in parallel: local ones, or Ray actors
+    when a Ray address is given (``RAY_ADDRESS``, ``--ray-address``); 1 runs them in this
+    process."""
     latency_decisions: int = Field(50, ge=0, le=1_000_000)
     """Plan cycles timed per saved policy (batch 1, one torch thread): a cycle is the control
     tick that plans and the ticks that follow it up to the next plan (a chunked policy: the
