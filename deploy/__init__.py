@@ -2,10 +2,11 @@
 
 Imported as ``robodistill.deploy``. The runtime — :class:`OnnxPolicy` (``runtime``),
 :class:`Controller` (``controller``, its checks in ``guards``, its result in
-``control_result``), :class:`Robot` / :class:`SimRobot` (``robot``), the metadata document
-(``metadata``) and the file's digest check (``integrity``) — imports numpy and onnxruntime
-only, so
-``pip install robodistill[deploy]`` runs an exported policy on a robot without torch.
+``control_result``), asynchronous inference (:class:`AsyncPolicy`, ``async_control``) with
+real-time chunking (:class:`RtcSettings`, ``rtc``) and a high-rate interpolation layer
+(:class:`InterpolatingPolicy`, ``interpolation``), :class:`Robot` / :class:`SimRobot`
+(``robot``), the metadata document (``metadata``) and the file's digest check
+(``integrity``) — imports numpy and onnxruntime only, so ``pip install robodistill[deploy]`` runs an exported policy on a robot without torch.
 ``robodistill.deploy.export`` (torch, onnx) writes the files; it is never imported here.
 
 Names are resolved on first use, so ``import robodistill.deploy`` itself needs nothing
@@ -20,6 +21,9 @@ from typing import Any
 _EXPORTS = {
     "OnnxPolicy": "robodistill.deploy.runtime",
     "Controller": "robodistill.deploy.controller",
+    "AsyncPolicy": "robodistill.deploy.async_control",
+    "RtcSettings": "robodistill.deploy.rtc",
+    "InterpolatingPolicy": "robodistill.deploy.interpolation",
     "ControlResult": "robodistill.deploy.controller",
     "Robot": "robodistill.deploy.robot",
     "SimRobot": "robodistill.deploy.robot",

@@ -251,6 +251,9 @@ class Controller:
         finally:
             self._finishing = True  # a Ctrl-C now must not cut off the final safe action
             final = self._send_safe_final(stats)
+            close = getattr(self.policy, "close", None)
+            if callable(close):  # an AsyncPolicy's planner thread ends with the loop
+                close()
             gc.unfreeze()
             self._leave_realtime(previous_sched)
             self._restore_sigint(previous_handler)

@@ -184,6 +184,7 @@ class OnnxPolicy:
         self.inferences = 0
         """Graph evaluations so far (a denoising loop counts once)."""
         self._batch = 0
+        self._guide = None  # predict(guide=...) during one call, for _run_steps
         if warmup:
             self.rng = np.random.default_rng(0)
             self._init_batch(1)
@@ -313,20 +314,78 @@ class OnnxPolicy:
         weights = np.where(j < self._ens_n[:, None], np.exp(-self.ensemble_decay * rank), 0.0)
         return (weights[..., None] * preds).sum(1) / weights.sum(1)[:, None]
 
-    def predict(self, obs_input: Any) -> np.ndarray:
+    def predict(self, obs_input: Any, *, guide: Any = None, warm: np.ndarray | None = None,
+                return_sample: bool = False):  # fmt: skip
         """Evaluate the graph (the whole denoising loop in ``denoise`` mode) on the model's
         observation input as given — ``(B, D)`` or ``(B, H, D)`` — without touching the
         per-row queues. Returns the action ``(B, A)`` or chunk ``(B, T, A)``. Stateless
-        graphs only: a stateful graph's state lives in :meth:`act`."""
+        graphs only: a stateful graph's state lives in :meth:`act`.
+
+        ``denoise`` mode only (real-time chunking, :mod:`robodistill.deploy.rtc`):
+        ``guide(x, coef) -> x`` is applied to the sample ``x`` (B, T, A) before every step
+        (``coef[0]`` = sqrt(alpha_bar) of the step's input level); ``warm`` (B, T, A), a
+        previous final sample already shifted to this observation's time, starts the loop
+        from the file's ``warm_start`` step (RTI) instead of pure noise; ``return_sample``
+        also returns the final normalized sample (B, T, A): ``(chunk, sample)``."""
         if self._state:
             raise RuntimeError(f"{self.path} carries state tensors; use act(), not predict()")
         x = np.asarray(obs_input, dtype=np.float32)
         want = tuple(self._obs_entry["shape"][1:])
         if x.shape[1:] != want:
             raise ValueError(f"predict: observation input shape {x.shape}, expected (B, *{want})")
-        return self._infer(x, np.arange(x.shape[0]), keep_state=False)
+        if self.mode != "denoise":
+            if guide is not None or warm is not None or return_sample:
+                raise ValueError("guide, warm and return_sample need a denoise-mode file")
+            return self._infer(x, np.arange(x.shape[0]), keep_state=False)
+        self._guide = guide
+        try:
+            if warm is None or not self._warm:
+                self._infer(x, np.arange(x.shape[0]), keep_state=False)
+                final, out = self._last
+            else:
+                feed = self._feed(x, np.arange(x.shape[0]))
+                self.inferences += 1
+                first = len(self._steps) - int(self._warm["steps"])
+                a = float(self._steps[first][1][0]) ** 2  # coef[0] = sqrt(a_t)
+                warm = np.array(warm, np.float32)
+                dims = list(self._warm.get("discrete_dims") or [])
+                if dims:  # as act's warm start: discrete dimensions snapped to +-1
+                    warm[..., dims] = np.where(warm[..., dims] >= 0, 1.0, -1.0)
+                noise = self.rng.standard_normal(warm.shape).astype(np.float32)
+                x_t = (np.sqrt(a) * warm + np.sqrt(1 - a) * noise).astype(np.float32)
+                final, out = self._run_steps(feed, x_t, first)
+        finally:
+            self._guide = None
+        return (out, final) if return_sample else out
 
-    def _infer(self, obs_in: np.ndarray, rows: np.ndarray, keep_state: bool = True) -> np.ndarray:
+    def action_map(self) -> tuple[np.ndarray, np.ndarray]:
+        """``denoise`` mode: ``(scale, offset)`` (A,) with chunk = sample * scale + offset
+        (then clipped), read off the step graph run as the identity step (coefficients
+        1, 0, 0, 0, 1, 0: next sample = sample) on samples -0.5 and 0.5 — the file records
+        the normalization only in words, and this is what its graph does."""
+        if self.mode != "denoise":
+            raise ValueError(f"{self.path}: action_map needs a denoise-mode file")
+        obs = np.zeros((1, *self._obs_entry["shape"][1:]), np.float32)
+        feed = self._feed(obs, np.arange(1))
+        (sample,) = self._inputs["sample"]
+        (t_in,) = self._inputs["timestep"]
+        (coef_in,) = self._inputs["step_coef"]
+        names = [self._sample_out["name"], self._action_out["name"]]
+        shape = (1, *sample["shape"][1:])
+        feed[t_in["name"]] = np.full((1, *t_in["shape"][1:]), self._steps[-1][0],
+                                     dtype=self._dtypes[t_in["name"]])  # fmt: skip
+        feed[coef_in["name"]] = np.array([1, 0, 0, 0, 1, 0], np.float32)
+        for e in self._inputs.get("noise", []):
+            feed[e["name"]] = np.zeros(shape, np.float32)
+        chunks = []
+        for v in (-0.5, 0.5):
+            feed[sample["name"]] = np.full(shape, v, np.float32)
+            chunks.append(self.session.run(names, feed)[1][0, 0])
+        scale = (chunks[1] - chunks[0]).astype(np.float32)
+        offset = ((chunks[0] + chunks[1]) / 2).astype(np.float32)
+        return scale, offset
+
+    def _feed(self, obs_in: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:
         b = len(rows)
         obs_name = self._obs_entry["name"]
         feed = {obs_name: obs_in.astype(self._dtypes[obs_name], copy=False)}
@@ -335,6 +394,11 @@ class OnnxPolicy:
                 feed[e["name"]] = np.broadcast_to(self._embodiment_code, (b, *e["shape"][1:]))
         for s in self._state:
             feed[s["input"]] = self._states[s["input"]][rows]
+        return feed
+
+    def _infer(self, obs_in: np.ndarray, rows: np.ndarray, keep_state: bool = True) -> np.ndarray:
+        b = len(rows)
+        feed = self._feed(obs_in, rows)
         self.inferences += 1
         if self.mode == "denoise":
             return self._denoise(feed, rows, keep_state)
@@ -380,6 +444,7 @@ class OnnxPolicy:
         if self._warm and keep_state:
             self._plans[rows] = final
             self._planned[rows] = True
+        self._last = (final, out)
         return out
 
     def _run_steps(self, feed: dict[str, np.ndarray], x: np.ndarray, first: int):
@@ -391,7 +456,10 @@ class OnnxPolicy:
         zeros = np.zeros(x.shape, np.float32)
         names = [self._sample_out["name"], self._action_out["name"]]
         out = None
+        guide = self._guide
         for timestep, coef in self._steps[first:]:
+            if guide is not None:
+                x = np.asarray(guide(x, coef), np.float32)
             feed[self._inputs["sample"][0]["name"]] = x
             feed[t_in["name"]] = np.full((b, *t_in["shape"][1:]), timestep,
                                          dtype=self._dtypes[t_in["name"]])  # fmt: skip

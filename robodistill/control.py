@@ -56,6 +56,55 @@ def control_env(cfg: RunConfig, model: Path) -> RunConfig:
     return adopt_env(cfg, {"id": env_id}, f"the metadata of {model}")
 
 
+def control_ratio(hz: float, policy_hz: float | None) -> int:
+    """Controller ticks per policy tick: ``hz / policy_hz``, which must be an integer."""
+    if policy_hz is None or policy_hz == hz:
+        return 1
+    ratio = hz / policy_hz
+    if policy_hz > hz or abs(ratio - round(ratio)) > 1e-9:
+        raise ConfigError(f"control.policy_hz: {policy_hz:g} Hz must divide control.hz "
+                          f"({hz:g} Hz) a whole number of times")  # fmt: skip
+    return int(round(ratio))
+
+
+def wrap_policy(policy: Any, robot: Any, c: Any, ratio: int, chunk_log: Path | None):
+    """``(policy, robot)`` for the controller: ``control.mode=async`` wraps the policy in an
+    AsyncPolicy (RTC per ``control.rtc*``), ``ratio`` > 1 interpolates between its actions
+    and steps the SimRobot once per policy tick."""
+    from robodistill.deploy.async_control import AsyncPolicy
+    from robodistill.deploy.interpolation import InterpolatingPolicy, SubsampledRobot
+    from robodistill.deploy.rtc import RtcSettings
+
+    if c.rtc and c.mode != "async":
+        raise ConfigError("control.rtc: real-time chunking needs control.mode=async (--async)")
+    driver = policy
+    if c.mode == "async":
+        rtc = (RtcSettings(c.rtc_schedule, c.rtc_delay, c.rtc_max_guidance, c.rtc_blend_steps)
+               if c.rtc else None)  # fmt: skip
+        driver = AsyncPolicy(policy, threshold=c.queue_threshold, rtc=rtc,
+                             aggregate=c.aggregate, blend_weight=c.blend_weight,
+                             hold_action=robot.safe_action(), log_path=chunk_log)  # fmt: skip
+    if ratio > 1:
+        driver = InterpolatingPolicy(driver, ratio, c.interpolation)
+        robot = SubsampledRobot(robot, ratio)
+    return driver, robot
+
+
+def chunk_metrics(driver: Any) -> dict[str, Any]:
+    """Per-chunk inference delays of an AsyncPolicy (steps and ms); empty for sync."""
+    inner = getattr(driver, "inner", driver)
+    chunks = getattr(inner, "chunks", None)
+    if chunks is None:
+        return {}
+    from robodistill.deploy.controller import summarize_ms
+
+    delays = [ch["delay_steps"] for ch in chunks]
+    return {"chunks": len(chunks), "held_steps": inner.held,
+            "chunk_delay_steps": {"median": float(np.median(delays)) if delays else None,
+                                  "max": int(max(delays)) if delays else None},
+            "chunk_compute_ms": summarize_ms([ch["compute_s"] for ch in chunks])}  # fmt: skip
+
+
 def run_control(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
     """Run the ONNX policy on ``env.id`` at ``control.hz`` for ``control.episodes`` episodes."""
     # Lazy: onnxruntime is an optional extra ([deploy]).
@@ -74,6 +123,7 @@ def run_control(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
         hz = c.hz or policy.control_rate_hz
         if not hz:
             raise ConfigError(f"control.hz: {model} records no control rate; set control.hz")
+        ratio = control_ratio(hz, c.policy_hz)
         robot = SimRobot(cfg.env.id, episodes=c.episodes,
                          seeds=episode_seeds(cfg, c.episodes, EVAL_SEED_OFFSET),
                          max_episode_steps=cfg.env.max_episode_steps,
@@ -86,8 +136,11 @@ def run_control(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
                     f"{robot.action_low.size} actions, the model {policy.observation_dim} and "
                     f"{policy.action_dim} (exported for {policy.metadata.get('env_id')})"
                 )
+            driver, plant = wrap_policy(
+                policy, robot, c, ratio, stage.dir / "chunks.jsonl" if c.log else None
+            )
             controller = Controller(
-                policy, robot, hz, on_fault=c.on_fault, max_faults=c.max_faults,
+                driver, plant, hz, on_fault=c.on_fault, max_faults=c.max_faults,
                 slew_rate=c.slew_rate, late_after=c.late_after, spin_s=c.spin_ms / 1e3,
                 realtime_priority=c.realtime_priority,
                 log_path=stage.dir / "ticks.jsonl" if c.log else None,
@@ -105,7 +158,8 @@ def run_control(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
                                      [e.get("score_source") for e in episodes])  # fmt: skip
         timing = result.to_dict()
         timing.pop("episodes")
-        metrics = {**summary, "model": str(model), "hz": hz, **timing}
+        metrics = {**summary, "model": str(model), "hz": hz, **timing, "mode": c.mode,
+                   "policy_hz": hz / ratio, **chunk_metrics(driver)}  # fmt: skip
         log.info("control: %s", json.dumps(metrics))
         if result.reason == "interrupted":
             # Partial results stay in the manifest; the stage is re-run, not skipped, later.

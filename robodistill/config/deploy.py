@@ -73,4 +73,33 @@ class ControlConfig(Section):
     """Run the loop under Linux SCHED_FIFO at this priority (needs root or CAP_SYS_NICE;
     otherwise a warning and normal scheduling); ``null``: normal scheduling."""
     log: bool = True
-    """Write every tick as a JSON line to ``<run>/control/ticks.jsonl``."""
+    """Write every tick as a JSON line to ``<run>/control/ticks.jsonl`` (and, in ``async``
+    mode, every chunk to ``chunks.jsonl``)."""
+    mode: Literal["sync", "async"] = "sync"
+    """``sync``: inference inside the tick; ``async``: chunks are planned in a thread ahead
+    of execution and a tick never waits (``robodistill.deploy.async_control``)."""
+    policy_hz: float | None = Field(None, gt=0.0, le=100_000.0)
+    """The policy's rate when the controller ticks faster (``hz`` must be a multiple): the
+    high-rate ticks between policy ticks interpolate; ``null``: the policy runs at ``hz``."""
+    interpolation: Literal["linear", "cubic", "minjerk", "hold"] = "linear"
+    """Curve between the policy's actions at the high rate (``policy_hz`` < ``hz``)."""
+    queue_threshold: float = Field(0.5, ge=0.0, lt=1.0)
+    """``async``: request the next chunk when the queue has fallen to this fraction of the
+    chunk's horizon (LeRobot's ``chunk_size_threshold``, 0.5)."""
+    rtc: bool = False
+    """``async``: real-time chunking: the new chunk inpainted to the actions that execute
+    during its inference (``robodistill.deploy.rtc``)."""
+    rtc_schedule: Literal["exp", "linear", "ones", "zeros"] = "exp"
+    """RTC's soft-prefix weights after the delay (the RTC paper's exponential schedule)."""
+    rtc_delay: int | None = Field(None, ge=0)
+    """RTC's delay d in control steps; ``null``: measured (the largest of the last 5)."""
+    rtc_blend_steps: int | None = Field(2, ge=0)
+    """The 1-step student's soft ramp: RTC's blend weights decay to 0 this many steps after
+    the delay (``null``: over the whole overlap, as the guidance of the denoising kinds)."""
+    rtc_max_guidance: float = Field(10.0, gt=0.0)
+    """The guidance cap of RTC's gradient form (LeRobot: 10); unused by the inpainting
+    form this runtime implements."""
+    aggregate: Literal["replace", "blend"] = "replace"
+    """``async`` without RTC: a new chunk replaces the queue, or blends the overlap."""
+    blend_weight: float = Field(0.7, ge=0.0, le=1.0)
+    """``aggregate: blend``: the new chunk's weight on the overlap (LeRobot: 0.7)."""
