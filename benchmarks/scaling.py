@@ -1,4 +1,5 @@
-"""Scaling: collection with 1 vs N workers, and RLlib PPO vs stable-baselines3 PPO.
+"""Scaling: collection with 1 vs N workers, RLlib PPO vs stable-baselines3 PPO, and
+gradient-step training with 1 vs N data-parallel workers.
 
 **Collection.** ``robodistill collect``'s two paths on the same seeds, both writing into a
 :class:`~robodistill.data.store.TrajectoryStore` in this process: 1 worker (``rollout`` here, no
@@ -24,6 +25,11 @@ ratios are what the machine gave, not what the code can do.
     python benchmarks/scaling.py                                # ~3-5 min on 2 idle cores
     python benchmarks/scaling.py --workers 4 --policy random --episodes 40
     python benchmarks/scaling.py --skip-ppo
+    python benchmarks/scaling.py --only-training --plot docs/data_parallel_loss.png
+
+**Training.** :mod:`scaling_training` (next to this file): the RL-100 imitation trainer in
+this process vs ``--train-workers`` Ray Train workers at the same global batch: samples/s,
+CPU seconds per 1000 samples, and the two loss curves (``--skip-training`` leaves it out).
 """
 
 from __future__ import annotations
@@ -38,9 +44,10 @@ from pathlib import Path
 from typing import Any
 
 import ray
+import scaling_training  # benchmarks/, this script's directory
 
 from robodistill.config import load_config
-from robodistill.core.parallel import ParallelRollout, init_ray
+from robodistill.core.parallel import ParallelRollout, choose_backend, init_ray
 from robodistill.core.policy_specs import resolve_policy
 from robodistill.core.rollout import env_spaces, rollout
 from robodistill.data.store import TrajectoryStore
@@ -71,13 +78,9 @@ def collect_in_process(args, policy, seeds: list[int], tmp: Path) -> tuple[float
         return steps / wall, 1000 * cpu / steps
 
 
-def _actor_cpu(runner: ParallelRollout) -> float:
-    return sum(ray.get([actor.cpu_seconds.remote() for actor in runner.actors]))
-
-
 def collect_parallel(runner: ParallelRollout, seeds: list[int], tmp: Path) -> tuple[float, float]:
-    """Steps/s of warm Ray actors into a fresh store (the ``workers > 1`` path), and CPU
-    seconds (this process + the actors) per 1000 steps."""
+    """Steps/s of warm workers into a fresh store (the ``workers > 1`` path), and CPU
+    seconds (this process + the workers) per 1000 steps."""
     steps = 0
     with _store(tmp, "many") as store:
 
@@ -86,12 +89,12 @@ def collect_parallel(runner: ParallelRollout, seeds: list[int], tmp: Path) -> tu
             store.add_episode(ep)
             steps += ep.length
 
-        actors0 = _actor_cpu(runner)
+        actors0 = runner.cpu_seconds()
         t0, cpu0 = time.perf_counter(), time.process_time()
         runner.run(seeds, on_episode=record)
         store.flush()
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-        cpu += _actor_cpu(runner) - actors0
+        cpu += runner.cpu_seconds() - actors0
         return steps / wall, 1000 * cpu / steps
 
 
@@ -108,7 +111,8 @@ def bench_collection(args) -> dict[str, Any]:
         t0 = time.perf_counter()
         runner = ParallelRollout(args.env, args.policy, workers=args.workers,
                                  num_envs=args.num_envs,
-                                 max_episode_steps=args.max_episode_steps)  # fmt: skip
+                                 max_episode_steps=args.max_episode_steps,
+                                 backend=args.backend)  # fmt: skip
         with runner:
             runner.run(warm)  # every actor starts, imports and builds its envs and policy
             startup = time.perf_counter() - t0
@@ -205,7 +209,10 @@ def main() -> None:
     parser.add_argument("--env", default="robodistill/PushT-v0")
     parser.add_argument("--policy", default="expert", help="collection policy: expert, "
                         "random or a policy directory")  # fmt: skip
-    parser.add_argument("--workers", type=int, default=2, help="Ray actors for collection")
+    parser.add_argument("--workers", type=int, default=2, help="workers for collection")
+    parser.add_argument("--backend", default="auto", choices=["auto", "local", "ray"],
+                        help="collection workers: local processes, or Ray actors (auto: Ray "
+                        "when RAY_ADDRESS is set)")  # fmt: skip
     parser.add_argument("--episodes", type=int, default=32, help="episodes per measurement")
     parser.add_argument("--max-episode-steps", type=int, default=100)
     parser.add_argument("--num-envs", type=int, default=2, help="envs per worker")
@@ -216,8 +223,13 @@ def main() -> None:
     parser.add_argument("--torch-threads", type=int, default=1, help="intra-op threads in "
                         "this process (RLlib's learner and all of SB3 run here)")  # fmt: skip
     parser.add_argument("--skip-ppo", action="store_true")
+    parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--only-training", action="store_true", help="training alone")
+    scaling_training.add_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path("runs/benchmarks/scaling"))
     args = parser.parse_args()
+    if args.only_training:
+        return scaling_training.main_with(args)
     import torch
 
     # [64, 64] MLPs on minibatches of 64 gain nothing from intra-op threads, and on a busy
@@ -230,6 +242,7 @@ def main() -> None:
     try:
         collection = bench_collection(args)
         ppo = None if args.skip_ppo else bench_ppo(args)
+        training = None if args.skip_training else scaling_training.bench_training(args)
     finally:
         if started:
             ray.shutdown()
@@ -237,6 +250,7 @@ def main() -> None:
     load_after = os.getloadavg()
 
     n = args.workers
+    runner_kind = choose_backend(args.backend)
     lines = [
         f"collection: {args.env}, policy {args.policy}, {args.episodes} episodes of <= "
         f"{args.max_episode_steps} steps, {args.num_envs} envs per worker, medians of "
@@ -244,9 +258,9 @@ def main() -> None:
         f"  {'workers':<22}{'steps/s':>10}{'ratio':>8}{'CPU s/1k steps':>16}",
         f"  {'1 (in-process)':<22}{collection['median']['1']:>10,.0f}{1.0:>8.2f}"
         f"{collection['cpu_median']['1']:>16.2f}",
-        f"  {f'{n} (Ray actors)':<22}{collection['median'][str(n)]:>10,.0f}"
+        f"  {f'{n} ({runner_kind} workers)':<22}{collection['median'][str(n)]:>10,.0f}"
         f"{collection['ratio']:>8.2f}{collection['cpu_median'][str(n)]:>16.2f}",
-        f"  ({n} actors started in {collection['actor_startup_s']:.1f} s, once, not timed)",
+        f"  ({n} workers started in {collection['actor_startup_s']:.1f} s, once, not timed)",
     ]
     if ppo is not None:
         lines += [
@@ -256,6 +270,10 @@ def main() -> None:
             f"  {'stable-baselines3':<22}{ppo['median']['sb3']:>10,.0f}{1.0:>8.2f}",
             f"  {'RLlib (1 env runner)':<22}{ppo['median']['rllib']:>10,.0f}{ppo['ratio']:>8.2f}",
         ]
+    if training is not None:
+        lines += scaling_training.table(args, training)
+        if args.plot:
+            scaling_training.plot(args, training, args.plot)
     lines.append(f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after, on "
                  f"{os.cpu_count()} CPUs; {wall:.0f} s in all")  # fmt: skip
     table = "\n".join(lines)
@@ -265,6 +283,7 @@ def main() -> None:
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "collection": collection,
         "ppo": ppo,
+        "training": training,
         "load_average": {"before": load_before, "after": load_after},
         "cpus": os.cpu_count(),
         "wall_s": round(wall, 1),

@@ -44,11 +44,11 @@ def _rollout_flags(section: str, episodes: str, workers: str, *extra: tuple) -> 
 
 
 SHORTCUTS: dict[str, list[tuple[str, str, type, str]]] = {
-    "collect": _rollout_flags("collect", "episodes to store", "Ray actors collecting in parallel"),
+    "collect": _rollout_flags("collect", "episodes to store", "processes collecting in parallel"),
     "eval": _rollout_flags(
         "eval",
         "evaluation episodes",
-        "Ray actors evaluating in parallel",
+        "processes evaluating in parallel",
         ("--video", "eval.video_episodes", int, "render the first N episodes to MP4"),
     ),  # fmt: skip
     "teach": [
@@ -57,11 +57,24 @@ SHORTCUTS: dict[str, list[tuple[str, str, type, str]]] = {
         ("--backend", "teach.backend", str, "sb3 or rllib"),
         ("--steps", "teach.total_timesteps", int, "environment steps to train for"),
         _NUM_ENVS,
+        (
+            "--workers",
+            "teach.training.workers",
+            int,
+            "data-parallel training workers on Ray "
+            "Train (rl100 imitation, COMPASS base; rllib: PPO learners)",
+        ),
         _SEED,
     ],
     "distill": [
         ("--teacher", "distill.teacher", str, "teacher policy directory (default: the run's)"),
         _ENV,
+        (
+            "--workers",
+            "distill.training.workers",
+            int,
+            "data-parallel training workers on Ray Train (consistency, streaming)",
+        ),
         _SEED,
     ],
     "export": [
@@ -76,6 +89,13 @@ SHORTCUTS: dict[str, list[tuple[str, str, type, str]]] = {
         ("--episodes", "control.episodes", int, "episodes to run"),
         ("--on-fault", "control.on_fault", str, "continue or stop"),
         ("--realtime", "control.realtime_priority", int, "SCHED_FIFO priority (1-99)"),
+        (
+            "--policy-hz",
+            "control.policy_hz",
+            float,
+            "policy rate when --hz is higher (interpolated between)",
+        ),
+        ("--interpolation", "control.interpolation", str, "linear, cubic, minjerk or hold"),
         _SEED,
     ],
     "pipeline": [_SEED],
@@ -128,11 +148,25 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_args(p, command)
         if command in ("teach", "collect", "eval"):
             p.add_argument("--ray-address", help="join this Ray cluster (teach: RLlib backend; "
-                           "collect/eval: --workers > 1); default: $RAY_ADDRESS, else a local "
-                           "Ray")  # fmt: skip
+                           "collect/eval: --workers > 1 run in its actors); default: "
+                           "$RAY_ADDRESS, else a local Ray for RLlib and local worker "
+                           "processes, no Ray, for collect/eval")  # fmt: skip
+        if command == "distill":
+            p.add_argument("--ray-address", help="join this Ray cluster for --workers > 1; "
+                           "default: $RAY_ADDRESS, else a local Ray")  # fmt: skip
         if command == "control":
             p.add_argument("model", nargs="?", help="ONNX file (sets control.model; default: "
                            "the run's export)")  # fmt: skip
+            p.add_argument("--async", dest="short:control.mode", action="store_const",
+                           const="async", help="plan chunks in a thread ahead of execution "
+                           "(sets control.mode=async)")  # fmt: skip
+            p.add_argument(
+                "--rtc",
+                dest="short:control.rtc",
+                action="store_const",
+                const=True,
+                help="real-time chunking, with --async (sets control.rtc=true)",
+            )
         if command == "config":
             p.add_argument("--keys", action="store_true",
                            help="list every key with its default and documentation")  # fmt: skip

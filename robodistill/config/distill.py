@@ -29,6 +29,9 @@ class DAggerConfig(base.Section):
     """Minibatch size."""
     learning_rate: base.LearningRate = 1e-3
     """Adam learning rate (a fresh optimizer each round; the weights carry over)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the student trains after each round (``auto``: CUDA when torch sees one); it
+    acts on CPU in the rollouts either way."""
     hidden: list[int] = Field(default_factory=lambda: [256, 256], min_length=1, max_length=16)
     """Hidden layer sizes of the student MLP."""
     activation: base.Activation = "Tanh"
@@ -203,6 +206,9 @@ class GeneralistConfig(base.Section):
     """Minibatch size."""
     learning_rate: base.LearningRate = 1e-3
     """Adam learning rate (a fresh optimizer each round)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the generalist trains after each round (``auto``: CUDA when torch sees one); it
+    acts on CPU in the rollouts either way."""
     hidden: list[int] = Field(default_factory=lambda: [256, 256], min_length=1, max_length=16)
     """Hidden widths of the generalist MLP."""
     activation: base.Activation = "Tanh"
@@ -276,9 +282,14 @@ class DistillConfig(base.Section):
         # RTI trains nothing; DAgger and the generalist train in rounds outside the loop.
         rounds = [s for s in self.students if s in ("dagger", "generalist")]
         if rounds:
-            raise ValueError(training_errors(
-                "distill", workers, f"distill.students {rounds}",
-                "they train in rounds on their own aggregated data, not in the one loop"))
+            raise ValueError(
+                training_errors(
+                    "distill",
+                    workers,
+                    f"distill.students {rounds}",
+                    "they train in rounds on their own aggregated data, not in the one loop",
+                )
+            )
         for student in ("consistency", "streaming"):
             size = getattr(self, student).batch_size
             if student in self.students and size < workers:

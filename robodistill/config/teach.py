@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from robodistill.config.base import EvalEpisodes, LearningRate, Section, Selection, TorchThreads
 from robodistill.config.compass import CompassConfig
 from robodistill.config.rl100 import DiffusionConfig, OfflineRLConfig, OnlineRLConfig, RL100Config
+from robodistill.config.training import TrainingConfig, training_errors
 
 
 class ExplorationConfig(Section):
@@ -138,3 +139,32 @@ class TeachConfig(Section):
     """RL-100 stage 3: DPPO on the denoising chain in simulation."""
     compass: CompassConfig = Field(default_factory=CompassConfig)
     """COMPASS (``algo: compass``): the IL base with a world model and residual specialists."""
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    """The gradient-step trainers' run settings: data-parallel ``workers`` (the RL-100
+    imitation sub-stage, the COMPASS base; RLlib learners), ``max_failures``, ``precision``."""
+
+    @model_validator(mode="after")
+    def _workers_fit_the_trainer(self) -> TeachConfig:
+        workers = self.training.workers
+        if workers == 1:
+            return self
+        if self.algo in ("ppo", "sac") and self.backend == "sb3":
+            raise ValueError(training_errors("teach", workers, "stable-baselines3",
+                                             "it trains in one process; teach.backend: rllib "
+                                             "runs PPO with that many learners"))  # fmt: skip
+        if self.backend == "rllib" and self.algo == "ppo" and self.exploration.method != "none":
+            raise ValueError(
+                training_errors(
+                    "teach",
+                    workers,
+                    f"RLlib PPO with teach.exploration.method={self.exploration.method}",
+                    "the bonus's predictor lives in one learner",
+                )
+            )
+        batch = {"rl100": ("teach.rl100.batch_size", self.rl100.batch_size),
+                 "compass": ("teach.compass.base_batch_size", self.compass.base_batch_size)}  # fmt: skip
+        key, size = batch.get(self.algo, ("", workers))
+        if size < workers:
+            raise ValueError(f"{key}={size} is the global batch, split across "
+                             f"teach.training.workers={workers}: it must be at least that")  # fmt: skip
+        return self

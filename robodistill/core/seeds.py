@@ -51,7 +51,9 @@ def episode_seeds(cfg: RunConfig, count: int, offset: int = COLLECT_SEED_OFFSET)
 
 class RNGStream(IntEnum):
     """Ids of the numpy random streams trainers draw batches from: ``[cfg.seed, stream]``
-    seeds a generator independent of every other stream of the same run seed."""
+    seeds a generator independent of every other stream of the same run seed (the loop's
+    trainers draw epoch permutations seeded by ``[cfg.seed, stream, epoch]``:
+    :mod:`robodistill.training.shards`)."""
 
     IMITATION_BATCHES = 1
     """The RL-100 teacher's imitation batches."""

@@ -100,6 +100,7 @@ class ConsistencyTrainer(Trainer):
 
     name = "consistency"
     loss_parts = ("consistency", "dsm", "trajectory")
+    shardable = True
 
     def __init__(self, cfg: RunConfig, teacher_path: Path):
         cc = self.cc = cfg.distill.consistency
@@ -130,6 +131,7 @@ class ConsistencyTrainer(Trainer):
         )
         self.ema = student.make_ema(decay=cc.ema_decay)
         self.rng = stream_rng(cfg.seed, RNGStream.STUDENT_BATCHES)
+        self.batch_seed = (cfg.seed, int(RNGStream.STUDENT_BATCHES))
         self.gen = torch.Generator().manual_seed(cfg.seed)  # grid indices and noise
         self.cfg = cfg
         self.steps_done = 0
@@ -167,7 +169,7 @@ class ConsistencyTrainer(Trainer):
 
     def loss(self) -> tuple[torch.Tensor, dict[str, float]]:
         cc = self.cc
-        batch = self.sampler.sample(cc.batch_size, self.rng)
+        batch = self.sampler.get_batch(self.batch_indices(len(self.sampler), cc.batch_size))
         total, logs = self.policy.compute_loss(batch, self.teacher_net, self.target, self.gen,
                                                loss=cc.loss, dsm_weight=cc.dsm_weight)  # fmt: skip
         if cc.trajectory_weight > 0:
@@ -214,4 +216,4 @@ def run_distill_consistency(cfg: RunConfig, stage: StageRun, teacher: str | Path
     ``stage.dir / "consistency"``; returns the student's metrics (module docstring)."""
     return train_student(cfg, stage, stage.dir / "consistency", cfg.distill.consistency,
                          lambda: ConsistencyTrainer(cfg, Path(teacher)),
-                         source="distill-consistency")  # fmt: skip
+                         device=cfg.teach.rl100.device, source="distill-consistency")  # fmt: skip

@@ -54,6 +54,7 @@ from robodistill.distill.teachers import load_stateless_teacher
 from robodistill.policies import Policy
 from robodistill.policies.mlp_student import MLPStudent, array_stats, gaussian_kl
 from robodistill.training import epochs
+from robodistill.training.optim import resolve_device
 from robodistill.training.selection import is_better, rollout_summary
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,8 @@ def train_epochs(
 
     return epochs.train_epochs(student.net, arrays, batch_loss, epochs=dagger.epochs,
                                batch_size=dagger.batch_size, learning_rate=dagger.learning_rate,
-                               seed=seed)  # fmt: skip
+                               seed=seed,
+                               device=resolve_device(dagger.device, "distill.dagger.device"))  # fmt: skip
 
 
 def run_distill_dagger(

@@ -57,6 +57,7 @@ from robodistill.policies.mlp_student import array_stats, gaussian_kl
 from robodistill.teach.compass.evaluation import embodiment_kwargs, validate_on_embodiment
 from robodistill.teach.compass.teacher import train_residual
 from robodistill.training import epochs
+from robodistill.training.optim import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,7 @@ def train_epochs(
     return epochs.train_epochs(
         policy.net, {k: data[k] for k in keys}, lambda b: generalist_loss(policy, b, g.loss),
         epochs=g.epochs, batch_size=g.batch_size, learning_rate=g.learning_rate, seed=seed,
+        device=resolve_device(g.device, "distill.generalist.device"),
     )  # fmt: skip
 
 

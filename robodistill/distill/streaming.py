@@ -53,7 +53,7 @@ from robodistill.policies.diffusion import DiffusionPolicy
 from robodistill.policies.diffusion_nets import network_fields
 from robodistill.policies.streaming import StreamingStudent, StreamingStudentConfig
 from robodistill.training.loop import Trainer, train_student
-from robodistill.training.optim import adamw_with_schedule
+from robodistill.training.optim import adamw_with_schedule, resolve_device
 from robodistill.training.selection import rollout_summary
 
 log = logging.getLogger(__name__)
@@ -151,6 +151,7 @@ class StreamingTrainer(Trainer):
 
     name = "streaming"
     eval_keys = ("network_calls_per_step",)
+    shardable = True
 
     def __init__(self, cfg: RunConfig, teacher_dir: Path):
         sc = self.sc = cfg.distill.streaming
@@ -177,18 +178,22 @@ class StreamingTrainer(Trainer):
                             "(as padding)", hb, tc.pred_horizon - self.to + 1)  # fmt: skip
             self.targets = teacher_targets(teacher, self.sampler, hb, cfg.seed)
         del teacher
+        # The diffusion stack's device setting, shared with the teacher (as consistency's).
+        self.device = resolve_device(cfg.teach.rl100.device, "teach.rl100.device")
+        self.policy.to(self.device)
         self.policy.net.train()
         self.optimizer, self.lr_scheduler = adamw_with_schedule(
             self.policy.net.parameters(), sc.learning_rate, WEIGHT_DECAY, sc.warmup_steps, sc.steps
         )
         self.ema = self.policy.make_ema(decay=sc.ema_decay)
         self.rng = stream_rng(cfg.seed, RNGStream.STUDENT_BATCHES)
+        self.batch_seed = (cfg.seed, int(RNGStream.STUDENT_BATCHES))
         self.gen = torch.Generator().manual_seed(cfg.seed)  # levels and noise
         self.demos = str(demos_path(cfg))
 
     def loss(self) -> tuple[torch.Tensor, dict[str, float]]:
         to = self.to
-        idx = self.rng.integers(0, len(self.sampler), size=self.sc.batch_size)
+        idx = self.batch_indices(len(self.sampler), self.sc.batch_size)
         window = self.sampler.get_batch(idx)
         batch = {"obs": window["obs"], "action": window["action"][:, to - 1 :],
                  "action_is_pad": window["action_is_pad"][:, to - 1 :]}  # fmt: skip
@@ -215,4 +220,5 @@ def run_distill_streaming(cfg: RunConfig, stage: StageRun, teacher: Path) -> dic
     metrics (also in ``result.json``). Resumes from the last checkpoint."""
     return train_student(cfg, stage, stage.dir / "streaming", cfg.distill.streaming,
                          lambda: StreamingTrainer(cfg, Path(teacher)),
+                         device=cfg.teach.rl100.device,
                          validate=lambda policy, seeds: validate_counting_calls(cfg, policy, seeds))  # fmt: skip

@@ -22,10 +22,18 @@ optimizer (from its config's preset), its random streams, and it computes one ba
   last checkpoint), ``out/policy_last``, the trainer's :meth:`Trainer.finish`, and
   ``out/result.json`` with the common fields and the trainer's own. ``result.json``
   present = done: a later call returns it.
+
+Batches come from :meth:`Trainer.batch_indices` (the epoch-shuffled stream of
+:mod:`robodistill.training.shards`). With ``settings.workers > 1`` this same loop runs in
+every worker of a Ray Train ``TorchTrainer`` (:mod:`robodistill.training.data_parallel`):
+each computes its rows of the global batch, gradients are combined before the optimizer
+step, and rank 0 alone validates and writes. ``settings.precision == "bf16"`` runs the
+trainer's loss under ``torch.autocast``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -37,11 +45,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from robodistill.config import RunConfig
+from robodistill.config import ConfigError, RunConfig
 from robodistill.core.rundir import StageRun, progress, write_json_atomic
 from robodistill.core.threads import torch_threads
 from robodistill.training.checkpoint import finished_result, restore_checkpoint, save_checkpoint
+from robodistill.training.data_parallel import run_data_parallel
 from robodistill.training.selection import BestPolicyKeeper
+from robodistill.training.shards import ProcessGroup, Shard, rank_noise_seed, shard_batch
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +71,36 @@ class LoopSettings:
     torch_threads: int | None = None
     """torch threads while training (``None`` / 0: unchanged); see
     :func:`robodistill.core.threads.torch_threads`."""
+    workers: int = 1
+    """Data-parallel workers (``teach.training.workers`` / ``distill.training.workers``)."""
+    workers_key: str = "training.workers"
+    """The config key ``workers`` came from, for error messages."""
+    max_failures: int = 2
+    """``workers > 1``: worker-group restarts Ray Train allows (each resumes the checkpoint)."""
+    precision: str = "fp32"
+    """``fp32`` or ``bf16`` (the loss under ``torch.autocast``)."""
+    device: str = "auto"
+    """The trainer's device setting: with ``workers > 1``, ``cpu`` keeps the workers off
+    the cluster's GPUs; otherwise each worker gets one GPU where the cluster has them."""
 
     @classmethod
-    def of(cls, section: Any) -> LoopSettings:
+    def of(cls, section: Any, training: Any = None, stage: str = "distill",
+           device: str = "auto") -> LoopSettings:  # fmt: skip
         """From a config section with ``steps``, ``eval_every``, ``checkpoint_every``,
-        ``log_every`` and ``torch_threads`` (the students')."""
+        ``log_every`` and ``torch_threads`` (the students'), and the stage's ``training``
+        section (:class:`robodistill.config.training.TrainingConfig`) named ``stage``."""
         return cls(steps=section.steps, eval_every=section.eval_every,
                    checkpoint_every=section.checkpoint_every, log_every=section.log_every,
-                   torch_threads=section.torch_threads)  # fmt: skip
+                   torch_threads=section.torch_threads).with_training(training, stage, device)  # fmt: skip
+
+    def with_training(self, training: Any, stage: str, device: str = "auto") -> LoopSettings:
+        """These settings with the stage's ``training`` section (``None``: unchanged) and
+        the trainer's ``device`` setting."""
+        if training is not None:
+            self.workers, self.max_failures = training.workers, training.max_failures
+            self.precision, self.workers_key = training.precision, f"{stage}.training.workers"
+        self.device = device
+        return self
 
 
 class Trainer:
@@ -95,10 +127,28 @@ class Trainer:
     loss_parts: tuple[str, ...] = ()
     """Logged loss parts reported as ``final_<part>_loss`` in ``result.json`` (``None`` when
     the last row did not log one)."""
+    shardable: bool = False
+    """Whether :meth:`loss` draws its rows with :meth:`batch_indices` (and its loss is a
+    mean over them), so it can run data-parallel."""
+    batch_seed: tuple[int, ...] = (0,)
+    """Seeds the epoch permutations of :meth:`batch_indices` (e.g. ``(cfg.seed, stream)``)."""
+    shard: Shard = Shard()
+    """This process's rank and world (set by the loop)."""
+    step: int = 0
+    """The step being computed (set by the loop before each :meth:`loss`)."""
+    batch_weight: float = 1.0
+    """This process's share of the global batch at the last :meth:`batch_indices`."""
 
     def loss(self) -> tuple[torch.Tensor, dict[str, float]]:
         """One batch: the loss to minimize and its logged parts (``"loss"`` among them)."""
         raise NotImplementedError
+
+    def batch_indices(self, n: int, batch_size: int) -> np.ndarray:
+        """This process's window indices (n_r,) of the current step's global batch of
+        ``batch_size`` out of ``n`` windows (:mod:`robodistill.training.shards`)."""
+        idx = shard_batch(n, batch_size, self.step, self.batch_seed, self.shard)
+        self.batch_weight = len(idx) / batch_size
+        return idx
 
     def after_step(self) -> None:
         """Called after each optimizer step (e.g. to move a target network)."""
@@ -125,44 +175,89 @@ class Trainer:
         return {}
 
 
-def train(cfg: RunConfig, stage: StageRun, trainer: Trainer, settings: LoopSettings, out: Path,
-          keeper: BestPolicyKeeper, tag: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+TrainerSource = Trainer | Callable[[], Trainer]
+"""A trainer, or a function that builds one (what data-parallel workers need: each worker
+builds its own from the function, pickled with its closure)."""
+
+
+def train(cfg: RunConfig, stage: StageRun, trainer: TrainerSource, settings: LoopSettings,
+          out: Path, keeper: BestPolicyKeeper, tag: dict[str, Any] | None = None
+          ) -> dict[str, Any]:  # fmt: skip
     """Train ``trainer`` for ``settings.steps`` steps in ``out`` (module docstring); returns
     its ``result.json``. ``tag`` is recorded with each validation result (e.g. which
-    sub-stage made a policy, when several share one keeper)."""
+    sub-stage made a policy, when several share one keeper). ``settings.workers > 1`` runs
+    it data-parallel (``trainer`` must then be a function that builds it)."""
     if (done := finished_result(out)) is not None:
-        log.info("%s: already done in %s", trainer.name, out)
+        name = getattr(trainer, "name", "trainer")
+        log.info("%s: already done in %s", name, out)
         return done
+    if settings.workers > 1:
+        if isinstance(trainer, Trainer):
+            raise TypeError("data-parallel training builds the trainer in every worker: pass "
+                            "a function that builds it, not a trainer")  # fmt: skip
+        return run_data_parallel(cfg, stage, trainer, settings, out, keeper, tag or {},
+                                 loop=run_loop)  # fmt: skip
     with torch_threads(settings.torch_threads):
-        return _train(cfg, stage, trainer, settings, out, keeper, tag or {})
+        built = trainer if isinstance(trainer, Trainer) else trainer()
+        return _train(cfg, stage, built, settings, out, keeper, tag or {})
+
+
+def run_loop(cfg: RunConfig, stage: Any, make_trainer: Callable[[], Trainer],
+             settings: LoopSettings, out: Path, keeper: BestPolicyKeeper, tag: dict[str, Any],
+             group: ProcessGroup) -> dict[str, Any] | None:  # fmt: skip
+    """One data-parallel worker's part: build the trainer, then the loop as rank
+    ``group.shard.rank`` (what :mod:`robodistill.training.data_parallel` runs per worker).
+    Rank 0 returns the result; the others ``None``."""
+    with torch_threads(settings.torch_threads):
+        trainer = make_trainer()
+        if not trainer.shardable:
+            raise ConfigError(
+                f"{settings.workers_key}={settings.workers}, but the {trainer.name} trainer "
+                "cannot shard its batches (its loss does not draw them with "
+                f"Trainer.batch_indices); set {settings.workers_key} to 1"
+            )
+        return _train(cfg, stage, trainer, settings, out, keeper, tag, group)
 
 
 def train_student(cfg: RunConfig, stage: StageRun, out: Path, section: Any,
-                  make_trainer: Callable[[], Trainer],
+                  make_trainer: Callable[[], Trainer], device: str = "auto",
                   **keeper_kwargs: Any) -> dict[str, Any]:  # fmt: skip
     """:func:`train` for a trainer whose config ``section`` has the loop's settings (see
-    :meth:`LoopSettings.of`), ``eval_episodes`` and ``selection``: a finished ``out`` returns its result
+    :meth:`LoopSettings.of`), ``eval_episodes`` and ``selection``, with
+    ``distill.training``'s run settings: a finished ``out`` returns its result
     before ``make_trainer()`` loads anything; the trainer is built with the section's
     threads; ``keeper_kwargs`` go to the :class:`BestPolicyKeeper` over ``out``."""
     if (done := finished_result(out)) is not None:
         return done
-    with torch_threads(section.torch_threads):
-        trainer = make_trainer()
     keeper = BestPolicyKeeper(cfg, out, section.eval_episodes, selection=section.selection,
                               **keeper_kwargs)  # fmt: skip
-    return train(cfg, stage, trainer, LoopSettings.of(section), out, keeper)
+    settings = LoopSettings.of(section, cfg.distill.training, "distill", device)
+    return train(cfg, stage, make_trainer, settings, out, keeper)
 
 
-def _train(cfg: RunConfig, stage: StageRun, trainer: Trainer, settings: LoopSettings, out: Path,
-           keeper: BestPolicyKeeper, tag: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+def _autocast(trainer: Trainer, precision: str):
+    """bf16 autocast on the trainer's device type, or nothing."""
+    if precision != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=trainer.device.type, dtype=torch.bfloat16)
+
+
+def _train(cfg: RunConfig, stage: Any, trainer: Trainer, settings: LoopSettings, out: Path,
+           keeper: BestPolicyKeeper, tag: dict[str, Any],
+           group: ProcessGroup | None = None) -> dict[str, Any] | None:  # fmt: skip
     t0 = time.monotonic()
-    out.mkdir(parents=True, exist_ok=True)
+    shard = trainer.shard = group.shard if group is not None else Shard()
+    writer = shard.writer
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint"
     state = restore_checkpoint(ckpt, trainer)
+    if group is not None:  # all ranks read the same checkpoint; rank 0's weights decide
+        group.broadcast(trainer.policy.net)
     step = state["step"] if state else 0
     evals: list[dict[str, Any]] = state["evals"] if state else []
     logged: dict[str, float] = (state or {}).get("logged", {})
-    if state:
+    if state and writer:
         log.info("%s: resumed from %s at step %d", trainer.name, ckpt, step)
     resumed_from = step
     keys = ("step", "success_rate", "max_score_mean", "return_mean", *trainer.eval_keys)
@@ -178,17 +273,25 @@ def _train(cfg: RunConfig, stage: StageRun, trainer: Trainer, settings: LoopSett
         log.info("%s: eval at step %d: %s", trainer.name, step, json.dumps(row))
 
     trainer.policy.net.train()
-    bar = progress(settings.steps, f"{trainer.name} {cfg.env.id}", initial=step, unit="step")
+    params = list(trainer.policy.net.parameters())
+    bar = progress(settings.steps if writer else 0, f"{trainer.name} {cfg.env.id}",
+                   initial=step, unit="step")  # fmt: skip
     # Parts a batch may lack (e.g. the world-model terms without a successor) are averaged
-    # over the steps that logged them.
+    # over the steps that logged them; each weighted by this process's share of the batch.
     sums: dict[str, float] = {}
-    counts: dict[str, int] = {}
+    weights: dict[str, float] = {}
     t_train = time.monotonic()
     try:
         while step < settings.steps:
-            loss, parts = trainer.loss()
+            trainer.step = step
+            if group is not None and shard.rank > 0 and trainer.gen is not None:
+                trainer.gen.manual_seed(rank_noise_seed(cfg.seed, shard.rank, step))
+            with _autocast(trainer, settings.precision):
+                loss, parts = trainer.loss()
             trainer.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if group is not None:
+                group.combine_gradients(params, trainer.batch_weight)
             trainer.optimizer.step()
             lr = trainer.optimizer.param_groups[0]["lr"]  # the rate this step used
             if trainer.lr_scheduler is not None:
@@ -197,26 +300,32 @@ def _train(cfg: RunConfig, stage: StageRun, trainer: Trainer, settings: LoopSett
             if trainer.ema is not None:
                 trainer.ema.step(trainer.policy.net.parameters())
             step += 1
+            w = trainer.batch_weight if group is not None else 1.0
             for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v
-                counts[k] = counts.get(k, 0) + 1
+                sums[k] = sums.get(k, 0.0) + w * v
+                weights[k] = weights.get(k, 0.0) + w
             bar.update(1)
             last = step == settings.steps
             if step % settings.log_every == 0 or last:
-                logged = {k: v / counts[k] for k, v in sums.items()}
+                if group is not None:
+                    sums, weights = group.combine_logs(sums, weights)
+                logged = {k: v / weights[k] for k, v in sums.items()}
                 rate = (step - resumed_from) / max(time.monotonic() - t_train, 1e-9)
                 row = {**logged, "lr": lr, "steps_per_s": round(rate, 3)}
                 if trainer.ema is not None:
                     row["ema_decay"] = trainer.ema.cur_decay_value
-                stage.log_metrics(step, row_tag | row)
+                if writer:
+                    stage.log_metrics(step, row_tag | row)
                 bar.set_postfix(loss=f"{logged.get('loss', float('nan')):.4f}", refresh=False)
-                sums, counts = {}, {}
-            if step % settings.eval_every == 0 or last:
+                sums, weights = {}, {}
+            if writer and (step % settings.eval_every == 0 or last):
                 evaluate()
-            if step % settings.checkpoint_every == 0 or last:
+            if writer and (step % settings.checkpoint_every == 0 or last):
                 save_checkpoint(ckpt, trainer, {"step": step, "evals": evals, "logged": logged})
     finally:
         bar.close()
+    if not writer:
+        return None
     if not evals or evals[-1]["step"] != step:  # resumed after the last step's checkpoint
         evaluate()
     train_s = time.monotonic() - t_train
@@ -239,6 +348,8 @@ def _train(cfg: RunConfig, stage: StageRun, trainer: Trainer, settings: LoopSett
         "policy_last": str(out / "policy_last"),
         "num_parameters": sum(p.numel() for p in trainer.policy.net.parameters()),
         "device": str(trainer.device),
+        "workers": shard.world,
+        "precision": settings.precision,
         **own,
         "train_s": round(train_s, 1),
         "steps_per_s": round((step - resumed_from) / max(train_s, 1e-9), 2),

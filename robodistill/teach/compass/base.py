@@ -68,6 +68,7 @@ class BaseTrainer(Trainer):
 
     name = "compass_base"
     loss_parts = ("bc", "latent", "obs_pred")
+    shardable = True
 
     def __init__(self, cfg: RunConfig):
         c = self.c = cfg.teach.compass
@@ -82,12 +83,13 @@ class BaseTrainer(Trainer):
                                         c.activation, seed=cfg.seed)  # fmt: skip
         self.optimizer = torch.optim.Adam(self.policy.net.parameters(), lr=c.base_learning_rate)
         self.rng = stream_rng(cfg.seed, RNGStream.COMPASS_BASE_BATCHES)
+        self.batch_seed = (cfg.seed, int(RNGStream.COMPASS_BASE_BATCHES))
         self.tensors = {k: torch.from_numpy(v) for k, v in data.items()}
         self.n = len(data["obs"])
 
     def loss(self) -> tuple[torch.Tensor, dict[str, float]]:
         c = self.c
-        idx = torch.from_numpy(self.rng.integers(self.n, size=c.base_batch_size))
+        idx = torch.from_numpy(self.batch_indices(self.n, c.base_batch_size))
         batch = {k: v[idx] for k, v in self.tensors.items()}
         total, parts = base_loss(self.policy, batch, c.bc_loss, c.world_model_coef)
         return total, {"loss": float(total.detach()), **parts}
@@ -110,5 +112,6 @@ def run_base(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
         ),
     )
     settings = LoopSettings(steps=c.base_steps, eval_every=c.base_eval_every,
-                            checkpoint_every=c.base_checkpoint_every, log_every=LOG_EVERY)  # fmt: skip
-    return train(cfg, stage, BaseTrainer(cfg), settings, sub, keeper)
+                            checkpoint_every=c.base_checkpoint_every, log_every=LOG_EVERY
+                            ).with_training(cfg.teach.training, "teach", "cpu")  # fmt: skip
+    return train(cfg, stage, lambda: BaseTrainer(cfg), settings, sub, keeper)

@@ -28,6 +28,10 @@ On a cluster, every node needs robodistill installed: env runners build their en
 Env runners and envs per runner come from ``cfg.teach.num_env_runners`` (default 1) and
 ``cfg.teach.num_envs_per_env_runner`` (default ``cfg.env.num_envs``) when the config has them.
 Failed env runners are restarted (``fault_tolerance(restart_failed_env_runners=True)``).
+``teach.training.workers > 1`` trains with that many RLlib learners (``num_learners``: PPO's
+update data-parallel over DDP), each on ``1/workers`` of the train batch and minibatch, so
+the global sizes stay those of one learner; not with an exploration bonus (its predictor
+lives in one learner; the config refuses the combination).
 
 ``teach.exploration.method: rnd | rdd`` adds intrinsic rewards through
 :mod:`robodistill.teach.rl.exploration_rllib`: the predictor lives in the (single) learner
@@ -134,6 +138,10 @@ def build_config(cfg: RunConfig):
     teach = cfg.teach
     num_runners = teach.num_env_runners  # 0: sample in the driver
     envs_per = teach.num_envs_per_env_runner or cfg.env.num_envs
+    # teach.training.workers > 1: that many learners (DDP), each on its share of the batch,
+    # so the train batch and the minibatch keep their one-learner (global) sizes.
+    learners = teach.training.workers if teach.training.workers > 1 else 0
+    split = max(learners, 1)
     env_to_module = None
     if teach.normalize_obs:
         from ray.rllib.connectors.env_to_module import MeanStdFilter
@@ -160,11 +168,12 @@ def build_config(cfg: RunConfig):
             lr=teach.learning_rate,
             gamma=teach.gamma,
             num_epochs=teach.n_epochs,
-            train_batch_size_per_learner=teach.n_steps * envs_per * max(num_runners, 1),
-            minibatch_size=teach.batch_size,
+            train_batch_size_per_learner=teach.n_steps * envs_per * max(num_runners, 1) // split,
+            minibatch_size=max(1, teach.batch_size // split),
             entropy_coeff=teach.entropy_coef,
         )
         .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=list(teach.net_arch)))
+        .learners(num_learners=learners)
         .fault_tolerance(
             restart_failed_env_runners=True,
             max_num_env_runner_restarts=1000,
@@ -173,6 +182,13 @@ def build_config(cfg: RunConfig):
         .callbacks(_make_callbacks())
         .debugging(seed=cfg.seed, log_level="WARN")
     )
+    if learners:
+        import ray
+
+        # A small host: share what the env runners leave instead of waiting forever for a
+        # whole CPU per learner (2 learners + 1 runner on 2 cores).
+        cpus = ray.cluster_resources().get("CPU", 1.0) if ray.is_initialized() else learners
+        config.learners(num_cpus_per_learner=max(0.1, min(1.0, (cpus - num_runners) / learners)))
     if teach.exploration.method != "none":
         from robodistill.teach.rl.exploration_rllib import add_exploration
 

@@ -26,7 +26,6 @@ import torch
 from robodistill.config import RunConfig
 from robodistill.core.rundir import StageRun
 from robodistill.core.seeds import RNGStream, stream_rng
-from robodistill.core.threads import torch_threads
 from robodistill.data.demos import demos_path, load_demos
 from robodistill.data.sampler import SequenceSampler
 from robodistill.policies.diffusion import DiffusionPolicy, DiffusionPolicyConfig
@@ -68,6 +67,7 @@ class ImitationTrainer(Trainer):
     """Denoising loss on demonstration windows (module docstring)."""
 
     name = "il"
+    shardable = True
 
     def __init__(self, cfg: RunConfig):
         rl, d = cfg.teach.rl100, cfg.teach.diffusion
@@ -88,11 +88,12 @@ class ImitationTrainer(Trainer):
         )  # fmt: skip
         self.ema = self.policy.make_ema(decay=rl.ema_decay, power=rl.ema_power)
         self.rng = stream_rng(cfg.seed, RNGStream.IMITATION_BATCHES)
+        self.batch_seed = (cfg.seed, int(RNGStream.IMITATION_BATCHES))
         self.gen = torch.Generator().manual_seed(cfg.seed)  # noise and timesteps
         self.batch_size = rl.batch_size
 
     def loss(self) -> tuple[torch.Tensor, dict[str, float]]:
-        batch = self.sampler.sample(self.batch_size, self.rng)
+        batch = self.sampler.get_batch(self.batch_indices(len(self.sampler), self.batch_size))
         loss, _ = self.policy.compute_loss(batch, generator=self.gen)
         return loss, {"loss": float(loss.detach())}
 
@@ -114,8 +115,7 @@ def run_il(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
         return done
     settings = LoopSettings(steps=rl.il_steps, eval_every=rl.eval_every,
                             checkpoint_every=rl.checkpoint_every, log_every=rl.log_every,
-                            torch_threads=rl.torch_threads)  # fmt: skip
-    with torch_threads(rl.torch_threads):
-        trainer = ImitationTrainer(cfg)
-    return train(cfg, stage, trainer, settings, sub, BestPolicyKeeper(cfg, stage.dir),
-                 tag={"stage": "il"})  # fmt: skip
+                            torch_threads=rl.torch_threads
+                            ).with_training(cfg.teach.training, "teach", rl.device)  # fmt: skip
+    return train(cfg, stage, lambda: ImitationTrainer(cfg), settings, sub,
+                 BestPolicyKeeper(cfg, stage.dir), tag={"stage": "il"})  # fmt: skip
