@@ -82,6 +82,7 @@ def make_env(
     render_mode: str | None = None,
     max_episode_steps: int | None = None,
     success_key: str | None = None,
+    randomization: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> gym.Env:
     """``gymnasium.make`` plus the project's shared wrappers.
@@ -92,6 +93,8 @@ def make_env(
     ``env_id`` may be ``"module:Id-v0"`` to import a third-party package that registers
     ``Id-v0``. ``success_key`` is reserved: it is never passed to the env, so a rollout's
     ``env_kwargs`` may carry it (:meth:`robodistill.config.EnvConfig.make_kwargs`).
+    ``randomization`` (reserved too) is the keyword arguments of
+    :class:`robodistill.envs.randomization.DomainRandomization`, which then wraps the env.
     """
     module, _, bare_id = env_id.rpartition(":")
     if module:
@@ -114,6 +117,10 @@ def make_env(
                       success_key)  # fmt: skip
     if isinstance(env.observation_space, gym.spaces.Dict):
         env = FlattenDictObservation(env)
+    if randomization is not None:
+        from robodistill.envs.randomization import DomainRandomization
+
+        env = DomainRandomization(env, **randomization)
     return env
 
 

@@ -31,6 +31,8 @@ LAZY_KINDS: dict[str, str] = {
     "compass_specialist": "robodistill.policies.compass",
     "generalist": "robodistill.policies.generalist",
     "residual": "robodistill.policies.residual",
+    "privileged_teacher": "robodistill.policies.privileged",
+    "history_student": "robodistill.policies.history_student",
 }
 """Kinds whose module is imported only when a checkpoint of that kind is loaded (diffusers
 alone takes seconds to import, which every ``robodistill`` command would otherwise pay)."""

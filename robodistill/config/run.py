@@ -13,6 +13,7 @@ from robodistill.config.collect import CollectConfig
 from robodistill.config.deploy import ControlConfig, ExportConfig
 from robodistill.config.distill import DistillConfig
 from robodistill.config.evaluate import EvalConfig
+from robodistill.config.randomization import RandomizationConfig
 from robodistill.config.teach import TeachConfig
 
 Stage = Literal["collect", "teach", "distill", "eval", "export", "control"]
@@ -36,13 +37,20 @@ class EnvConfig(Section):
     ``info["is_success"]`` (gymnasium's convention, read first) nor ``info["success"]``
     (gymnasium-robotics', read next); ``null``: only those two. Success is read from the
     ``info`` of an episode's last step; without any of the keys it is unknown (``null``)."""
+    randomization: RandomizationConfig | None = None
+    """Domain randomization drawn per episode (mass, friction, actuator gain, speed limits,
+    action delay, observation noise; see ``docs/concepts/privileged.md``); ``null``: the
+    nominal dynamics. ``{}`` takes the documented default ranges."""
 
     def make_kwargs(self, kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
         """Keyword arguments for :func:`robodistill.envs.make_env` (or a rollout's
-        ``env_kwargs``): ``kwargs`` (default ``self.kwargs``) plus ``success_key`` when set."""
+        ``env_kwargs``): ``kwargs`` (default ``self.kwargs``) plus ``success_key`` and
+        ``randomization`` when set."""
         out = dict(self.kwargs if kwargs is None else kwargs)
         if self.success_key is not None:
             out["success_key"] = self.success_key
+        if self.randomization is not None:
+            out["randomization"] = self.randomization.make_kwargs()
         return out
 
 

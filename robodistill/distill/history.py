@@ -1,0 +1,222 @@
+"""Distill a privileged teacher into a deployable history student with DAgger.
+
+::
+
+    student, log = distill_history(make_env, teacher, "rma", HistoryDAgger(rounds=4))
+
+``make_env()`` gives a ``DomainRandomization(..., privileged_obs=True)`` env; the teacher
+(:class:`~robodistill.policies.privileged.PrivilegedTeacher`) reads its whole observation,
+the student (:class:`~robodistill.policies.history_student.HistoryStudent`) only the robot
+entries (``robot_idx``: every layout entry not marked privileged) and its own window of
+(observation, executed action) pairs. Each round ``i`` (Ross et al., 2011):
+
+1. roll out the mixture on fresh seeds: at every step and row the teacher's action is
+   executed with probability ``beta_i = beta_decay ** i`` (round 0: the teacher alone),
+   else the student's; the window records the executed action, whoever chose it;
+2. the teacher labels every visited state: its action and its privileged latent
+   ``z = mu(e)``;
+3. the rows join the aggregated dataset; the student trains ``epochs`` passes over it:
+   ``history``: action MSE; ``rma``: latent MSE (the head is the teacher's, frozen);
+   ``hib``: :mod:`robodistill.distill.hib`'s objective.
+
+The log records per round the latent error on the round's *new* rows before training on
+them (a held-out measure of the adaptation module) and after.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from robodistill.distill.hib import HIBCritic, gaussian_kl_standard, info_nce
+from robodistill.envs.randomization import robot_indices
+from robodistill.policies.history_student import HistoryStudent
+from robodistill.training import epochs
+
+
+@dataclasses.dataclass
+class HistoryDAgger:
+    """DAgger budget and the students' sizes and loss weights."""
+
+    rounds: int = 4
+    episodes_per_round: int = 8
+    beta_decay: float = 0.5
+    epochs: int = 10
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    history_len: int = 8
+    latent_dim: int | None = None  # None: the teacher's
+    n_envs: int = 4
+    seed: int = 0
+    hib_alpha: float = 0.1  # InfoNCE weight (the -I(z; e) bound)
+    hib_beta: float = 1e-3  # KL weight (the I(z; h) bound)
+    hib_tau: float = 0.1  # InfoNCE temperature
+
+
+def robot_view(env: gym.Env) -> np.ndarray:
+    """Indices of the env's flat observation a student may see (non-privileged entries)."""
+    return robot_indices(env.get_wrapper_attr("observation_layout"),
+                         int(env.observation_space.shape[0]))  # fmt: skip
+
+
+def run_episodes(envs: list[gym.Env], seeds: list[int], act: Callable[[np.ndarray], np.ndarray],
+                 reset: Callable[[list[int]], None] = lambda rows: None,
+                 on_step: Callable[..., None] | None = None) -> dict[str, Any]:  # fmt: skip
+    """One episode per seed, ``len(envs)`` at a time in lockstep.
+
+    ``act(obs (B, D_full)) -> (B, A)`` for every row (inactive rows' results are ignored);
+    ``reset(rows)`` starts new episodes in those rows of a stateful policy;
+    ``on_step(obs, actions, active)`` sees each step before the envs move. Returns
+    per-episode ``returns``, ``successes`` (``info["is_success"]`` of the last step, NaN
+    where the env reports none) and ``lengths``, in seed order.
+    """
+    n, queue = len(envs), list(enumerate(seeds))
+    obs = np.zeros((n, int(envs[0].observation_space.shape[0])), dtype=np.float32)
+    slot, ret, length = [-1] * n, np.zeros(n), np.zeros(n, dtype=int)
+    out = {"returns": np.zeros(len(seeds)), "successes": np.full(len(seeds), np.nan),
+           "lengths": np.zeros(len(seeds), dtype=int)}  # fmt: skip
+
+    def start(i: int) -> None:
+        slot[i] = -1
+        if queue:
+            slot[i], seed = queue.pop(0)
+            obs[i] = envs[i].reset(seed=int(seed))[0]
+            ret[i], length[i] = 0.0, 0
+            reset([i])
+
+    for i in range(n):
+        start(i)
+    while any(s >= 0 for s in slot):
+        active = np.array([s >= 0 for s in slot])
+        actions = np.asarray(act(obs.copy()), dtype=np.float32)
+        if on_step is not None:
+            on_step(obs.copy(), actions, active)
+        for i in np.flatnonzero(active):
+            o, r, term, trunc, info = envs[i].step(actions[i])
+            obs[i], ret[i], length[i] = o, ret[i] + r, length[i] + 1
+            if term or trunc:
+                j = slot[i]
+                out["returns"][j], out["lengths"][j] = ret[i], length[i]
+                if info.get("is_success") is not None:
+                    out["successes"][j] = float(info["is_success"])
+                start(i)
+    return out
+
+
+def _collect(envs, seeds, teacher, student, robot_idx, beta, rng) -> tuple[dict, dict]:
+    rows: dict[str, list] = {"obs": [], "history": [], "target_mean": [], "target_z": []}
+    use_latent = teacher.net.encoder is not None
+
+    def act(obs):
+        hist = student.history
+        a_s = student.act(obs[:, robot_idx])
+        if hist is None:
+            hist = np.zeros_like(student.history)
+        a_t = teacher.act(obs)
+        chosen = np.where((rng.random(len(obs)) < beta)[:, None], a_t, a_s)
+        student.set_executed(chosen)  # the window holds what was executed
+        act.cache = (hist, a_t, chosen)
+        return chosen
+
+    def on_step(obs, actions, active):
+        hist, a_t, _ = act.cache
+        rows["obs"].append(obs[active][:, robot_idx])
+        rows["history"].append(hist[active])
+        rows["target_mean"].append(a_t[active])
+        z = teacher.latent(obs[active]) if use_latent else np.zeros((active.sum(), 1))
+        rows["target_z"].append(z)
+
+    student.reset()
+    result = run_episodes(envs, seeds, act, student.reset, on_step)
+    data = {k: np.concatenate(v).astype(np.float32) for k, v in rows.items()}
+    return data, result
+
+
+def _losses(student: HistoryStudent, critic: nn.Module | None, cfg: HistoryDAgger):
+    net = student.net
+
+    def loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        z, log_var = net.encode(batch["history"])
+        if net.variant == "rma":  # the adaptation module regresses the teacher's latent
+            return (z - batch["target_z"]).pow(2).mean()
+        # HIB draws z ~ q(z | h) (reparameterized); the others use the encoder's output.
+        z_s = z + torch.randn_like(z) * torch.exp(0.5 * log_var) if net.variant == "hib" else z
+        err = (net.mean(batch["obs"], z_s) - batch["target_mean"]) / net.act_scale
+        total = err.pow(2).mean()
+        if net.variant == "hib":
+            total = (total + cfg.hib_alpha * info_nce(critic(z_s), batch["target_z"], cfg.hib_tau)
+                     + cfg.hib_beta * gaussian_kl_standard(z, log_var).mean())  # fmt: skip
+        return total
+
+    return loss
+
+
+@torch.no_grad()
+def errors(student: HistoryStudent, data: dict[str, np.ndarray]) -> dict[str, float]:
+    """Mean action error (normalized units, squared) and, for rma, the latent MSE."""
+    net = student.net
+    t = {k: torch.from_numpy(v) for k, v in data.items()}
+    z, _ = net.encode(t["history"])
+    err = ((net.mean(t["obs"], z) - t["target_mean"]) / net.act_scale).pow(2).mean()
+    out = {"action_mse": float(err)}
+    if net.variant == "rma":
+        out["latent_mse"] = float((z - t["target_z"]).pow(2).mean())
+    return out
+
+
+def distill_history(make_env: Callable[[], gym.Env], teacher, variant: str,
+                    cfg: HistoryDAgger | None = None,
+                    seeds: Callable[[int, int], list[int]] | None = None):  # fmt: skip
+    """DAgger-distill ``teacher`` into a ``variant`` (``history``, ``rma``, ``hib``) student;
+    returns ``(student, log)`` (``log``: one dict per round). ``seeds(round, n)`` gives a
+    round's episode seeds (default ``10**6 * (seed + 1) + 1000 * round + j``)."""
+    cfg = cfg or HistoryDAgger()
+    envs = [make_env() for _ in range(cfg.n_envs)]
+    robot_idx = robot_view(envs[0])
+    full = envs[0].observation_space
+    obs_space = gym.spaces.Box(full.low[robot_idx], full.high[robot_idx], dtype=np.float32)
+    student = HistoryStudent.build(variant, teacher, obs_space, envs[0].action_space,
+                                   cfg.history_len, cfg.latent_dim, seed=cfg.seed)  # fmt: skip
+    critic = None
+    if variant == "hib":
+        if teacher.net.encoder is None:
+            raise ValueError("hib needs a teacher with a privileged encoder (latent_dim > 0)")
+        critic = HIBCritic(student.net.latent_dim, teacher.net.latent_dim)
+    trained = nn.ModuleDict({"net": student.net, **({"critic": critic} if critic else {})})
+    seeds = seeds or (lambda r, n: [10**6 * (cfg.seed + 1) + 1000 * r + j for j in range(n)])
+    rng = np.random.default_rng([cfg.seed, 7])
+    dataset: dict[str, np.ndarray] = {}
+    log = []
+    for r in range(cfg.rounds):
+        t0, beta = time.monotonic(), cfg.beta_decay**r
+        new, result = _collect(envs, seeds(r, cfg.episodes_per_round), teacher, student,
+                               robot_idx, beta, rng)  # fmt: skip
+        before = errors(student, new)
+        dataset = new if not dataset else {k: np.concatenate([dataset[k], new[k]])
+                                           for k in dataset}  # fmt: skip
+        losses = epochs.train_epochs(trained, dataset, _losses(student, critic, cfg),
+                                     epochs=cfg.epochs, batch_size=cfg.batch_size,
+                                     learning_rate=cfg.learning_rate, seed=[cfg.seed, r])  # fmt: skip
+        student.net.eval()
+        after = errors(student, new)
+        log.append({"round": r, "beta": beta, "rows": len(dataset["obs"]),
+                    "return": float(result["returns"].mean()),
+                    "success": float(np.nanmean(result["successes"]))
+                    if np.isfinite(result["successes"]).any() else None,
+                    "loss": losses[-1], **{f"{k}_before": v for k, v in before.items()},
+                    **{f"{k}_after": v for k, v in after.items()},
+                    "seconds": time.monotonic() - t0})  # fmt: skip
+    for env in envs:
+        env.close()
+    student.reset()
+    return student, log
+
+
+__all__ = ["HistoryDAgger", "distill_history", "errors", "robot_view", "run_episodes"]
