@@ -271,12 +271,39 @@ def cmd_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def local_ray_reason(cfg, stages: Sequence[str]) -> str | None:
+    """What in ``stages`` of ``cfg`` starts a local Ray (``None``: nothing, or a cluster is
+    joined by ``RAY_ADDRESS``): an RLlib teacher or data-parallel training."""
+    if os.environ.get("RAY_ADDRESS"):
+        return None
+    t = cfg.teach
+    if "teach" in stages and t.algo in ("ppo", "sac") and t.backend == "rllib":
+        return "teach (teach.backend: rllib)"
+    if "teach" in stages and t.algo in ("rl100", "compass") and t.training.workers > 1:
+        return f"teach (teach.training.workers: {t.training.workers})"
+    if "distill" in stages and cfg.distill.training.workers > 1:
+        return f"distill (distill.training.workers: {cfg.distill.training.workers})"
+    return None
+
+
+def isolate_local_ray(args: argparse.Namespace, cfg, stages: Sequence[str]) -> None:
+    """Re-run a command line that starts a local Ray in a private network namespace, so
+    that Ray's servers are reachable from this machine only (:mod:`robodistill.core.netns`).
+    Only the real command line re-executes; ``main(argv)`` called from Python never does."""
+    reason = local_ray_reason(cfg, stages)
+    if reason and args.reexec:
+        from robodistill.core.netns import reexec_isolated
+
+        reexec_isolated(args.argv, reason)
+
+
 def cmd_stage(args: argparse.Namespace) -> int:
     from robodistill.stages import STAGES, run_not_built
 
     cfg = resolve_config(args)
     if getattr(args, "ray_address", None):
         os.environ["RAY_ADDRESS"] = args.ray_address  # read by init_ray (RLlib, Ray workers)
+    isolate_local_ray(args, cfg, [args.command])
     if args.command not in STAGES:
         run_not_built(cfg, args.command)
     metrics = STAGES[args.command](cfg, overwrite=args.overwrite)
@@ -288,6 +315,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     from robodistill.pipeline import run_pipeline
 
     cfg = resolve_config(args)
+    isolate_local_ray(args, cfg, cfg.pipeline.stages)
     results = run_pipeline(cfg, overwrite=args.overwrite)
     width = max(len(s) for s in results)
     for stage, result in results.items():
@@ -345,7 +373,12 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.reexec, args.argv = argv is None, list(sys.argv[1:] if argv is None else argv)
     setup_logging(args.verbose, args.quiet)
+    if os.environ.get("ROBODISTILL_NETNS") == "1":
+        from robodistill.core.netns import bring_loopback_up
+
+        bring_loopback_up()  # re-executed in a private network namespace (isolate_local_ray)
     from robodistill.errors import StageNotBuilt
 
     handlers = {"envs": cmd_envs, "config": cmd_config, "pipeline": cmd_pipeline,

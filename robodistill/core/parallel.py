@@ -429,9 +429,11 @@ def parallel_rollout(
 def init_ray() -> bool:
     """Join ``RAY_ADDRESS`` or start a local Ray; ``True`` when this call connected. Ray
     2.60's local services listen on every interface and cannot be bound to loopback (it
-    turns a loopback node IP into the host's address); its token authentication, on by
-    default, refuses peers without the session's token (docs/stages/collect.md). Episodes
-    never start a local Ray (:func:`choose_backend`); RLlib teachers do."""
+    turns a loopback node IP into the host's address), so a command line that starts one
+    (an RLlib teacher, data-parallel training) runs in a private network namespace
+    (:mod:`robodistill.core.netns`); Ray's token authentication, on by default, refuses
+    peers without the session's token. Episodes never start a local Ray
+    (:func:`choose_backend`)."""
     import ray  # optional and heavy: only Ray-backed runs import it
 
     if ray.is_initialized():

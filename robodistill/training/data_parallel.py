@@ -38,10 +38,9 @@ builds the trainer in each worker and runs **the same loop**
   ``storage_path`` is a temporary directory outside the run.
 - Ray: ``RAY_ADDRESS`` (``--ray-address``) joins that cluster; else a local Ray starts
   (:func:`robodistill.core.parallel.init_ray`) and stops again afterwards. Ray 2.60's local
-  services listen on every interface; for a local run the workers' gloo connections are
-  put on the loopback interface (``GLOO_SOCKET_IFNAME=lo``), but Ray Train points torch's
-  rendezvous store (``MASTER_ADDR``) at the node's address, which this module cannot
-  change. On a cluster the run directory must be on storage every node sees (rank 0 writes
+  services listen on every interface, so the command line runs in a private network
+  namespace (:mod:`robodistill.core.netns`); the workers' gloo connections also go over
+  loopback (``GLOO_SOCKET_IFNAME=lo``). On a cluster the run directory must be on storage every node sees (rank 0 writes
   it, every rank reads the checkpoint).
 - Devices: with ``device`` not ``cpu`` and at least one GPU per worker in the cluster,
   ``use_gpu`` gives each worker its own GPU and the group uses NCCL; otherwise gloo on CPU.
