@@ -193,8 +193,16 @@ class HistoryStudent(Policy):
 
     @torch.no_grad()
     def act(self, obs: np.ndarray) -> np.ndarray:
-        """(B, D) robot observations -> (B, A); the window moves on by one step."""
+        """(B, D) robot observations -> (B, A); the window moves on by one step. A student
+        distilled by :func:`robodistill.distill.history.distill_history` also takes the
+        full observation of its distillation env (config ``env_obs_dim``) and keeps only
+        the robot's entries (``robot_idx``) of it."""
         x = torch.as_tensor(np.asarray(obs), dtype=torch.float32).reshape(len(obs), -1)
+        full = self.arch.get("env_obs_dim")
+        if full is not None and x.shape[1] == full != self.net.obs_dim:
+            # The env it was distilled in (robot entries + the privileged draw): the student
+            # reads the robot's entries alone, the draw never enters the network.
+            x = x[:, torch.as_tensor(self.arch["robot_idx"], dtype=torch.long)]
         if x.shape[1] != self.net.obs_dim:
             raise ValueError(f"history_student expects (B, {self.net.obs_dim}) robot "
                              f"observations, got {tuple(x.shape)}")  # fmt: skip

@@ -144,6 +144,8 @@ class PrivilegedTeacher(Policy):
                 net.obs_mean.copy_(torch.as_tensor(vec_normalize.obs_rms.mean))
                 net.obs_var.copy_(torch.as_tensor(vec_normalize.obs_rms.var))
                 net.clip_obs, net.eps = vec_normalize.clip_obs, vec_normalize.epsilon
+            else:  # raw observations: nothing to clip (VecNormalize clips normalized ones)
+                net.clip_obs = 1e30
         config.update(clip_obs=net.clip_obs, eps=net.eps)
         return cls(net.cpu(), obs_space, model.action_space, config)
 

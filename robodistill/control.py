@@ -56,6 +56,19 @@ def control_env(cfg: RunConfig, model: Path) -> RunConfig:
     return adopt_env(cfg, {"id": env_id}, f"the metadata of {model}")
 
 
+def robot_env_kwargs(cfg: RunConfig, metadata: dict[str, Any]) -> dict[str, Any]:
+    """The SimRobot's env kwargs: the run's (``env.make_kwargs``), except that a model whose
+    observation layout marks no ``privileged`` entry (every deployable student) meets the
+    randomized env (``env.randomization``) without the privileged draw in its observation:
+    the dynamics are still drawn per episode, the robot just does not see them."""
+    kwargs = cfg.env.make_kwargs()
+    r = kwargs.get("randomization")
+    layout = (metadata.get("observation") or {}).get("layout") or []
+    if r and r.get("privileged_obs") and not any(p.get("privileged") for p in layout):
+        kwargs["randomization"] = {**r, "privileged_obs": False}
+    return kwargs
+
+
 def control_ratio(hz: float, policy_hz: float | None) -> int:
     """Controller ticks per policy tick: ``hz / policy_hz``, which must be an integer."""
     if policy_hz is None or policy_hz == hz:
@@ -127,7 +140,7 @@ def run_control(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
         robot = SimRobot(cfg.env.id, episodes=c.episodes,
                          seeds=episode_seeds(cfg, c.episodes, EVAL_SEED_OFFSET),
                          max_episode_steps=cfg.env.max_episode_steps,
-                         env_kwargs=cfg.env.make_kwargs())  # fmt: skip
+                         env_kwargs=robot_env_kwargs(cfg, policy.metadata))  # fmt: skip
         try:
             env_obs = int(np.prod(robot.env.observation_space.shape))
             if env_obs != policy.observation_dim or robot.action_low.size != policy.action_dim:

@@ -159,7 +159,8 @@ def _evaluate(cfg: RunConfig, stage: StageRun, label: str, spec: str, out_dir: P
 
 
 def _latency_obs(cfg: RunConfig):
-    env = make_env(cfg.env.id, **cfg.env.kwargs)
+    # The env the episodes ran in (with env.randomization: a privileged teacher's obs).
+    env = make_env(cfg.env.id, **cfg.env.make_kwargs())
     try:
         obs, _ = env.reset(seed=episode_seeds(cfg, 1, EVAL_SEED_OFFSET)[0])
     finally:

@@ -248,18 +248,73 @@ class GeneralistConfig(base.Section):
     """Fine-tuning: PPO steps of each new embodiment's residual on the generalist."""
 
 
+class HistoryStudentConfig(base.Section):
+    """The history students (``distill.students`` ``history``, ``rma``, ``hib``) of a
+    privileged teacher (``teach.privileged``), distilled by DAgger on their own states: each
+    reads the robot's observation and its last ``k`` (observation, executed action) pairs,
+    never the privileged draw (:mod:`robodistill.distill.history`). One section for the
+    three; ``distill.hib`` adds HIB's loss weights."""
+
+    k: int = Field(8, ge=1, le=1024)
+    """History length: (observation, action) pairs in the window (the ONNX state tensor)."""
+    rounds: int = Field(4, ge=1, le=1000)
+    """DAgger rounds (roll out -> label -> aggregate -> train); round 0: the teacher acts."""
+    episodes_per_round: int = Field(8, ge=1, le=10_000)
+    """Episodes rolled out and labeled per round."""
+    beta_decay: base.Fraction = 0.5
+    """The teacher acts at a step of round ``i`` with probability ``beta_decay ** i``."""
+    epochs: int = Field(10, ge=1, le=10_000)
+    """Passes over the aggregated dataset after each round."""
+    batch_size: int = Field(256, ge=1, le=1_000_000)
+    """Minibatch size."""
+    learning_rate: base.LearningRate = 1e-3
+    """Adam learning rate (a fresh optimizer each round; the weights carry over)."""
+    latent_dim: int | None = Field(None, ge=1, le=1024)
+    """Width of the history latent; ``null``: the teacher's ``z`` width (``rma`` always
+    takes the teacher's, since it reuses the teacher's head)."""
+    encoder_arch: list[int] = Field(default_factory=lambda: [128, 64], min_length=1,
+                                    max_length=16)  # fmt: skip
+    """Hidden widths of the history encoder (RMA's adaptation module)."""
+    hidden: list[int] = Field(default_factory=lambda: [128, 128], min_length=1, max_length=16)
+    """Hidden widths of the policy head of ``history`` and ``hib`` (``rma`` reuses the
+    teacher's)."""
+    eval_episodes: base.EvalEpisodes = 10
+    """Validation episodes after each round (fixed validation seeds); the best is kept."""
+    selection: base.Selection = "success"
+    """Which round's student is kept, as ``distill.dagger.selection``."""
+
+
+class HIBConfig(base.Section):
+    """The ``hib`` student's information-bottleneck loss (docs/concepts/privileged.md):
+    imitation + ``alpha`` InfoNCE(z, mu(e)) + ``beta`` KL(q(z | h) || N(0, I))."""
+
+    alpha: float = Field(0.1, ge=0.0, le=1000.0)
+    """Weight of the InfoNCE term (the lower bound on I(z; e))."""
+    beta: float = Field(1e-3, ge=0.0, le=1000.0)
+    """Weight of the KL term (the upper bound on I(z; h))."""
+    tau: float = Field(0.1, gt=0.0, le=100.0)
+    """InfoNCE temperature (cosine similarities / tau)."""
+
+
+HISTORY_STUDENTS = ("history", "rma", "hib")
+"""``distill.students`` of a privileged teacher (:class:`HistoryStudentConfig`)."""
+
+
 class DistillConfig(base.Section):
     """Student distillation: fast students of a diffusion teacher, a DAgger student of an RL
     teacher, and COMPASS's cross-embodiment generalist of the residual specialists."""
 
     teacher: str = ""
     """Teacher policy directory; empty: ``<runs_dir>/<name>/teach/policy``."""
-    students: list[Literal["consistency", "streaming", "rti", "dagger", "generalist"]] = Field(
-        default_factory=lambda: ["consistency", "streaming"], min_length=1
-    )
+    students: list[
+        Literal["consistency", "streaming", "rti", "dagger", "generalist", "history", "rma",
+                "hib"]
+    ] = Field(default_factory=lambda: ["consistency", "streaming"], min_length=1)  # fmt: skip
     """Students to distill, each into ``<run>/distill/<student>/``: ``consistency`` /
     ``streaming`` / ``rti`` (from the diffusion teacher), ``dagger`` (an MLP student of an RL
-    teacher), ``generalist`` (from the COMPASS specialists of ``distill.teacher``'s run)."""
+    teacher), ``generalist`` (from the COMPASS specialists of ``distill.teacher``'s run),
+    ``history`` / ``rma`` / ``hib`` (history students of a privileged teacher,
+    ``teach.privileged``; ``rma`` and ``hib`` need an ``oracle`` one)."""
     dagger: DAggerConfig = Field(default_factory=DAggerConfig)
     """The DAgger student."""
     consistency: ConsistencyConfig = Field(default_factory=ConsistencyConfig)
@@ -270,6 +325,10 @@ class DistillConfig(base.Section):
     """RTI warm-start inference of the teacher (no training)."""
     generalist: GeneralistConfig = Field(default_factory=GeneralistConfig)
     """COMPASS's cross-embodiment generalist, distilled from the residual specialists."""
+    history: HistoryStudentConfig = Field(default_factory=HistoryStudentConfig)
+    """The history students ``history``, ``rma`` and ``hib`` (DAgger budget, window, sizes)."""
+    hib: HIBConfig = Field(default_factory=HIBConfig)
+    """The ``hib`` student's information-bottleneck loss weights."""
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     """The gradient-step students' run settings: data-parallel ``workers`` (consistency,
     streaming), ``max_failures``, ``precision``."""
@@ -279,8 +338,9 @@ class DistillConfig(base.Section):
         workers = self.training.workers
         if workers == 1:
             return self
-        # RTI trains nothing; DAgger and the generalist train in rounds outside the loop.
-        rounds = [s for s in self.students if s in ("dagger", "generalist")]
+        # RTI trains nothing; DAgger, the generalist and the history students train in
+        # rounds outside the loop.
+        rounds = [s for s in self.students if s in ("dagger", "generalist", *HISTORY_STUDENTS)]
         if rounds:
             raise ValueError(
                 training_errors(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from robodistill.config.base import Section
 from robodistill.config.collect import CollectConfig
@@ -74,6 +74,18 @@ class RunConfig(Section):
     export: ExportConfig = Field(default_factory=ExportConfig)
     control: ControlConfig = Field(default_factory=ControlConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+
+    @model_validator(mode="after")
+    def _privileged_teacher_needs_the_draw(self) -> RunConfig:
+        r = self.env.randomization
+        if self.teach.privileged != "none" and (r is None or not r.privileged_obs):
+            raise ValueError(
+                f"teach.privileged={self.teach.privileged} reads the domain-randomization draw "
+                "from the observation, but env.randomization"
+                + (" is not set" if r is None else ".privileged_obs is false")
+                + "; set env.randomization.privileged_obs=true (with the ranges to draw)"
+            )
+        return self
 
     def section_dump(self, keys: tuple[str, ...]) -> dict[str, Any]:
         """The JSON form of the named top-level fields (what a stage's result depends on)."""

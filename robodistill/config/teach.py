@@ -129,6 +129,18 @@ class TeachConfig(Section):
     """RLlib: envs vectorized in each env runner; ``null`` uses ``env.num_envs``."""
     exploration: ExplorationConfig = Field(default_factory=ExplorationConfig)
     """Intrinsic-reward exploration (both backends)."""
+    privileged: Literal["none", "oracle", "asymmetric", "blind"] = "none"
+    """A privileged PPO teacher (``teach.algo: ppo`` on stable-baselines3) that reads the
+    domain-randomization draw ``e`` (needs ``env.randomization`` with ``privileged_obs:
+    true``; docs/concepts/privileged.md). ``oracle``: actor and critic read ``z = mu(e)``
+    (RMA's privileged encoder; what the ``rma`` and ``hib`` students need); ``asymmetric``:
+    only the critic reads it; ``blind``: nobody does (the domain-randomized policy without
+    privileged information, same network). The teacher is saved as a
+    ``privileged_teacher`` policy. ``none``: SB3's ``MlpPolicy``."""
+    privileged_latent_dim: int = Field(8, ge=1, le=1024)
+    """Width ``L`` of the privileged latent ``z = mu(e)`` (``teach.privileged`` != none)."""
+    privileged_encoder_arch: list[int] = Field(default_factory=lambda: [64], max_length=16)
+    """Hidden widths of the privileged encoder ``mu`` (``teach.privileged`` != none)."""
     diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
     """RL-100: the diffusion policy's network, horizons and sampler."""
     rl100: RL100Config = Field(default_factory=RL100Config)
@@ -142,6 +154,26 @@ class TeachConfig(Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     """The gradient-step trainers' run settings: data-parallel ``workers`` (the RL-100
     imitation sub-stage, the COMPASS base; RLlib learners), ``max_failures``, ``precision``."""
+
+    @model_validator(mode="after")
+    def _privileged_fits_the_trainer(self) -> TeachConfig:
+        if self.privileged == "none":
+            return self
+        where = f"teach.privileged={self.privileged}"
+        if self.backend == "rllib":
+            raise ValueError(f"{where} is built for stable-baselines3 only, but "
+                             "teach.backend=rllib; set teach.backend=sb3 (or "
+                             "teach.privileged=none)")  # fmt: skip
+        if self.algo != "ppo":
+            raise ValueError(f"{where} trains a PPO teacher, but teach.algo={self.algo}; set "
+                             "teach.algo=ppo (or teach.privileged=none)")  # fmt: skip
+        if self.exploration.method != "none":
+            raise ValueError(f"{where} does not combine with teach.exploration.method="
+                             f"{self.exploration.method}; set one of them to none")  # fmt: skip
+        if any(w < 1 for w in self.privileged_encoder_arch):
+            raise ValueError("teach.privileged_encoder_arch: layer sizes must be positive, "
+                             f"got {self.privileged_encoder_arch}")  # fmt: skip
+        return self
 
     @model_validator(mode="after")
     def _workers_fit_the_trainer(self) -> TeachConfig:

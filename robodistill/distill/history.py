@@ -26,8 +26,11 @@ them (a held-out measure of the adaptation module) and after.
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -39,6 +42,8 @@ from robodistill.distill.hib import HIBCritic, gaussian_kl_standard, info_nce
 from robodistill.envs.randomization import robot_indices
 from robodistill.policies.history_student import HistoryStudent
 from robodistill.training import epochs
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -58,6 +63,8 @@ class HistoryDAgger:
     hib_alpha: float = 0.1  # InfoNCE weight (the -I(z; e) bound)
     hib_beta: float = 1e-3  # KL weight (the I(z; h) bound)
     hib_tau: float = 0.1  # InfoNCE temperature
+    encoder_arch: tuple[int, ...] = (128, 64)  # the history encoder's hidden widths
+    hidden: tuple[int, ...] = (128, 128)  # the head's (history, hib; rma reuses the teacher's)
 
 
 def robot_view(env: gym.Env) -> np.ndarray:
@@ -173,17 +180,24 @@ def errors(student: HistoryStudent, data: dict[str, np.ndarray]) -> dict[str, fl
 
 def distill_history(make_env: Callable[[], gym.Env], teacher, variant: str,
                     cfg: HistoryDAgger | None = None,
-                    seeds: Callable[[int, int], list[int]] | None = None):  # fmt: skip
+                    seeds: Callable[[int, int], list[int]] | None = None,
+                    on_round: Callable[[int, HistoryStudent, dict], None] | None = None):  # fmt: skip
     """DAgger-distill ``teacher`` into a ``variant`` (``history``, ``rma``, ``hib``) student;
     returns ``(student, log)`` (``log``: one dict per round). ``seeds(round, n)`` gives a
-    round's episode seeds (default ``10**6 * (seed + 1) + 1000 * round + j``)."""
+    round's episode seeds (default ``10**6 * (seed + 1) + 1000 * round + j``);
+    ``on_round(round, student, row)`` sees the student after each round's training (the
+    ``distill`` stage validates and keeps the best there; it may add to ``row``)."""
     cfg = cfg or HistoryDAgger()
     envs = [make_env() for _ in range(cfg.n_envs)]
     robot_idx = robot_view(envs[0])
     full = envs[0].observation_space
     obs_space = gym.spaces.Box(full.low[robot_idx], full.high[robot_idx], dtype=np.float32)
     student = HistoryStudent.build(variant, teacher, obs_space, envs[0].action_space,
-                                   cfg.history_len, cfg.latent_dim, seed=cfg.seed)  # fmt: skip
+                                   cfg.history_len, cfg.latent_dim, list(cfg.encoder_arch),
+                                   list(cfg.hidden), seed=cfg.seed)  # fmt: skip
+    # Where the robot's entries sit in the env's full observation: the student then also
+    # acts on the env it was distilled in (it drops the privileged entries itself).
+    student.arch.update(robot_idx=robot_idx.tolist(), env_obs_dim=int(full.shape[0]))
     critic = None
     if variant == "hib":
         if teacher.net.encoder is None:
@@ -213,10 +227,152 @@ def distill_history(make_env: Callable[[], gym.Env], teacher, variant: str,
                     "loss": losses[-1], **{f"{k}_before": v for k, v in before.items()},
                     **{f"{k}_after": v for k, v in after.items()},
                     "seconds": time.monotonic() - t0})  # fmt: skip
+        if on_round is not None:
+            on_round(r, student, log[-1])
     for env in envs:
         env.close()
     student.reset()
     return student, log
 
 
-__all__ = ["HistoryDAgger", "distill_history", "errors", "robot_view", "run_episodes"]
+# -- the distill stage's students ----------------------------------------------------------
+
+RESULT_NAME = "result.json"
+
+
+def load_privileged_teacher(path: str | Path, variant: str):
+    """The :class:`~robodistill.policies.privileged.PrivilegedTeacher` at ``path`` for the
+    ``variant`` student, or a :class:`ConfigError` naming ``distill.teacher``: every history
+    student needs a privileged teacher (``teach.privileged``), ``rma`` and ``hib`` an
+    ``oracle`` one (its actor reads ``z = mu(e)``)."""
+    from robodistill.config import ConfigError
+    from robodistill.policies import load_policy
+
+    teacher = load_policy(path)
+    if teacher.kind != "privileged_teacher":
+        raise ConfigError(
+            f"distill.teacher: {path} holds a {teacher.kind!r} policy, but the {variant} "
+            "student distills a privileged teacher (teach.privileged: oracle, with "
+            "env.randomization.privileged_obs: true); train one, or point distill.teacher at one"
+        )
+    if variant in ("rma", "hib") and not teacher.net.actor_privileged:
+        raise ConfigError(
+            f"distill.teacher: the {variant} student needs an oracle teacher (teach.privileged: "
+            f"oracle: its actor reads z = mu(e)), but the teacher at {path} does not read z "
+            "(asymmetric or blind); train an oracle teacher, or use the history student"
+        )
+    return teacher
+
+
+def run_distill_history(cfg, stage, teacher_path: str | Path, variant: str) -> dict[str, Any]:
+    """The ``distill`` stage's ``variant`` student (``history``, ``rma``, ``hib``) of the
+    privileged teacher at ``teacher_path``, in ``stage.dir / variant``: DAgger rounds of
+    :func:`distill_history` on the run's env (``env.randomization`` with ``privileged_obs``)
+    and its seeds, validation after each round on the fixed validation seeds, the best
+    student kept in ``policy/`` (``distill.history.selection``), ``result.json`` last.
+
+    Artifacts: ``policy/`` (best), ``rounds/round-NNN/`` (each round's student),
+    ``result.json`` (the metrics, also what a finished student returns when the stage
+    resumes). An interrupted student starts over from round 0.
+    """
+    from robodistill.config import ConfigError
+    from robodistill.core.rundir import write_json_atomic
+    from robodistill.core.seeds import DAGGER_SEED_OFFSET, VALIDATION_SEED_OFFSET, episode_seeds
+    from robodistill.envs import make_env
+    from robodistill.training.selection import is_better, rollout_summary
+
+    h, t0 = cfg.distill.history, time.monotonic()
+    out = stage.dir / variant
+    if (out / RESULT_NAME).is_file() and (out / "policy" / "config.json").is_file():
+        return json.loads((out / RESULT_NAME).read_text())
+    if DAGGER_SEED_OFFSET + h.rounds * h.episodes_per_round > VALIDATION_SEED_OFFSET:
+        raise ConfigError(
+            "distill.history: rounds × episodes_per_round must stay ≤ "
+            f"{VALIDATION_SEED_OFFSET - DAGGER_SEED_OFFSET} (training seeds would reach the "
+            "validation seeds)"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    teacher = load_privileged_teacher(teacher_path, variant)
+
+    def make():
+        return make_env(cfg.env.id, max_episode_steps=cfg.env.max_episode_steps,
+                        **cfg.env.make_kwargs())  # fmt: skip
+
+    probe = make()
+    try:
+        dim = int(probe.observation_space.shape[0])
+    finally:
+        probe.close()
+    if tuple(teacher.observation_space.shape) != (dim,):
+        raise ConfigError(
+            f"distill.teacher: {teacher_path} was trained on observations "
+            f"{teacher.observation_space.shape}, but env {cfg.env.id} with env.randomization "
+            f"gives ({dim},); set env (id, kwargs, randomization) to the teacher's"
+        )
+    dagger = HistoryDAgger(
+        rounds=h.rounds, episodes_per_round=h.episodes_per_round, beta_decay=h.beta_decay,
+        epochs=h.epochs, batch_size=h.batch_size, learning_rate=h.learning_rate,
+        history_len=h.k, latent_dim=h.latent_dim, n_envs=cfg.env.num_envs, seed=cfg.seed,
+        hib_alpha=cfg.distill.hib.alpha, hib_beta=cfg.distill.hib.beta,
+        hib_tau=cfg.distill.hib.tau, encoder_arch=tuple(h.encoder_arch), hidden=tuple(h.hidden),
+    )  # fmt: skip
+    val_seeds = episode_seeds(cfg, h.eval_episodes, VALIDATION_SEED_OFFSET)
+    teacher_val = rollout_summary(cfg, teacher, val_seeds, f"distill-{variant}")[0]
+    best: dict[str, Any] | None = None
+
+    def seeds(r: int, n: int) -> list[int]:
+        return episode_seeds(cfg, n, DAGGER_SEED_OFFSET + r * n)
+
+    def on_round(r: int, student: HistoryStudent, row: dict) -> None:
+        nonlocal best
+        result = rollout_summary(cfg, student, val_seeds, f"distill-{variant}")[0] | {"round": r}
+        student.save(out / "rounds" / f"round-{r:03d}")
+        improved = is_better(result, best, h.selection)
+        if improved:
+            student.save(out / "policy")
+            best = result
+        row.update(val_return_mean=result["return_mean"],
+                   val_success_rate=result["success_rate"], improved=improved)  # fmt: skip
+        stage.log_metrics(r, {f"{variant}_{k}": v for k, v in row.items()
+                              if isinstance(v, int | float | bool | None)})  # fmt: skip
+        log.info("%s: round %d: %s", variant, r, json.dumps(row, default=float))
+
+    _, history = distill_history(make, teacher, variant, dagger, seeds, on_round)
+    ratio = None
+    if teacher_val["return_mean"] not in (None, 0):
+        ratio = best["return_mean"] / teacher_val["return_mean"]
+    metrics = {
+        "student": variant,
+        "policy": str(out / "policy"),
+        "teacher": str(teacher_path),
+        "history_len": h.k,
+        "rounds": len(history),
+        "dataset_states": history[-1]["rows"],
+        "final_action_mse": history[-1].get("action_mse_after"),
+        "final_latent_mse": history[-1].get("latent_mse_after"),
+        "first_latent_mse": history[0].get("latent_mse_before"),
+        "best_round": best["round"],
+        "best_return_mean": best["return_mean"],
+        "best_success_rate": best["success_rate"],
+        "best_max_score_mean": best.get("max_score_mean"),
+        "teacher_return_mean": teacher_val["return_mean"],
+        "teacher_success_rate": teacher_val["success_rate"],
+        "teacher_max_score_mean": teacher_val.get("max_score_mean"),
+        "selection": h.selection,
+        "validation_return_ratio": ratio,
+        "history": history,
+        "wall_s": round(time.monotonic() - t0, 3),
+    }
+    write_json_atomic(out / RESULT_NAME, metrics)
+    return metrics
+
+
+__all__ = [
+    "HistoryDAgger",
+    "distill_history",
+    "errors",
+    "load_privileged_teacher",
+    "robot_view",
+    "run_distill_history",
+    "run_episodes",
+]

@@ -13,11 +13,14 @@ Students: ``consistency`` (:mod:`robodistill.distill.consistency`), ``streaming`
 (:mod:`robodistill.distill.streaming`) and ``rti`` (:mod:`robodistill.distill.rti`) from a
 diffusion teacher; ``dagger`` (:mod:`robodistill.distill.dagger`) from an RL teacher;
 ``generalist`` (:mod:`robodistill.distill.generalist`) from the COMPASS specialists, for
-which ``distill.teacher`` names the COMPASS teach directory (default ``<run>/teach``).
+which ``distill.teacher`` names the COMPASS teach directory (default ``<run>/teach``);
+``history``, ``rma`` and ``hib`` (:func:`robodistill.distill.history.run_distill_history`)
+from a privileged teacher (``teach.privileged``; ``rma`` and ``hib``: ``oracle``).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable
@@ -25,12 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from robodistill.config import ConfigError, RunConfig
+from robodistill.config.distill import HISTORY_STUDENTS
 from robodistill.core.policy_specs import policy_inputs
 from robodistill.core.rundir import StageRun
 from robodistill.data.demos import demos_inputs
 from robodistill.distill.consistency import run_distill_consistency
 from robodistill.distill.dagger import run_distill_dagger
 from robodistill.distill.generalist import run_distill_generalist, specialists_inputs
+from robodistill.distill.history import load_privileged_teacher, run_distill_history
 from robodistill.distill.rti import run_distill_rti
 from robodistill.distill.streaming import run_distill_streaming
 
@@ -44,6 +49,8 @@ STUDENTS: dict[str, Callable[[RunConfig, StageRun, Path], dict[str, Any]]] = {
     "rti": run_distill_rti,
     # Its teachers are the COMPASS specialists, found through distill.teacher (see there).
     "generalist": run_distill_generalist,
+    # History students of a privileged teacher (teach.privileged), by DAgger.
+    **{v: functools.partial(run_distill_history, variant=v) for v in HISTORY_STUDENTS},
 }
 """Student name -> function(cfg, stage, teacher_dir) -> metrics, for the built students."""
 
@@ -74,7 +81,7 @@ def run_distill(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
         raise ConfigError(
             f"distill.teacher: there is no teacher policy at {teacher} (no config.json). Train "
             f"one first (robodistill teach --name {cfg.name}; teach.algo rl100 for the diffusion "
-            "students, ppo/sac for dagger) or set "
+            "students, ppo/sac for dagger, ppo with teach.privileged for history/rma/hib) or set "
             "distill.teacher to a policy directory"
         )
 
@@ -85,6 +92,18 @@ def run_distill(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
             f"distill.teacher: {diffusion_students} distill a diffusion teacher (teach.algo: "
             f"rl100), but {teacher} holds a {kind!r} policy; point distill.teacher at a "
             f"diffusion policy, or use distill.students=[dagger] for RL teachers"
+        )
+    history_students = [s for s in students if s in HISTORY_STUDENTS]
+    for name in history_students:  # wrong teacher -> a clear error before the stage dir exists
+        load_privileged_teacher(teacher, name)
+    r = cfg.env.randomization
+    if history_students and (r is None or not r.privileged_obs):
+        raise ConfigError(
+            f"env.randomization: the {history_students} students are distilled on the "
+            "randomized env whose observation carries the privileged draw (the teacher reads "
+            "it, the students drop it), but env.randomization"
+            + (" is not set" if r is None else ".privileged_obs is false")
+            + "; use the teacher's env section (env.randomization.privileged_obs: true)"
         )
     inputs = policy_inputs(str(teacher)) if single_teacher else {}
     if "generalist" in students:

@@ -77,11 +77,15 @@ class EveryNSteps(BaseCallback):
 class EvalCallback(EveryNSteps):
     """Every ``teach.eval_every`` steps: roll the deterministic policy out on the fixed
     validation seeds, log, and save it to ``stage.dir/policy`` when it is the best so far
-    (:class:`robodistill.training.selection.BestPolicyKeeper`)."""
+    (:class:`robodistill.training.selection.BestPolicyKeeper`). ``to_policy(model,
+    vec_normalize)`` makes that policy (default an ``SB3Policy``; a privileged teacher's
+    ``PrivilegedTeacher.from_model``)."""
 
-    def __init__(self, cfg: RunConfig, stage: StageRun, vec_normalize: VecNormalize | None):
+    def __init__(self, cfg: RunConfig, stage: StageRun, vec_normalize: VecNormalize | None,
+                 to_policy=SB3Policy.from_model):  # fmt: skip
         super().__init__(cfg.teach.eval_every)
         self.stage, self.vec_normalize = stage, vec_normalize
+        self.to_policy = to_policy  # (model, vec_normalize) -> the Policy evaluated and kept
         self.keeper = BestPolicyKeeper(cfg, stage.dir)
         self.last: dict[str, Any] | None = None
         self.last_step = -1
@@ -97,7 +101,7 @@ class EvalCallback(EveryNSteps):
 
     def evaluate(self) -> dict[str, Any]:
         step = int(self.model.num_timesteps)
-        policy = SB3Policy.from_model(self.model, self.vec_normalize)
+        policy = self.to_policy(self.model, self.vec_normalize)
         result, row = self.keeper.evaluate(policy, step)
         infos = list(self.model.ep_info_buffer or [])
         if infos:  # training episodes (Monitor's raw returns, before any reward scaling)

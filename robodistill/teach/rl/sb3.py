@@ -8,7 +8,8 @@
 
 Artifacts in ``<run>/teach/``::
 
-    policy/        best evaluated policy (an SB3Policy: what later stages load as teacher)
+    policy/        best evaluated policy (an SB3Policy, or with ``teach.privileged`` a
+                   PrivilegedTeacher: what later stages load as teacher)
     policy_last/   the policy when training ended
     checkpoint/    resumable training state (no pickle), replaced atomically
     best.json      evaluation that chose policy/ (survives restarts)
@@ -42,9 +43,16 @@ from robodistill.config import RunConfig
 from robodistill.core.rollout import env_spaces
 from robodistill.core.rundir import StageRun
 from robodistill.envs import make_env
+from robodistill.policies.privileged import PrivilegedTeacher
 from robodistill.policies.sb3_policy import SB3Policy
 from robodistill.teach.rl.exploration_sb3 import find_exploration_env, wrap_exploration
 from robodistill.teach.rl.metrics import teacher_metrics
+from robodistill.teach.rl.privileged import MODES as PRIVILEGED_MODES
+from robodistill.teach.rl.privileged import (
+    PrivilegedActorCriticPolicy,
+    PrivilegedExtractor,
+    layout_indices,
+)
 from robodistill.teach.rl.two_stream_ppo import TwoStreamPPO
 from robodistill.training.sb3 import (
     CheckpointCallback,
@@ -59,6 +67,30 @@ from robodistill.training.sb3 import (
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoint"
+
+
+def privileged_policy_kwargs(cfg: RunConfig, make_one) -> dict[str, Any]:
+    """``policy_kwargs`` of :class:`PrivilegedActorCriticPolicy` for ``teach.privileged``:
+    the robot / privileged indices from the env's layout (``env.randomization`` with
+    ``privileged_obs: true``, checked by the config), ``teach.net_arch``, the encoder."""
+    probe = make_one()
+    try:
+        robot, priv = layout_indices(probe)
+    finally:
+        probe.close()
+    actor_p, critic_p = PRIVILEGED_MODES[cfg.teach.privileged]
+    return {
+        "features_extractor_class": PrivilegedExtractor,
+        "features_extractor_kwargs": {
+            "robot_idx": robot.tolist(),
+            "priv_idx": priv.tolist(),
+            "latent_dim": cfg.teach.privileged_latent_dim,
+            "encoder_arch": list(cfg.teach.privileged_encoder_arch),
+        },  # fmt: skip
+        "net_arch": list(cfg.teach.net_arch),
+        "actor_privileged": actor_p,
+        "critic_privileged": critic_p,
+    }
 
 
 def run_teach_sb3(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
@@ -112,6 +144,9 @@ def run_teach_sb3(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
             model = TwoStreamPPO("MlpPolicy", venv, gamma_int=x.gamma_int,
                                  extrinsic_coef=x.extrinsic_coef,
                                  intrinsic_coef=x.intrinsic_coef, **ppo)  # fmt: skip
+        elif teach.privileged != "none":  # teach/rl/privileged.py: who reads z = mu(e)
+            model = PPO(PrivilegedActorCriticPolicy, venv,
+                        **(ppo | {"policy_kwargs": privileged_policy_kwargs(cfg, make_one)}))  # fmt: skip
         else:
             model = PPO("MlpPolicy", venv, **ppo)
     else:
@@ -132,7 +167,9 @@ def run_teach_sb3(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
             model.learning_starts = model.num_timesteps + refill
 
     # -- callbacks -------------------------------------------------------------------------
-    evaluator = EvalCallback(cfg, stage, vec_normalize)
+    to_policy = (PrivilegedTeacher.from_model if teach.privileged != "none"
+                 else SB3Policy.from_model)  # fmt: skip
+    evaluator = EvalCallback(cfg, stage, vec_normalize, to_policy)
     checkpointer = CheckpointCallback(
         ckpt_dir, teach.checkpoint_every, vec_normalize, explore_venv, evaluator
     )
@@ -162,7 +199,7 @@ def run_teach_sb3(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
     if final is None:
         evaluator.model = model  # set by learn(); set here too when nothing was left to learn
         final = evaluator.evaluate()
-    SB3Policy.from_model(model, vec_normalize).save(stage.dir / "policy_last")
+    to_policy(model, vec_normalize).save(stage.dir / "policy_last")
     successes.flush()
     episodes.close()
     save_checkpoint(ckpt_dir, model, vec_normalize, explore_venv, evaluator.state())
