@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from robodistill.config import RunConfig
+from robodistill.core.delay_results import report_section as delay_section
 from robodistill.core.summaries import read_jsonl
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ def write_report(cfg: RunConfig, results: dict[str, Any]) -> Path:
     if episodes is not None:
         lines += ["", f"![training episodes: return and success against env steps "
                       f"(teach/episodes.jsonl)]({episodes.name})"]  # fmt: skip
+    lines += delay_section(run_dir)  # benchmarks/delay.py --run: <run>/delay/delay.json
     videos = sorted((run_dir / "eval").glob("**/videos/seed-*.*"))
     if videos:
         lines += ["", "Evaluation videos: " + ", ".join(
