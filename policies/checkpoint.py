@@ -180,3 +180,31 @@ def load_state_dict_strict(
             parts.append(f"shape mismatches {mismatched[:8]}")
         raise CheckpointError(f"checkpoint {source} does not match the model: " + "; ".join(parts))
     module.load_state_dict(tensors, strict=True)
+
+
+def save_net_checkpoint(directory: str | os.PathLike, config: dict[str, Any],
+                        observation_space: Any, action_space: Any, net: torch.nn.Module
+                        ) -> Path:  # fmt: skip
+    """A policy that is one network over gymnasium spaces: ``config`` (with its ``kind``)
+    plus both spaces as JSON, and ``net``'s tensors under ``net.``."""
+    from robodistill.envs.spaces import space_to_json  # the spaces' JSON form
+
+    config = {**config, "observation_space": space_to_json(observation_space),
+              "action_space": space_to_json(action_space)}  # fmt: skip
+    return save_checkpoint(directory, config, {f"net.{k}": v for k, v in net.state_dict().items()})
+
+
+def load_net_checkpoint(directory: str | os.PathLike, kind: str
+                        ) -> tuple[dict[str, Any], dict[str, torch.Tensor], Any, Any]:  # fmt: skip
+    """What :func:`save_net_checkpoint` wrote: ``(config without kind and spaces, the net's
+    tensors with the ``net.`` prefix dropped, observation space, action space)``."""
+    from robodistill.envs.spaces import space_from_json
+
+    config, tensors = load_checkpoint(directory, kind=kind)
+    try:
+        obs_space = space_from_json(config.pop("observation_space"))
+        act_space = space_from_json(config.pop("action_space"))
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{directory}: not a valid {kind}: {e}") from e
+    config.pop("kind", None)
+    return config, {k[len("net.") :]: v for k, v in tensors.items()}, obs_space, act_space

@@ -26,13 +26,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from robodistill.envs.spaces import space_from_json, space_to_json
 from robodistill.policies.base import Policy, register_policy
 from robodistill.policies.checkpoint import (
     CheckpointError,
-    load_checkpoint,
+    load_net_checkpoint,
     load_state_dict_strict,
-    save_checkpoint,
+    save_net_checkpoint,
 )
 
 
@@ -177,22 +176,15 @@ class PrivilegedTeacher(Policy):
         return self.net.latent(self._t(obs)).numpy()
 
     def save(self, directory: str | os.PathLike) -> Path:
-        config = {"kind": self.kind, **self.arch,
-                  "observation_space": space_to_json(self.observation_space),
-                  "action_space": space_to_json(self.action_space)}  # fmt: skip
-        return save_checkpoint(
-            directory, config, {f"net.{k}": v for k, v in self.net.state_dict().items()}
-        )
+        return save_net_checkpoint(directory, {"kind": self.kind, **self.arch},
+                                   self.observation_space, self.action_space, self.net)  # fmt: skip
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> PrivilegedTeacher:
-        config, tensors = load_checkpoint(directory, kind=cls.kind)
+        config, tensors, obs_space, act_space = load_net_checkpoint(directory, cls.kind)
         try:
-            obs_space = space_from_json(config.pop("observation_space"))
-            act_space = space_from_json(config.pop("action_space"))
-            config.pop("kind", None)
             net = cls._build(config, int(np.prod(act_space.shape)))
         except (KeyError, ValueError, TypeError) as e:
             raise CheckpointError(f"{directory}: not a valid privileged_teacher: {e}") from e
-        load_state_dict_strict(net, {k[4:]: v for k, v in tensors.items()}, directory)
+        load_state_dict_strict(net, tensors, directory)
         return cls(net, obs_space, act_space, config)

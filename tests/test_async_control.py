@@ -13,6 +13,7 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import SteppedClock
 
 from robodistill.deploy.async_control import AsyncPolicy
 from robodistill.deploy.controller import Controller
@@ -69,19 +70,8 @@ class StepRobot:
         return np.array([-1.0], np.float32)
 
 
-class FakeClock:
-    def __init__(self):
-        self.t = 0.0
-
-    def __call__(self):
-        return self.t
-
-    def sleep(self, dt):
-        self.t += max(dt, 0.0)
-
-
 def _run(policy, robot, rate_hz=100.0, **kw):
-    clock = FakeClock()
+    clock = SteppedClock()
     controller = Controller(policy, robot, rate_hz, clock=clock, sleep=clock.sleep,
                             handle_sigint=False, **kw)  # fmt: skip
     return controller.run()
@@ -173,7 +163,7 @@ def test_sigint_in_async_mode_stops_both_threads_and_sends_the_safe_action():
 
     robot = StepRobot(10_000, on_apply)
     previous = signal.getsignal(signal.SIGINT)
-    clock = FakeClock()
+    clock = SteppedClock()
     result = Controller(policy, robot, 1000.0, clock=clock, sleep=clock.sleep).run()
     assert result.reason == "interrupted"
     assert robot.final == -1.0 and robot.applied[10] == 10.0  # ticks, then the safe action

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import SteppedClock
 
 from robodistill.deploy.controller import Controller
 from robodistill.deploy.interpolation import (
@@ -40,17 +41,6 @@ class QueuePolicy:
 
     def peek(self, n):
         return self.knots[self.i : self.i + n].copy()
-
-
-class Clock:
-    def __init__(self):
-        self.t = 0.0
-
-    def __call__(self):
-        return self.t
-
-    def sleep(self, dt):
-        self.t += max(dt, 0.0)
 
 
 class Recorder:
@@ -97,7 +87,7 @@ def test_slew_limit_acts_at_the_high_rate():
     ratio, rate = 10, 100.0
     policy = InterpolatingPolicy(QueuePolicy(KNOTS), ratio, "hold")
     robot = Recorder()
-    clock = Clock()
+    clock = SteppedClock()
     result = Controller(policy, robot, rate, slew_rate=5.0, clock=clock, sleep=clock.sleep,
                         handle_sigint=False).run(ticks=ratio * 6)  # fmt: skip
     steps = np.abs(np.diff(np.array(robot.commands[:-1]), axis=0))

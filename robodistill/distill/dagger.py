@@ -261,10 +261,7 @@ def run_distill_dagger(
     finally:
         bar.close()
 
-    best, teacher_val, last = state["best"], state["teacher"], state["history"][-1]
-    ratio = None
-    if teacher_val["return_mean"] not in (None, 0):
-        ratio = best["return_mean"] / teacher_val["return_mean"]
+    last = state["history"][-1]
     return {
         "student": "dagger",
         "policy": str(out / "policy"),
@@ -273,14 +270,27 @@ def run_distill_dagger(
         "rounds": state["rounds_done"],
         "dataset_states": last["dataset_states"],
         "final_loss": last["loss_after"],
+        **best_against_teacher(state["best"], state["teacher"], dagger.selection),
+        "wall_s": round(time.monotonic() - t0, 3),
+    }
+
+
+def best_against_teacher(best: dict[str, Any], teacher: dict[str, Any],
+                         selection: str) -> dict[str, Any]:  # fmt: skip
+    """The result fields of a round-based student: its kept round's validation beside the
+    teacher's on the same seeds, and the ratio of their mean returns (``None`` when the
+    teacher's is 0 or missing)."""
+    ratio = None
+    if teacher["return_mean"] not in (None, 0):
+        ratio = best["return_mean"] / teacher["return_mean"]
+    return {
         "best_round": best["round"],
         "best_return_mean": best["return_mean"],
         "best_success_rate": best["success_rate"],
         "best_max_score_mean": best.get("max_score_mean"),
-        "teacher_return_mean": teacher_val["return_mean"],
-        "teacher_success_rate": teacher_val["success_rate"],
-        "teacher_max_score_mean": teacher_val.get("max_score_mean"),
-        "selection": dagger.selection,
+        "teacher_return_mean": teacher["return_mean"],
+        "teacher_success_rate": teacher["success_rate"],
+        "teacher_max_score_mean": teacher.get("max_score_mean"),
+        "selection": selection,
         "validation_return_ratio": ratio,
-        "wall_s": round(time.monotonic() - t0, 3),
     }

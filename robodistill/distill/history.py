@@ -278,6 +278,7 @@ def run_distill_history(cfg, stage, teacher_path: str | Path, variant: str) -> d
     from robodistill.config import ConfigError
     from robodistill.core.rundir import write_json_atomic
     from robodistill.core.seeds import DAGGER_SEED_OFFSET, VALIDATION_SEED_OFFSET, episode_seeds
+    from robodistill.distill.dagger import best_against_teacher
     from robodistill.envs import make_env
     from robodistill.training.selection import is_better, rollout_summary
 
@@ -338,9 +339,6 @@ def run_distill_history(cfg, stage, teacher_path: str | Path, variant: str) -> d
         log.info("%s: round %d: %s", variant, r, json.dumps(row, default=float))
 
     _, history = distill_history(make, teacher, variant, dagger, seeds, on_round)
-    ratio = None
-    if teacher_val["return_mean"] not in (None, 0):
-        ratio = best["return_mean"] / teacher_val["return_mean"]
     metrics = {
         "student": variant,
         "policy": str(out / "policy"),
@@ -351,15 +349,7 @@ def run_distill_history(cfg, stage, teacher_path: str | Path, variant: str) -> d
         "final_action_mse": history[-1].get("action_mse_after"),
         "final_latent_mse": history[-1].get("latent_mse_after"),
         "first_latent_mse": history[0].get("latent_mse_before"),
-        "best_round": best["round"],
-        "best_return_mean": best["return_mean"],
-        "best_success_rate": best["success_rate"],
-        "best_max_score_mean": best.get("max_score_mean"),
-        "teacher_return_mean": teacher_val["return_mean"],
-        "teacher_success_rate": teacher_val["success_rate"],
-        "teacher_max_score_mean": teacher_val.get("max_score_mean"),
-        "selection": h.selection,
-        "validation_return_ratio": ratio,
+        **best_against_teacher(best, teacher_val, h.selection),
         "history": history,
         "wall_s": round(time.monotonic() - t0, 3),
     }
