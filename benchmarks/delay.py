@@ -65,19 +65,6 @@ SOURCES = {"teacher DDIM-10": "teach/policy", "RTI 3/10": "teach/policy",
            "streaming": "distill/streaming/policy"}  # fmt: skip
 
 
-class SimClock:
-    """A clock that only ``sleep`` advances: the controller's slots pass instantly."""
-
-    def __init__(self):
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def sleep(self, dt: float) -> None:
-        self.t += max(dt, 0.0)
-
-
 def _pusht_hold(env: Any) -> np.ndarray:
     """Push-T's holding command: the pusher's own position (its actions are position
     targets, so the zero action would drive it to the centre)."""
@@ -135,7 +122,7 @@ def run_point(path: Path, mode: str, delay: int, episodes: int, seed0: int = SEE
               env_kwargs: dict[str, Any] | None = None) -> dict:  # fmt: skip
     """Success (and timing counters) of one (file, mode, delay) over ``episodes``."""
     from robodistill.deploy.async_control import AsyncPolicy
-    from robodistill.deploy.controller import Controller
+    from robodistill.deploy.controller import Controller, SimulatedClock
     from robodistill.deploy.robot import SimRobot
     from robodistill.deploy.rtc import RtcSettings
     from robodistill.deploy.runtime import OnnxPolicy
@@ -162,7 +149,7 @@ def run_point(path: Path, mode: str, delay: int, episodes: int, seed0: int = SEE
         delay_steps=delay,
         hold_action=robot.safe_action(),
     )  # fmt: skip
-    clock = SimClock()
+    clock = SimulatedClock()
     controller = Controller(policy, robot, 10.0, clock=clock, sleep=clock.sleep,
                             handle_sigint=False)  # fmt: skip
     t = time.perf_counter()

@@ -54,6 +54,21 @@ __all__ = ["FAULT_KINDS", "ControlResult", "Controller", "summarize_ms"]
 log = logging.getLogger(__name__)
 
 
+class SimulatedClock:
+    """A clock that only ``sleep`` advances (a negative sleep, a late tick's, is none): pass
+    it as both ``clock`` and ``sleep`` (``clock=c, sleep=c.sleep``) to run the controller's
+    slots in simulated time, whatever the machine's load (benchmarks, tests)."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def sleep(self, dt: float) -> None:
+        self.t += max(dt, 0.0)
+
+
 class Controller:
     """Run ``policy`` on ``robot`` at ``rate_hz``.
 

@@ -97,17 +97,3 @@ def tiny_overrides(tmp_path):
         "control.episodes=1",
         "control.max_ticks=20",
     ]
-
-
-class SteppedClock:
-    """A clock for real-time loops that moves only when they sleep (a negative sleep, a
-    late tick's, is none): ticks run on schedule whatever the machine's load."""
-
-    def __init__(self):
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def sleep(self, dt: float) -> None:
-        self.t += max(dt, 0.0)

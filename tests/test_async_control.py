@@ -13,10 +13,9 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import SteppedClock
 
 from robodistill.deploy.async_control import AsyncPolicy
-from robodistill.deploy.controller import Controller
+from robodistill.deploy.controller import Controller, SimulatedClock
 
 H = 16  # actions per chunk
 
@@ -71,7 +70,7 @@ class StepRobot:
 
 
 def _run(policy, robot, rate_hz=100.0, **kw):
-    clock = SteppedClock()
+    clock = SimulatedClock()
     controller = Controller(policy, robot, rate_hz, clock=clock, sleep=clock.sleep,
                             handle_sigint=False, **kw)  # fmt: skip
     return controller.run()
@@ -163,7 +162,7 @@ def test_sigint_in_async_mode_stops_both_threads_and_sends_the_safe_action():
 
     robot = StepRobot(10_000, on_apply)
     previous = signal.getsignal(signal.SIGINT)
-    clock = SteppedClock()
+    clock = SimulatedClock()
     result = Controller(policy, robot, 1000.0, clock=clock, sleep=clock.sleep).run()
     assert result.reason == "interrupted"
     assert robot.final == -1.0 and robot.applied[10] == 10.0  # ticks, then the safe action

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import SteppedClock
 
-from robodistill.deploy.controller import Controller
+from robodistill.deploy.controller import Controller, SimulatedClock
 from robodistill.deploy.interpolation import (
     METHODS,
     InterpolatingPolicy,
@@ -87,7 +86,7 @@ def test_slew_limit_acts_at_the_high_rate():
     ratio, rate = 10, 100.0
     policy = InterpolatingPolicy(QueuePolicy(KNOTS), ratio, "hold")
     robot = Recorder()
-    clock = SteppedClock()
+    clock = SimulatedClock()
     result = Controller(policy, robot, rate, slew_rate=5.0, clock=clock, sleep=clock.sleep,
                         handle_sigint=False).run(ticks=ratio * 6)  # fmt: skip
     steps = np.abs(np.diff(np.array(robot.commands[:-1]), axis=0))
