@@ -45,7 +45,7 @@ from robodistill.core.rundir import StageRun, progress, write_json_atomic
 from robodistill.core.seeds import EVAL_SEED_OFFSET, episode_seeds
 from robodistill.core.summaries import read_jsonl, summarize_episodes
 from robodistill.core.video import write_video
-from robodistill.distill.stage import teacher_path
+from robodistill.distill.stage import distilled_students, teacher_path
 from robodistill.envs import make_env
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,7 @@ def eval_targets(cfg: RunConfig) -> dict[str, str]:
     # Every student the run holds, as export's `auto` sees them (a DAgger student distilled
     # under another distill.students counts too): this config's order first, then the rest
     # by name.
-    distilled = Path(cfg.runs_dir) / cfg.name / "distill"
-    found = {p.parent.parent.name: p.parent for p in distilled.glob("*/policy/config.json")}
+    found = distilled_students(Path(cfg.runs_dir) / cfg.name / "distill")
     order = [s for s in cfg.distill.students if s in found]
     for student in [*order, *sorted(set(found) - set(order))]:
         targets[student] = str(found[student])

@@ -20,6 +20,7 @@ from robodistill.core.rollout import env_spaces
 from robodistill.core.run_env import adopt_env, manifest_env, run_config_env
 from robodistill.core.rundir import StageRun, directory_digest
 from robodistill.core.seeds import EVAL_SEED_OFFSET, episode_seeds
+from robodistill.distill.stage import distilled_students
 from robodistill.envs import make_env
 from robodistill.errors import MissingInput, StageNotBuilt
 from robodistill.policies import load_policy
@@ -71,8 +72,7 @@ def auto_student(distill_dir: Path) -> Path | None:
     (no manifest, or one it does not list) is ordered by when it was last saved, newest
     first; two equally new ones are ambiguous and raise :class:`ConfigError` naming them.
     """
-    found = {p.parent.parent.name: p.parent
-             for p in sorted(distill_dir.glob("*/policy/config.json"))}  # fmt: skip
+    found = distilled_students(distill_dir)
     if not found:
         return None
     manifest = distill_dir / "manifest.json"

@@ -134,7 +134,6 @@ class ConsistencyTrainer(Trainer):
         self.batch_seed = (cfg.seed, int(RNGStream.STUDENT_BATCHES))
         self.gen = torch.Generator().manual_seed(cfg.seed)  # grid indices and noise
         self.cfg = cfg
-        self.steps_done = 0
         # (N, To, D) observation windows the student visited, oldest first.
         self.visited = np.zeros((0, c.obs_horizon, c.obs_dim), np.float32)
         self.visited_rounds = 0
@@ -182,22 +181,24 @@ class ConsistencyTrainer(Trainer):
 
     def after_step(self) -> None:
         update_target(self.target, self.policy.net, self.cc.target_ema)
-        self.steps_done += 1
+        done = self.step + 1  # the loop sets `step` to the step just taken
         every = self.cc.visited_every
-        if every and self.steps_done % every == 0 and self.steps_done < self.cc.steps:
+        if every and done % every == 0 and done < self.cc.steps:
             self._visit()
 
     def extra_tensors(self) -> dict[str, torch.Tensor]:
         tensors = {f"target.{k}": v for k, v in self.target.state_dict().items()}
-        tensors["visited.steps_rounds"] = torch.tensor([self.steps_done, self.visited_rounds])
+        tensors["visited.rounds"] = torch.tensor([self.visited_rounds])
         tensors["visited.windows"] = torch.from_numpy(self.visited.copy())
         return tensors
 
     def load_extra_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.target.load_state_dict({k[len("target.") :]: v.to(self.device)
                                      for k, v in tensors.items() if k.startswith("target.")})  # fmt: skip
-        if "visited.steps_rounds" in tensors:  # checkpoints from before the pool lack it
-            self.steps_done, self.visited_rounds = map(int, tensors["visited.steps_rounds"])
+        if "visited.windows" in tensors:  # checkpoints from before the pool lack it
+            # Pilot checkpoints of 2026-12-07 stored [steps, rounds] under another key.
+            rounds = tensors.get("visited.rounds", tensors.get("visited.steps_rounds"))
+            self.visited_rounds = int(rounds[-1])
             self.visited = tensors["visited.windows"].cpu().numpy().astype(np.float32)
 
     def finish(self, out: Path, keeper: Any, evals: list[dict[str, Any]]) -> dict[str, Any]:

@@ -62,6 +62,13 @@ def teacher_path(cfg: RunConfig) -> Path:
     return Path(cfg.runs_dir) / cfg.name / "teach" / "policy"
 
 
+def distilled_students(distill_dir: Path) -> dict[str, Path]:
+    """``{student name: <distill_dir>/<student>/policy}`` for every saved student policy in a
+    distill stage directory (``<run>/distill``), whatever made it, by name."""
+    return {p.parent.parent.name: p.parent
+            for p in sorted(distill_dir.glob("*/policy/config.json"))}  # fmt: skip
+
+
 def _kind(policy_dir: Path) -> str | None:
     return json.loads((policy_dir / "config.json").read_text()).get("kind")
 
