@@ -11,6 +11,9 @@ privileged vector in, action out, with RMA's privileged encoder ``z = mu(e)`` in
 The flat observation is the env's (:class:`robodistill.envs.randomization.DomainRandomization`
 with ``privileged_obs=True``): ``robot_idx`` picks the robot's entries, ``priv_idx`` the
 privileged ones. Both are normalized as SB3's ``VecNormalize`` does (statistics copied).
+An RLlib privileged teacher converts into the same policy
+(``robodistill.teach.rl.privileged_rllib.teacher_from_module``: RLlib's ``MeanStdFilter``
+statistics as ``obs_var = (std + 1e-6)**2``, ``eps = 0``).
 ``actor_privileged=False`` is the asymmetric teacher (only its critic saw ``e``) and the
 domain-randomized baseline: its action is a function of the robot entries alone.
 """

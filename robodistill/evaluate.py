@@ -8,6 +8,16 @@ the report::
     <run>/eval/<label>/episodes.jsonl, videos/  several (labels: teacher, consistency, ...)
     <run>/eval/table.json                       summary + control-tick latency per policy
     <run>/eval/success_latency.png              success rate against both latencies
+    <run>/eval/ood/...                          the same, out of the training ranges
+
+With ``env.randomization``, ``eval.randomization_ranges`` says where the episodes'
+dynamics are drawn: ``train`` (the training ranges; the layout above), ``ood`` (out of
+them, ``RandomizationConfig.make_kwargs(ood=True)``; in ``<run>/eval/ood/``) or ``both``
+(every policy on the same seeds in both). The stage's metrics hold the in-range results
+as without randomization, the out-of-range ones under ``ood`` (in the same form: one
+policy's summary, or ``{"policies": table, ...}``), and under ``randomization`` the
+setting and both sets of ranges. Each summary says ``randomization: train | ood``;
+``both`` measures latency once (it does not depend on the draw).
 
 Each policy's summary holds both task metrics: ``success_rate`` and ``max_score_mean``, the
 mean over episodes of each episode's maximum of ``info["score"]`` where the env reports one
@@ -86,25 +96,57 @@ def run_eval(cfg: RunConfig, overwrite: bool = False) -> dict[str, Any]:
     with StageRun(cfg, "eval", overwrite=overwrite, inputs=inputs) as stage:
         if stage.skipped:
             return stage.manifest["metrics"]
-        if len(targets) == 1:
-            ((label, spec),) = targets.items()
-            metrics = _evaluate(cfg, stage, label, spec, stage.dir) | {"policy": spec}
-            log.info("eval: %s", json.dumps(metrics))
-            stage.finish(metrics)
-            return metrics
-        table = {label: _evaluate(cfg, stage, label, spec, stage.dir / label) | {"policy": spec}
-                 for label, spec in targets.items()}  # fmt: skip
-        add_ratios(table, reference=next(iter(table)))
-        write_json_atomic(stage.dir / "table.json", table)
-        plot = plot_success_latency(table, stage.dir / "success_latency.png")
-        metrics = {"policies": table, "reference": next(iter(table)),
-                   "plot": str(plot) if plot else None}  # fmt: skip
+        which = cfg.eval.randomization_ranges
+        metrics: dict[str, Any] = {}
+        if which != "ood":
+            metrics = _evaluate_targets(cfg, stage, targets, stage.dir, ood=False)
+        if which != "train":
+            # The same seeds with dynamics drawn out of the training ranges; latency does not
+            # depend on the draw, so `both` reuses the in-range measurement.
+            metrics["ood"] = _evaluate_targets(cfg, stage, targets, stage.dir / OOD_DIR,
+                                               ood=True, latency_from=metrics or None)  # fmt: skip
+            r = cfg.env.randomization
+            metrics["randomization"] = {"ranges": which, "train": r.ranges(),
+                                        "ood": r.ood_ranges()}  # fmt: skip
         log.info("eval: %s", json.dumps(metrics))
         stage.finish(metrics)
         return metrics
 
 
-def _evaluate(cfg: RunConfig, stage: StageRun, label: str, spec: str, out_dir: Path) -> dict:
+OOD_DIR = "ood"
+"""``eval.randomization_ranges: ood | both``: the out-of-range episodes, tables and videos
+live in ``<run>/eval/ood/``, laid out as ``<run>/eval/`` is for the training ranges."""
+LATENCY_KEYS = ("worst_tick", "per_step", "steps_per_plan", "network_calls", "latency")
+"""A row's latency entries (:func:`tick_latency`)."""
+
+
+def _evaluate_targets(cfg: RunConfig, stage: StageRun, targets: dict[str, str], out_dir: Path,
+                      ood: bool, latency_from: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Every target on the eval seeds, in ``out_dir``: one policy's summary (with
+    ``policy``), or ``{"policies": table, "reference", "plot"}`` (``table.json`` written).
+    ``ood``: dynamics from the out-of-distribution ranges. ``latency_from``: metrics of the
+    same targets whose latency entries are reused instead of measured again."""
+
+    def latency(label: str) -> dict[str, Any] | None:
+        if latency_from is None:
+            return None
+        row = latency_from["policies"][label] if len(targets) > 1 else latency_from
+        return {k: row[k] for k in LATENCY_KEYS if k in row}
+
+    if len(targets) == 1:
+        ((label, spec),) = targets.items()
+        return _evaluate(cfg, stage, label, spec, out_dir, ood, latency(label)) | {"policy": spec}
+    table = {label: _evaluate(cfg, stage, label, spec, out_dir / label, ood, latency(label))
+             | {"policy": spec} for label, spec in targets.items()}  # fmt: skip
+    add_ratios(table, reference=next(iter(table)))
+    write_json_atomic(out_dir / "table.json", table)
+    plot = None if ood else plot_success_latency(table, out_dir / "success_latency.png")
+    return {"policies": table, "reference": next(iter(table)),
+            "plot": str(plot) if plot else None}  # fmt: skip
+
+
+def _evaluate(cfg: RunConfig, stage: StageRun, label: str, spec: str, out_dir: Path,
+              ood: bool = False, latency: dict[str, Any] | None = None) -> dict:  # fmt: skip
     _, action_space, env_doc = env_spaces(cfg.env.id, cfg.env.kwargs)
     out_dir.mkdir(parents=True, exist_ok=True)
     results_path = out_dir / "episodes.jsonl"
@@ -131,14 +173,16 @@ def _evaluate(cfg: RunConfig, stage: StageRun, label: str, spec: str, out_dir: P
             out.write(json.dumps(row) + "\n")
             out.flush()
             done.append(row)
-            logged = {k: v for k, v in row.items() if k != "seed"} | {"policy": label}
+            name = f"{label} (out of range)" if ood else label
+            logged = {k: v for k, v in row.items() if k != "seed"} | {"policy": name}
             stage.log_metrics(len(done), logged)
             bar.update(1)
 
         # Episodes to film run first, in their own rendering envs; the rest run unrendered.
-        video_kwargs = cfg.env.make_kwargs({**cfg.env.kwargs, **cfg.eval.video_env_kwargs})
+        video_kwargs = cfg.env.make_kwargs({**cfg.env.kwargs, **cfg.eval.video_env_kwargs},
+                                           ood=ood)  # fmt: skip
         batches = [([s for s in todo if s in film], save_video, video_kwargs),
-                   ([s for s in todo if s not in film], None, cfg.env.make_kwargs())]  # fmt: skip
+                   ([s for s in todo if s not in film], None, cfg.env.make_kwargs(ood=ood))]  # fmt: skip
         try:
             for batch_seeds, on_frames, env_kwargs in batches:
                 run_episodes(cfg, policy, spec, batch_seeds, on_episode=record,
@@ -152,8 +196,12 @@ def _evaluate(cfg: RunConfig, stage: StageRun, label: str, spec: str, out_dir: P
         [r["return"] for r in done], [r["length"] for r in done], [r["success"] for r in done],
         [r.get("max_score") for r in done], [r.get("score_source") for r in done],
     )  # fmt: skip
-    if cfg.eval.latency_decisions and spec not in ("random", "expert"):
+    if latency:
+        summary |= latency
+    elif cfg.eval.latency_decisions and spec not in ("random", "expert"):
         summary |= tick_latency(policy, _latency_obs(cfg), plans=cfg.eval.latency_decisions)
+    if cfg.env.randomization is not None:
+        summary["randomization"] = "ood" if ood else "train"
     return summary
 
 

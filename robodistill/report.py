@@ -75,7 +75,8 @@ def write_report(cfg: RunConfig, results: dict[str, Any]) -> Path:
     if not_built:
         lines += ["", "Not built in this version (nothing was run for them):", ""]
         lines += [f"- **{s}**: {results[s]['note']}" for s in not_built]
-    table = ((results.get("eval") or {}).get("metrics") or {}).get("policies")
+    eval_metrics = (results.get("eval") or {}).get("metrics") or {}
+    table = eval_metrics.get("policies")
     if table:
         lines += ["", "## Teacher vs students", "", *policy_table(table)]
         if (run_dir / "eval" / "success_latency.png").is_file():
@@ -84,6 +85,7 @@ def write_report(cfg: RunConfig, results: dict[str, Any]) -> Path:
                 "![success rate against compute per control step and worst tick]"
                 "(eval/success_latency.png)",
             ]
+    lines += ranges_section(eval_metrics)
     plot = plot_returns(run_dir, [s for s, r in results.items() if r.get("metrics")])
     if plot is not None:
         lines += ["", f"![per-episode returns]({plot.name})"]
@@ -162,6 +164,51 @@ def policy_table(table: dict[str, dict[str, Any]]) -> list[str]:
             f"| {ratio} |"
         )
     return [*lines, "", latency_legend(ref), "", score_legend(list(table.values()))]
+
+
+def _rows(metrics: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """An eval result's rows by policy label: its table, or its one policy's summary."""
+    if not metrics:
+        return {}
+    if "policies" in metrics:
+        return metrics["policies"]
+    spec = str(metrics.get("policy", "policy"))
+    return {Path(spec).name or spec: metrics}
+
+
+def _success_return(row: dict[str, Any] | None) -> tuple[str, str]:
+    if not row:
+        return "—", "—"
+    ret = (f"{row['return_mean']:.3g} ± {row['return_std']:.3g}"
+           if row.get("return_mean") is not None else "—")  # fmt: skip
+    return _percent(row.get("success_rate")), ret
+
+
+def ranges_section(metrics: dict[str, Any]) -> list[str]:
+    """The eval stage's results in and out of the training ranges side by side
+    (``eval.randomization_ranges: ood | both``); nothing when it evaluated in range only."""
+    ood = metrics.get("ood")
+    if not ood:
+        return []
+    in_range = metrics.keys() - {"ood", "randomization"}  # empty: evaluated out of range only
+    inside, outside = (_rows(metrics) if in_range else {}), _rows(ood)
+    ranges = metrics.get("randomization") or {}
+    show = lambda table: ", ".join(f"{k} {v}" for k, v in (table or {}).items()) or "—"  # noqa: E731
+    lines = [
+        "", "## In and out of the training ranges", "",
+        f"Every policy on the same held-out seeds; dynamics drawn in the training ranges "
+        f"({show(ranges.get('train'))}) and out of them, `env.randomization.ood` "
+        f"({show(ranges.get('ood'))}).", "",
+        "| policy | episodes | success in range | success out of range | return in range "
+        "| return out of range |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]  # fmt: skip
+    for label in [*inside, *(k for k in outside if k not in inside)]:
+        s_in, r_in = _success_return(inside.get(label))
+        s_out, r_out = _success_return(outside.get(label))
+        episodes = (outside.get(label) or inside.get(label) or {}).get("episodes")
+        lines.append(f"| {label} | {_fmt(episodes)} | {s_in} | {s_out} | {r_in} | {r_out} |")
+    return lines
 
 
 def _save_plot(path: Path, draw: Callable[[Any], None], legend: bool = True) -> Path:

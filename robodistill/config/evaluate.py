@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -24,6 +24,13 @@ class EvalConfig(Section):
     """Worker processes running evaluation episodes in parallel: local ones, or Ray actors
     when a Ray address is given (``RAY_ADDRESS``, ``--ray-address``); 1 runs them in this
     process."""
+    randomization_ranges: Literal["train", "ood", "both"] = "train"
+    """With ``env.randomization``: where each evaluation episode's dynamics are drawn.
+    ``train``: in the training ranges; ``ood``: out of them (``env.randomization.ood``
+    over the training ranges: ``RandomizationConfig.make_kwargs(ood=True)``); ``both``:
+    every policy on the same seeds in both, side by side. Out-of-range results go to
+    ``<run>/eval/ood/`` and under ``ood`` in the stage's metrics (docs/concepts/privileged.md);
+    ``ood`` and ``both`` need ``env.randomization``."""
     latency_decisions: int = Field(50, ge=0, le=1_000_000)
     """Plan cycles timed per saved policy (batch 1, one torch thread): a cycle is the control
     tick that plans and the ticks that follow it up to the next plan (a chunked policy: the

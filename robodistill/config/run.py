@@ -42,15 +42,20 @@ class EnvConfig(Section):
     action delay, observation noise; see ``docs/concepts/privileged.md``); ``null``: the
     nominal dynamics. ``{}`` takes the documented default ranges."""
 
-    def make_kwargs(self, kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    def make_kwargs(
+        self, kwargs: dict[str, Any] | None = None, ood: bool = False
+    ) -> dict[str, Any]:
         """Keyword arguments for :func:`robodistill.envs.make_env` (or a rollout's
         ``env_kwargs``): ``kwargs`` (default ``self.kwargs``) plus ``success_key`` and
-        ``randomization`` when set."""
+        ``randomization`` when set (``ood``: drawn from the out-of-distribution ranges,
+        :meth:`RandomizationConfig.make_kwargs`)."""
         out = dict(self.kwargs if kwargs is None else kwargs)
         if self.success_key is not None:
             out["success_key"] = self.success_key
         if self.randomization is not None:
-            out["randomization"] = self.randomization.make_kwargs()
+            out["randomization"] = self.randomization.make_kwargs(ood=ood)
+        elif ood:
+            raise ValueError("out-of-range dynamics need env.randomization (not set)")
         return out
 
 
@@ -84,6 +89,18 @@ class RunConfig(Section):
                 "from the observation, but env.randomization"
                 + (" is not set" if r is None else ".privileged_obs is false")
                 + "; set env.randomization.privileged_obs=true (with the ranges to draw)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _out_of_range_eval_needs_the_ranges(self) -> RunConfig:
+        which = self.eval.randomization_ranges
+        if which != "train" and self.env.randomization is None:
+            raise ValueError(
+                f"eval.randomization_ranges={which} evaluates out of the training ranges "
+                "(env.randomization.ood), but env.randomization is not set; set "
+                "env.randomization (the training ranges and their ood ranges) or "
+                "eval.randomization_ranges=train"
             )
         return self
 

@@ -130,13 +130,14 @@ class TeachConfig(Section):
     exploration: ExplorationConfig = Field(default_factory=ExplorationConfig)
     """Intrinsic-reward exploration (both backends)."""
     privileged: Literal["none", "oracle", "asymmetric", "blind"] = "none"
-    """A privileged PPO teacher (``teach.algo: ppo`` on stable-baselines3) that reads the
-    domain-randomization draw ``e`` (needs ``env.randomization`` with ``privileged_obs:
-    true``; docs/concepts/privileged.md). ``oracle``: actor and critic read ``z = mu(e)``
-    (RMA's privileged encoder; what the ``rma`` and ``hib`` students need); ``asymmetric``:
-    only the critic reads it; ``blind``: nobody does (the domain-randomized policy without
-    privileged information, same network). The teacher is saved as a
-    ``privileged_teacher`` policy. ``none``: SB3's ``MlpPolicy``."""
+    """A privileged PPO teacher (``teach.algo: ppo`` on stable-baselines3 or, with
+    ``teach.backend: rllib``, RLlib) that reads the domain-randomization draw ``e`` (needs
+    ``env.randomization`` with ``privileged_obs: true``; docs/concepts/privileged.md).
+    ``oracle``: actor and critic read ``z = mu(e)`` (RMA's privileged encoder; what the
+    ``rma`` and ``hib`` students need); ``asymmetric``: only the critic reads it; ``blind``:
+    nobody does (the domain-randomized policy without privileged information, same
+    network). The teacher is saved as a ``privileged_teacher`` policy on both backends.
+    ``none``: SB3's ``MlpPolicy`` / RLlib's default PPO module."""
     privileged_latent_dim: int = Field(8, ge=1, le=1024)
     """Width ``L`` of the privileged latent ``z = mu(e)`` (``teach.privileged`` != none)."""
     privileged_encoder_arch: list[int] = Field(default_factory=lambda: [64], max_length=16)
@@ -160,10 +161,10 @@ class TeachConfig(Section):
         if self.privileged == "none":
             return self
         where = f"teach.privileged={self.privileged}"
-        if self.backend == "rllib":
-            raise ValueError(f"{where} is built for stable-baselines3 only, but "
-                             "teach.backend=rllib; set teach.backend=sb3 (or "
-                             "teach.privileged=none)")  # fmt: skip
+        if self.backend == "rllib" and not self.net_arch:
+            raise ValueError(f"{where} on teach.backend=rllib needs at least one hidden "
+                             "layer in teach.net_arch (its heads sit on the trunks' last "
+                             "layer), got []")  # fmt: skip
         if self.algo != "ppo":
             raise ValueError(f"{where} trains a PPO teacher, but teach.algo={self.algo}; set "
                              "teach.algo=ppo (or teach.privileged=none)")  # fmt: skip

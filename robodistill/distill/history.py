@@ -39,11 +39,12 @@ import torch
 from torch import nn
 
 from robodistill.distill.hib import HIBCritic, gaussian_kl_standard, info_nce
+from robodistill.distill.history_resume import DAggerCheckpoint
 from robodistill.envs.randomization import robot_indices
 from robodistill.policies.history_student import HistoryStudent
 from robodistill.training import epochs
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -181,12 +182,17 @@ def errors(student: HistoryStudent, data: dict[str, np.ndarray]) -> dict[str, fl
 def distill_history(make_env: Callable[[], gym.Env], teacher, variant: str,
                     cfg: HistoryDAgger | None = None,
                     seeds: Callable[[int, int], list[int]] | None = None,
-                    on_round: Callable[[int, HistoryStudent, dict], None] | None = None):  # fmt: skip
+                    on_round: Callable[[int, HistoryStudent, dict], None] | None = None,
+                    checkpoint: DAggerCheckpoint | None = None):  # fmt: skip
     """DAgger-distill ``teacher`` into a ``variant`` (``history``, ``rma``, ``hib``) student;
     returns ``(student, log)`` (``log``: one dict per round). ``seeds(round, n)`` gives a
     round's episode seeds (default ``10**6 * (seed + 1) + 1000 * round + j``);
     ``on_round(round, student, row)`` sees the student after each round's training (the
-    ``distill`` stage validates and keeps the best there; it may add to ``row``)."""
+    ``distill`` stage validates and keeps the best there; it may add to ``row``).
+
+    ``checkpoint``: the state after each finished round (after ``on_round``) is saved
+    there, and a saved state is resumed from: the rounds after it repeat an uninterrupted
+    run's exactly (:mod:`robodistill.distill.history_resume`)."""
     cfg = cfg or HistoryDAgger()
     envs = [make_env() for _ in range(cfg.n_envs)]
     robot_idx = robot_view(envs[0])
@@ -207,8 +213,16 @@ def distill_history(make_env: Callable[[], gym.Env], teacher, variant: str,
     seeds = seeds or (lambda r, n: [10**6 * (cfg.seed + 1) + 1000 * r + j for j in range(n)])
     rng = np.random.default_rng([cfg.seed, 7])
     dataset: dict[str, np.ndarray] = {}
-    log = []
-    for r in range(cfg.rounds):
+    log: list[dict[str, Any]] = []
+    start = 0
+    state = checkpoint.load(trained) if checkpoint is not None else None
+    if state is not None:  # rounds 0..state["round"] are done: go on from the next one
+        rng.bit_generator.state = state["rng"]
+        dataset, log, start = state["dataset"], list(state["log"]), state["round"] + 1
+        student.net.eval()
+        logger.info("%s: resumed after round %d (%d rows)", variant, state["round"],
+                    len(dataset["obs"]))  # fmt: skip
+    for r in range(start, cfg.rounds):
         t0, beta = time.monotonic(), cfg.beta_decay**r
         new, result = _collect(envs, seeds(r, cfg.episodes_per_round), teacher, student,
                                robot_idx, beta, rng)  # fmt: skip
@@ -229,6 +243,8 @@ def distill_history(make_env: Callable[[], gym.Env], teacher, variant: str,
                     "seconds": time.monotonic() - t0})  # fmt: skip
         if on_round is not None:
             on_round(r, student, log[-1])
+        if checkpoint is not None:
+            checkpoint.save(r, new, trained, rng, log)
     for env in envs:
         env.close()
     student.reset()
@@ -272,11 +288,13 @@ def run_distill_history(cfg, stage, teacher_path: str | Path, variant: str) -> d
     student kept in ``policy/`` (``distill.history.selection``), ``result.json`` last.
 
     Artifacts: ``policy/`` (best), ``rounds/round-NNN/`` (each round's student),
-    ``result.json`` (the metrics, also what a finished student returns when the stage
-    resumes). An interrupted student starts over from round 0.
+    ``dagger/`` (the state after the last finished round,
+    :mod:`robodistill.distill.history_resume`), ``result.json`` (the metrics, also what a
+    finished student returns when the stage resumes). An interrupted student resumes after
+    its last finished round, with the same result as an uninterrupted run.
     """
     from robodistill.config import ConfigError
-    from robodistill.core.rundir import write_json_atomic
+    from robodistill.core.rundir import directory_digest, write_json_atomic
     from robodistill.core.seeds import DAGGER_SEED_OFFSET, VALIDATION_SEED_OFFSET, episode_seeds
     from robodistill.distill.dagger import best_against_teacher
     from robodistill.envs import make_env
@@ -319,26 +337,33 @@ def run_distill_history(cfg, stage, teacher_path: str | Path, variant: str) -> d
     )  # fmt: skip
     val_seeds = episode_seeds(cfg, h.eval_episodes, VALIDATION_SEED_OFFSET)
     teacher_val = rollout_summary(cfg, teacher, val_seeds, f"distill-{variant}")[0]
-    best: dict[str, Any] | None = None
+    # The rounds' state (rows, weights, RNG, log, the best validation so far) for a resume.
+    checkpoint = DAggerCheckpoint(out / "dagger", {
+        **dataclasses.asdict(dagger), "variant": variant, "env": cfg.env.model_dump(mode="json"),
+        "teacher_digest": directory_digest(Path(teacher_path)),
+        "eval_episodes": h.eval_episodes, "selection": h.selection,
+    })  # fmt: skip
 
     def seeds(r: int, n: int) -> list[int]:
         return episode_seeds(cfg, n, DAGGER_SEED_OFFSET + r * n)
 
     def on_round(r: int, student: HistoryStudent, row: dict) -> None:
-        nonlocal best
+        best = checkpoint.extra.get("best")
         result = rollout_summary(cfg, student, val_seeds, f"distill-{variant}")[0] | {"round": r}
         student.save(out / "rounds" / f"round-{r:03d}")
         improved = is_better(result, best, h.selection)
         if improved:
             student.save(out / "policy")
-            best = result
+            checkpoint.extra["best"] = result
         row.update(val_return_mean=result["return_mean"],
                    val_success_rate=result["success_rate"], improved=improved)  # fmt: skip
-        stage.log_metrics(r, {f"{variant}_{k}": v for k, v in row.items()
-                              if isinstance(v, int | float | bool | None)})  # fmt: skip
-        log.info("%s: round %d: %s", variant, r, json.dumps(row, default=float))
+        # Tagged per student: a resumed student drops only its own rows past its resume point.
+        stage.log_metrics(r, {"stage": variant} | {f"{variant}_{k}": v for k, v in row.items()
+                                                   if isinstance(v, int | float | bool | None)})  # fmt: skip
+        logger.info("%s: round %d: %s", variant, r, json.dumps(row, default=float))
 
-    _, history = distill_history(make, teacher, variant, dagger, seeds, on_round)
+    _, history = distill_history(make, teacher, variant, dagger, seeds, on_round, checkpoint)
+    best = checkpoint.extra.get("best")
     metrics = {
         "student": variant,
         "policy": str(out / "policy"),

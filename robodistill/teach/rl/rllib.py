@@ -8,7 +8,8 @@
 
 Artifacts in ``<run>/teach/``::
 
-    policy/        best evaluated policy (an RLlibPolicy: plain torch weights + config.json)
+    policy/        best evaluated policy (an RLlibPolicy: plain torch weights + config.json;
+                   with teach.privileged a PrivilegedTeacher, as on the SB3 side)
     policy_last/   the policy when training ended
     checkpoint/    RLlib's own resumable checkpoint (``algo.save_to_path``), replaced atomically
     best.json      evaluation that chose policy/ (survives restarts)
@@ -41,6 +42,11 @@ two-stream (:mod:`robodistill.teach.rl.two_stream_rllib`: an intrinsic value hea
 carries it; the predictor's state is saved next to RLlib's files in ``checkpoint/`` as
 ``exploration.safetensors`` + ``exploration.json`` and restored on resume, and the
 statistics of both are logged per iteration as ``exploration_*``.
+
+``teach.privileged: oracle | asymmetric | blind`` trains the privileged PPO teacher of
+:mod:`robodistill.teach.rl.privileged_rllib` (a custom RLModule and catalog whose encoder
+reads the domain-randomization draw); its evaluations and ``policy/`` are
+``PrivilegedTeacher`` policies, which the history students distill.
 
 Not supported on this backend: ``teach.algo: sac`` (raises), ``teach.normalize_reward``
 (ignored with a warning).
@@ -193,6 +199,15 @@ def build_config(cfg: RunConfig):
         from robodistill.teach.rl.exploration_rllib import add_exploration
 
         add_exploration(config, teach.exploration, seed=cfg.seed)
+    if teach.privileged != "none":
+        from robodistill.teach.rl.privileged_rllib import add_privileged, privileged_settings
+
+        _, _, env_doc = env_spaces(cfg.env.id, cfg.env.make_kwargs())
+        settings = privileged_settings(
+            env_doc["observation_layout"], int(np.prod(env_doc["observation_space"]["shape"])),
+            teach.privileged, teach.privileged_latent_dim, teach.privileged_encoder_arch,
+        )  # fmt: skip
+        add_privileged(config, settings, teach.net_arch)
     return config
 
 
@@ -218,6 +233,20 @@ def filter_state(algo) -> dict[str, Any] | None:
 def to_policy(algo, obs_space: gym.Space, act_space: gym.Space) -> RLlibPolicy:
     """The current RLModule (+ observation filter) as an :class:`RLlibPolicy`."""
     return RLlibPolicy.from_module(algo.get_module(), obs_space, act_space, filter_state(algo))
+
+
+def policy_converter(cfg: RunConfig):
+    """``(algo, obs_space, act_space) -> Policy`` for ``cfg``'s teacher: :func:`to_policy`,
+    or with ``teach.privileged`` a ``PrivilegedTeacher``
+    (:func:`robodistill.teach.rl.privileged_rllib.to_privileged_teacher`)."""
+    if cfg.teach.privileged == "none":
+        return to_policy
+    from robodistill.teach.rl.privileged_rllib import to_privileged_teacher
+
+    def convert(algo, obs_space: gym.Space, act_space: gym.Space):
+        return to_privileged_teacher(algo, obs_space, act_space, filter_state(algo))
+
+    return convert
 
 
 def save_rllib_checkpoint(algo, directory, state: dict[str, Any]) -> None:
@@ -277,7 +306,9 @@ def run_teach_rllib(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
     t0 = time.monotonic()
     started = init_ray()
     register_env(ENV_NAME, create_env)
-    obs_space, act_space, _ = env_spaces(cfg.env.id, cfg.env.kwargs)
+    # The env the runners make (env.randomization's privileged entries included).
+    obs_space, act_space, _ = env_spaces(cfg.env.id, cfg.env.make_kwargs())
+    convert = policy_converter(cfg)
     if not isinstance(act_space, gym.spaces.Box):
         raise ValueError(f"teach rllib: {cfg.env.id} has a non-Box action space {act_space}")
     algo = build_config(cfg).build_algo()
@@ -305,7 +336,7 @@ def run_teach_rllib(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
 
         def evaluate() -> dict[str, Any]:
             nonlocal last, last_step
-            result, row = keeper.evaluate(to_policy(algo, obs_space, act_space), steps)
+            result, row = keeper.evaluate(convert(algo, obs_space, act_space), steps)
             stage.log_metrics(steps, row)
             log.info("teach: eval at %d steps: %s", steps, json.dumps(row))
             last, last_step = result, steps
@@ -352,7 +383,7 @@ def run_teach_rllib(cfg: RunConfig, stage: StageRun) -> dict[str, Any]:
 
         # -- final evaluation and artifacts ------------------------------------------------
         final = last if last_step == steps and last is not None else evaluate()
-        to_policy(algo, obs_space, act_space).save(stage.dir / "policy_last")
+        convert(algo, obs_space, act_space).save(stage.dir / "policy_last")
         save_rllib_checkpoint(algo, ckpt_dir, ckpt_state())
     finally:
         if record is not None:
