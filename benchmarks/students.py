@@ -41,6 +41,12 @@ table per task and a goals table side by side) into ``--runs-dir``.
 
     python benchmarks/students.py --runs-dir runs/benchmarks     # Nav-v0 and Push-T
     python benchmarks/students.py --config configs/pipelines/default.yaml --episodes 100
+
+``--student consistency=DIR`` / ``--student streaming=DIR`` measure a student saved elsewhere
+(e.g. a pilot run's ``distill/<student>/policy``) in place of the run's own, against the
+run's teacher on the same seeds; the student is not trained then, and the document records
+its directory. ``--tag T`` writes ``students-T.json`` / ``.md`` / ``success_latency-T.png``
+so that such a measurement does not replace the run's own.
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ from students_plot import plot_front  # noqa: E402
 CONFIGS = ("configs/pipelines/default.yaml", "configs/pipelines/pusht.yaml")
 DDIM_STEPS = (10, 4, 2, 1)
 REF = "teacher DDIM-10"
+STUDENTS = ("consistency", "streaming")
 log = logging.getLogger("students")
 
 
@@ -107,8 +114,10 @@ def onnx_ticks(policy, obs: np.ndarray, plans: int, path: Path) -> dict[str, Any
 
 
 # -- one task ---------------------------------------------------------------------------------
-def build_policies(cfg, run: Path, teacher: Path, ddpm: bool = True) -> dict[str, Any]:
-    """label -> policy, in table order (``ddpm=False`` leaves DDPM-100 out)."""
+def build_policies(cfg, run: Path, teacher: Path, ddpm: bool = True,
+                   students: dict[str, Path] | None = None) -> dict[str, Any]:  # fmt: skip
+    """label -> policy, in table order (``ddpm=False`` leaves DDPM-100 out; ``students``:
+    ``{"consistency" | "streaming": policy directory}`` in place of the run's own)."""
     from robodistill.policies import load_policy
     from robodistill.policies.consistency import inference_timesteps
 
@@ -126,9 +135,10 @@ def build_policies(cfg, run: Path, teacher: Path, ddpm: bool = True) -> dict[str
     policies[f"RTI ({rti_steps} of {own} steps)"] = diffusion_variant(
         teacher, rti_steps=rti_steps, rti_discrete_dims=list(cfg.distill.rti.discrete_dims) or None
     )
-    policies["streaming"] = load_policy(run / "distill/streaming/policy")
+    where = {name: run / "distill" / name / "policy" for name in STUDENTS} | (students or {})
+    policies["streaming"] = load_policy(where["streaming"])
     for steps in (1, 3):
-        student = load_policy(run / "distill/consistency/policy")
+        student = load_policy(where["consistency"])
         c = student.config
         c.inference_timesteps = inference_timesteps(c.num_train_timesteps, c.ode_steps, steps)
         policies[f"consistency {steps}-step"] = student
@@ -146,13 +156,15 @@ def measure_task(cfg, args) -> dict[str, Any]:
     if not {"consistency", "streaming"} <= set(cfg.distill.students):
         raise SystemExit(f"{cfg.name}: distill.students must include consistency and streaming")
     run = Path(cfg.runs_dir) / cfg.name
+    given = dict(args.student)
     t0 = time.monotonic()
     run_collect(cfg)
     run_teach(cfg)
-    distilled = run_distill(cfg)
+    distilled = {"given": {k: str(v) for k, v in given.items()}} if set(given) == set(
+        STUDENTS) else run_distill(cfg)  # fmt: skip
     t_train = time.monotonic() - t0
     teacher = teacher_path(cfg)
-    policies = build_policies(cfg, run, teacher, ddpm=not args.no_ddpm)
+    policies = build_policies(cfg, run, teacher, ddpm=not args.no_ddpm, students=given)
 
     seeds = episode_seeds(cfg, args.episodes, EVAL_SEED_OFFSET)
     obs = observation(cfg, seeds[0])
@@ -334,17 +346,35 @@ def goals_table(docs: list[dict[str, Any]]) -> str:
     return markdown(["goal (measured)", *(f"{d['name']} ({d['env']})" for d in docs)], rows)
 
 
-def write(directory: Path, docs: list[dict[str, Any]]) -> str:
+def tagged(name: str, tag: str | None) -> str:
+    """``students.json`` -> ``students-<tag>.json`` (``--tag``); unchanged without a tag."""
+    stem, dot, ext = name.partition(".")
+    return f"{stem}-{tag}{dot}{ext}" if tag else name
+
+
+def write(directory: Path, docs: list[dict[str, Any]], tag: str | None = None) -> str:
     text = "\n\n".join(task_table(d) for d in docs) + "\n\n### Goals\n\n" + goals_table(docs)
     directory.mkdir(parents=True, exist_ok=True)
     plot = plot_front({f"{d['name']}: {d['env']}": d["results"] for d in docs},
-                      directory / "success_latency.png")  # fmt: skip
+                      directory / tagged("success_latency.png", tag))  # fmt: skip
     body = {"tasks": {d["name"]: d for d in docs}} if len(docs) > 1 else docs[0]
-    (directory / "students.json").write_text(json.dumps(body, indent=2, default=str) + "\n")
-    (directory / "students.md").write_text(text + "\n")
-    log.info("wrote %s, students.md%s", directory / "students.json",
+    out = directory / tagged("students.json", tag)
+    out.write_text(json.dumps(body, indent=2, default=str) + "\n")
+    out.with_suffix(".md").write_text(text + "\n")
+    log.info("wrote %s, %s%s", out, out.with_suffix(".md").name,
              f", {plot.name}" if plot else "")  # fmt: skip
     return text
+
+
+def student_arg(text: str) -> tuple[str, Path]:
+    """``--student NAME=DIR`` -> (name, directory), checked."""
+    name, _, directory = text.partition("=")
+    if name not in STUDENTS or not directory:
+        raise argparse.ArgumentTypeError(f"expected NAME=DIR with NAME one of {STUDENTS}, "
+                                         f"got {text!r}")  # fmt: skip
+    if not (Path(directory) / "config.json").is_file():
+        raise argparse.ArgumentTypeError(f"{directory} holds no saved policy (no config.json)")
+    return name, Path(directory)
 
 
 def main() -> None:
@@ -375,6 +405,13 @@ def main() -> None:
                         help="a task whose run directory already holds students.json measured "
                              "on as many episodes is read, not measured again (to combine "
                              "tasks measured in separate calls)")  # fmt: skip
+    parser.add_argument("--student", action="append", default=[], type=student_arg,
+                        metavar="NAME=DIR",
+                        help="measure this saved student (consistency or streaming) instead "
+                             "of the run's own; repeatable")  # fmt: skip
+    parser.add_argument(
+        "--tag", default=None, help="suffix of the files written (students-TAG.json, ...)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -390,7 +427,7 @@ def main() -> None:
         raise SystemExit(f"the configs share a run name ({names}); give each its own `name`")
     docs = []
     for cfg in cfgs:
-        done = Path(cfg.runs_dir) / cfg.name / "students.json"
+        done = Path(cfg.runs_dir) / cfg.name / tagged("students.json", args.tag)
         if args.reuse and done.is_file():
             doc = json.loads(done.read_text())
             if doc.get("episodes") == args.episodes:
@@ -399,8 +436,8 @@ def main() -> None:
                 continue
         doc = measure_task(cfg, args)
         docs.append(doc)
-        write(Path(cfg.runs_dir) / cfg.name, [doc])
-    text = write(Path(args.runs_dir), docs)
+        write(Path(cfg.runs_dir) / cfg.name, [doc], args.tag)
+    text = write(Path(args.runs_dir), docs, args.tag)
     print("\n" + text)
 
 
