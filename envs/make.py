@@ -59,6 +59,31 @@ class SuccessInfo(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
 
+class SuccessBonus(gym.Wrapper):
+    """Adds ``bonus`` to the reward of the step on which ``info["is_success"]`` turns true
+    (once per episode). For RL only: a task whose per-step reward keeps paying below success
+    (Push-T's score) makes lingering worth more than finishing, which ends the stream;
+    a bonus at least the discounted value of that stream makes finishing the better choice.
+    ``info["score"]`` and the success flag are untouched, so evaluations do not change."""
+
+    def __init__(self, env: gym.Env, bonus: float):
+        super().__init__(env)
+        if not np.isfinite(bonus) or bonus < 0:
+            raise ValueError(f"success bonus must be a finite number >= 0, got {bonus}")
+        self.bonus = float(bonus)
+        self._paid = False
+
+    def reset(self, **kwargs):
+        self._paid = False
+        return self.env.reset(**kwargs)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if info.get("is_success") and not self._paid:
+            reward, self._paid = float(reward) + self.bonus, True
+        return obs, reward, terminated, truncated, info
+
+
 def check_env_id(env_id: str) -> None:
     """Raise :class:`EnvIdError` naming close matches when ``env_id`` is unknown."""
     import robodistill.envs  # noqa: F401  (registers robodistill/... ids)

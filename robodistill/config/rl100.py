@@ -285,6 +285,13 @@ class OnlineRLConfig(base.Section):
     reward_scaling: bool = True
     """Divide rewards by a running std of the discounted return (DPPO's running reward
     scaling), so that the value net's targets stay O(1) whatever the reward's scale."""
+    success_bonus: float = Field(0.0, ge=0.0, le=1e6)
+    """Reward added on the step an episode succeeds, in the online stage's training episodes
+    only (validation and evaluation report the env's own reward). Push-T's per-step score
+    pays every step below success, so without it lingering at 90 % coverage is worth more
+    than finishing (which ends the episode): residual PPO there went 98 % -> 0 % success
+    while its return rose. A bonus above the discounted value of that stream (about
+    ``1 / (1 - gamma)``) makes finishing the better choice. 0: off."""
     max_minutes: float | None = Field(None, gt=0.0)
     """Wall-clock budget of the online sub-stage: no new iteration starts past it (the
     last one is evaluated; at least one runs). ``null``: ``iterations`` alone decides."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from robodistill.envs import make_env
+from robodistill.envs.make import SuccessBonus
 
 
 class ChunkEnvs:
@@ -24,8 +25,11 @@ class ChunkEnvs:
     ``env_steps`` counts every env step taken."""
 
     def __init__(self, cfg, n: int, obs_horizon: int, max_steps: int | None, seed: int):
+        bonus = cfg.teach.online.success_bonus  # training episodes only (its docstring)
         self.envs = [make_env(cfg.env.id, max_episode_steps=max_steps, **cfg.env.make_kwargs())
                      for _ in range(n)]  # fmt: skip
+        if bonus:
+            self.envs = [SuccessBonus(env, bonus) for env in self.envs]
         self.to, self.next_seed = obs_horizon, seed
         space = self.envs[0].action_space
         self.low, self.high = np.asarray(space.low), np.asarray(space.high)
