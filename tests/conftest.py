@@ -97,3 +97,18 @@ def tiny_overrides(tmp_path):
         "control.episodes=1",
         "control.max_ticks=20",
     ]
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """A local Ray (2 CPUs, no dashboard) with the RLlib teacher's env registered, for one
+    test module (the RLlib teacher tests)."""
+    ray = pytest.importorskip("ray")
+    from ray.tune import register_env
+
+    from robodistill.teach.rl.rllib import ENV_NAME, create_env
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    register_env(ENV_NAME, create_env)
+    yield
+    ray.shutdown()

@@ -35,7 +35,7 @@ from robodistill.teach.rl.exploration_rllib import (  # noqa: E402
     add_exploration,
     exploration_stats,
 )
-from robodistill.teach.rl.rllib import ENV_NAME, build_config, create_env, run_teach_rllib  # noqa: E402
+from robodistill.teach.rl.rllib import build_config, create_env, run_teach_rllib  # noqa: E402
 from robodistill.teach.rl.two_stream_rllib import (  # noqa: E402
     INTRINSIC_OPTIMIZER,
     REWARDS_INT,
@@ -45,16 +45,6 @@ from robodistill.teach.rl.two_stream_rllib import (  # noqa: E402
 )
 
 OBS_DIM = 3
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    from ray.tune import register_env
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    register_env(ENV_NAME, create_env)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(autouse=True)

@@ -24,9 +24,7 @@ from robodistill.teach.rl.privileged_rllib import (  # noqa: E402
     learner_module,
 )
 from robodistill.teach.rl.rllib import (  # noqa: E402
-    ENV_NAME,
     build_config,
-    create_env,
     policy_converter,
     run_teach_rllib,
 )
@@ -36,16 +34,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 RANDOMIZATION = ("env.randomization={mass: [0.8, 1.2], friction: [0.7, 1.3], "
                  "actuator_gain: null, speed: [0.7, 1.1], privileged_obs: true}")  # fmt: skip
 PRIV = 3  # mass, friction, speed: the last three entries
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    from ray.tune import register_env
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    register_env(ENV_NAME, create_env)
-    yield
-    ray.shutdown()
 
 
 def _run(tmp_path, name: str, mode: str, *extra: str) -> list[str]:

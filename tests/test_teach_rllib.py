@@ -16,22 +16,11 @@ from robodistill.core.rundir import StageRun  # noqa: E402
 from robodistill.policies import load_policy  # noqa: E402
 from robodistill.policies.rllib_policy import RLlibPolicy  # noqa: E402
 from robodistill.teach.rl.rllib import (  # noqa: E402
-    ENV_NAME,
     build_config,
     create_env,
     run_teach_rllib,
     to_policy,
 )
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    from ray.tune import register_env
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    register_env(ENV_NAME, create_env)
-    yield
-    ray.shutdown()
 
 
 def _overrides(tmp_path, *extra: str) -> list[str]:
