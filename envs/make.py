@@ -84,6 +84,52 @@ class SuccessBonus(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
 
+class ProgressReward(gym.Wrapper):
+    """Replaces the reward by the change in ``info["score"]``, discounted as potential-based
+    shaping (Ng, Harada & Russell 1999): ``r = gamma * score(s') - score(s)``. For RL only.
+
+    Summed over an episode it telescopes to ``gamma**T * score(s_T) - score(s_0)``: what an
+    episode is paid for is where it ends, not how long it stays near the goal, so lingering
+    below success earns nothing (each idle step costs ``(1 - gamma) * score``) — the cure for
+    a per-step score that pays every step an episode does not finish. Pair it with
+    :class:`SuccessBonus` for the sparse reward of finishing. The final state's score is not
+    zeroed at termination: a success ends on a full score and is paid for it.
+    ``info["score"]`` and the success flag are untouched, so evaluations do not change.
+
+    Raises:
+        ValueError: the env reports no ``info["score"]`` at reset or step (the fix: the
+            env's own reward, ``teach.online.reward: env``).
+    """
+
+    def __init__(self, env: gym.Env, gamma: float):
+        super().__init__(env)
+        if not 0.0 < gamma <= 1.0:
+            raise ValueError(f"progress reward: gamma must be in (0, 1], got {gamma}")
+        self.gamma = float(gamma)
+        self._score = 0.0
+
+    def _read_score(self, info: dict, where: str) -> float:
+        score = info.get("score")
+        if score is None or not np.isfinite(score):
+            raise ValueError(
+                f"progress reward needs info['score'] from the env at {where}; "
+                f"{self.env.spec.id if self.env.spec else type(self.env.unwrapped).__name__} "
+                f"gave {score!r} (use teach.online.reward: env for envs without a score)"
+            )
+        return float(score)
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        self._score = self._read_score(info, "reset")
+        return obs, info
+
+    def step(self, action):
+        obs, _, terminated, truncated, info = self.env.step(action)
+        score = self._read_score(info, "step")
+        reward, self._score = self.gamma * score - self._score, score
+        return obs, reward, terminated, truncated, info
+
+
 def check_env_id(env_id: str) -> None:
     """Raise :class:`EnvIdError` naming close matches when ``env_id`` is unknown."""
     import robodistill.envs  # noqa: F401  (registers robodistill/... ids)

@@ -101,14 +101,16 @@ def tiny_overrides(tmp_path):
 
 @pytest.fixture(scope="module")
 def ray_session():
-    """A local Ray (2 CPUs, no dashboard) with the RLlib teacher's env registered, for one
-    test module (the RLlib teacher tests)."""
+    """A local Ray as :func:`robodistill.core.parallel.init_ray` starts one (at least 2 CPUs,
+    no dashboard, workers not niced) with the RLlib teacher's env registered, for one test
+    module (the RLlib teacher tests)."""
     ray = pytest.importorskip("ray")
     from ray.tune import register_env
 
+    from robodistill.core.parallel import init_ray
     from robodistill.teach.rl.rllib import ENV_NAME, create_env
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    init_ray()
     register_env(ENV_NAME, create_env)
     yield
     ray.shutdown()

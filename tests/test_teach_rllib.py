@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -31,6 +32,15 @@ def _overrides(tmp_path, *extra: str) -> list[str]:
         "teach.n_epochs=2", "teach.eval_every=256", "teach.eval_episodes=2",
         "teach.checkpoint_every=256", "teach.net_arch=[32, 32]", *extra,
     ]  # fmt: skip
+
+
+def test_local_ray_workers_run_at_the_drivers_priority(ray_session):
+    @ray.remote
+    def niceness() -> int:
+        return os.nice(0)
+
+    # Ray's default niceness 15 starved the workers on a busy 2-core machine (init_ray).
+    assert ray.get(niceness.remote()) == os.nice(0)
 
 
 def test_teach_rllib_pendulum(ray_session, tmp_path, monkeypatch):

@@ -285,6 +285,14 @@ class OnlineRLConfig(base.Section):
     reward_scaling: bool = True
     """Divide rewards by a running std of the discounted return (DPPO's running reward
     scaling), so that the value net's targets stay O(1) whatever the reward's scale."""
+    reward: Literal["env", "progress"] = "env"
+    """The training episodes' reward (validation and evaluation report the env's own):
+    ``env``, the env's reward; ``progress``, potential-based shaping on the env's
+    ``info["score"]`` (``gamma * score' - score``, :class:`robodistill.envs.make.
+    ProgressReward`): an episode is paid for the score it ends on, not for the steps it
+    spends below success — Push-T's per-step score made residual PPO linger (98 % -> 12 %
+    success while the return rose) even with a success bonus. Add ``success_bonus`` for
+    the sparse reward of finishing."""
     success_bonus: float = Field(0.0, ge=0.0, le=1e6)
     """Reward added on the step an episode succeeds, in the online stage's training episodes
     only (validation and evaluation report the env's own reward). Push-T's per-step score

@@ -433,7 +433,12 @@ def init_ray() -> bool:
     (an RLlib teacher, data-parallel training) runs in a private network namespace
     (:mod:`robodistill.core.netns`); Ray's token authentication, on by default, refuses
     peers without the session's token. Episodes never start a local Ray
-    (:func:`choose_backend`)."""
+    (:func:`choose_backend`).
+
+    A local Ray's workers run at this process's priority: Ray starts them at niceness 15
+    by default (``RAY_worker_niceness``), which on a busy machine starves them — an RLlib
+    teacher made no iteration in 75 minutes beside five ordinary jobs on 2 cores. Set
+    ``RAY_worker_niceness`` yourself to keep Ray's default."""
     import ray  # optional and heavy: only Ray-backed runs import it
 
     if ray.is_initialized():
@@ -442,6 +447,8 @@ def init_ray() -> bool:
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
+        # Read by the raylet this call starts (it inherits the environment).
+        os.environ.setdefault("RAY_worker_niceness", "0")
         # At least 2 logical CPUs so a driver-side learner and one env runner fit on small hosts.
         ray.init(num_cpus=max(2, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
     return True

@@ -11,10 +11,19 @@ machine the policy's batched network calls need the other core.
 
 from __future__ import annotations
 
+import gymnasium as gym
 import numpy as np
 
 from robodistill.envs import make_env
-from robodistill.envs.make import SuccessBonus
+from robodistill.envs.make import ProgressReward, SuccessBonus
+
+
+def training_reward(env: gym.Env, online) -> gym.Env:
+    """``env`` with the online stage's training reward (``teach.online.reward`` and
+    ``success_bonus``); validation and evaluation envs never get it."""
+    if online.reward == "progress":
+        env = ProgressReward(env, online.gamma)
+    return SuccessBonus(env, online.success_bonus) if online.success_bonus else env
 
 
 class ChunkEnvs:
@@ -25,11 +34,9 @@ class ChunkEnvs:
     ``env_steps`` counts every env step taken."""
 
     def __init__(self, cfg, n: int, obs_horizon: int, max_steps: int | None, seed: int):
-        bonus = cfg.teach.online.success_bonus  # training episodes only (its docstring)
-        self.envs = [make_env(cfg.env.id, max_episode_steps=max_steps, **cfg.env.make_kwargs())
+        self.envs = [training_reward(make_env(cfg.env.id, max_episode_steps=max_steps,
+                                              **cfg.env.make_kwargs()), cfg.teach.online)
                      for _ in range(n)]  # fmt: skip
-        if bonus:
-            self.envs = [SuccessBonus(env, bonus) for env in self.envs]
         self.to, self.next_seed = obs_horizon, seed
         space = self.envs[0].action_space
         self.low, self.high = np.asarray(space.low), np.asarray(space.high)

@@ -43,11 +43,11 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 from robodistill.core.rundir import write_json_atomic
 from robodistill.core.seeds import ONLINE_RL_SEED_OFFSET, episode_seeds
 from robodistill.envs import make_env
-from robodistill.envs.make import SuccessBonus
 from robodistill.policies import load_policy
 from robodistill.policies.diffusion import DiffusionPolicy
 from robodistill.policies.residual import ResidualPolicy
 from robodistill.policies.sb3_policy import SB3Policy
+from robodistill.teach.rl100.chunk_envs import training_reward
 from robodistill.teach.rl100.online import (
     CollapseDetector,
     check_chain,
@@ -147,7 +147,7 @@ def run_residual_online(cfg, stage, policy_dir, out_dir) -> dict[str, Any]:
 
     def make_one():
         env = make_env(cfg.env.id, max_episode_steps=max_steps, **cfg.env.make_kwargs())
-        return Monitor(SuccessBonus(env, o.success_bonus) if o.success_bonus else env)
+        return Monitor(training_reward(env, o))
 
     raw = DummyVecEnv([make_one for _ in range(o.num_envs)])
     raw.seed(episode_seeds(cfg, 1, ONLINE_RL_SEED_OFFSET)[0])
