@@ -17,7 +17,8 @@ fixed evaluation seeds (``robodistill eval``'s; never the validation seeds):
 
 Goals (issue 21): each stage >= the previous one (test seeds: imitation <= offline <= online's
 best iterate), and online RL's success >= 1.3x the demonstrator's within
-``teach.online.max_minutes`` (60) of online training. Writes ``benchmark.json`` and
+:data:`GOAL_MINUTES` of online training (the config's ``teach.online.max_minutes`` may be
+shorter; its last iteration may run past it). Writes ``benchmark.json`` and
 ``benchmark.md`` into each run, ``rl100_stages.md`` and ``rl100_online_curves.png`` (online
 validation success against env steps, every backbone) into ``--runs-dir``.
 
@@ -47,6 +48,8 @@ from bench_common import (  # noqa: E402
 )
 
 CONFIG = "configs/pipelines/rl100_nav_diffdrive.yaml"
+GOAL_MINUTES = 60.0
+"""Issue 21's budget for online training (wall minutes of the online sub-stage)."""
 
 
 def stage_rows(cfg, run: Path, teach: dict, seeds: list[int], num_envs: int) -> dict[str, dict]:
@@ -190,7 +193,7 @@ def main() -> None:
         target = 1.3 * (expert["success_rate"] or 0.0)
         minutes = (online.get("train_s") or 0) / 60
         budget = cfg.teach.online.max_minutes
-        beyond = best_online >= target and (budget is None or minutes <= budget + 1)
+        beyond = best_online >= target and minutes <= GOAL_MINUTES
         kept = teach.get("best_stage")
         text = (f"### {cfg.env.id} {cfg.env.kwargs}, backbone {backbone} (run {cfg.name})\n\n"
                 f"{len(seeds)} test seeds {seeds[0]}..{seeds[-1]}; teach {t_train:.0f} s this "
@@ -201,7 +204,8 @@ def main() -> None:
                 f"kept policy from stage {kept}\n\n{table1}\n\n{table2}\n\n"
                 f"each stage >= the previous (test seeds): {'met' if monotone else 'NOT met'}; "
                 f"online best iterate {pct(best_online)} >= 1.3x the demonstrator "
-                f"({pct(target)}) within {budget} min: {'met' if beyond else 'NOT met'}")  # fmt: skip
+                f"({pct(target)}) within {GOAL_MINUTES:.0f} min (budget {budget} min, "
+                f"used {minutes:.1f}): {'met' if beyond else 'NOT met'}")  # fmt: skip
         print("\n" + text, flush=True)
         sections.append(text)
         docs[backbone] = {"run": str(run), "stages": rows, "sampling": sampling, "teach": teach,
