@@ -62,8 +62,9 @@ class SuccessInfo(gym.Wrapper):
 class SuccessBonus(gym.Wrapper):
     """Adds ``bonus`` to the reward of the step on which ``info["is_success"]`` turns true
     (once per episode). For RL only: a task whose per-step reward keeps paying below success
-    (Push-T's score) makes lingering worth more than finishing, which ends the stream;
-    a bonus at least the discounted value of that stream makes finishing the better choice.
+    (Push-T's score) makes lingering worth more than finishing, which ends the stream, and
+    a bonus paid once is discounted by how late it comes: there, pair it with
+    :class:`ProgressReward`, under which lingering pays nothing.
     ``info["score"]`` and the success flag are untouched, so evaluations do not change."""
 
     def __init__(self, env: gym.Env, bonus: float):

@@ -298,8 +298,10 @@ class OnlineRLConfig(base.Section):
     only (validation and evaluation report the env's own reward). Push-T's per-step score
     pays every step below success, so without it lingering at 90 % coverage is worth more
     than finishing (which ends the episode): residual PPO there went 98 % -> 0 % success
-    while its return rose. A bonus above the discounted value of that stream (about
-    ``1 / (1 - gamma)``) makes finishing the better choice. 0: off."""
+    while its return rose. A bonus is paid once and discounted by how late it comes, so
+    even 100 (about ``1 / (1 - gamma)``) did not stop it there (98 % -> 12 %); with
+    ``reward: progress`` nothing pays for lingering and the bonus is the sparse reward of
+    finishing (Push-T's config: 1). 0: off."""
     max_minutes: float | None = Field(None, gt=0.0)
     """Wall-clock budget of the online sub-stage: no new iteration starts past it (the
     last one is evaluated; at least one runs). ``null``: ``iterations`` alone decides."""
